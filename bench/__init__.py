@@ -1,0 +1,1 @@
+"""Benchmarks of pyunion beside kernel overlayfs and the FUSE peers."""

@@ -1,0 +1,1 @@
+"""pycontainer: runs a process tree in fresh namespaces and cgroups on a pyunion root."""

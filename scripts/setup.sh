@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root) for pyunion + pycontainer:
+# the system packages, then a virtualenv in .venv with the project in it.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# fuse3/libfuse3-dev/pkg-config: FUSE itself and what pyfuse3 builds against;
+# busybox-static: the small base image; fuse-overlayfs, unionfs-fuse: the
+# peers the benchmarks and comparisons run beside pyunion.
+packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static fuse-overlayfs unionfs-fuse)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "setup: $python is older than 3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+# pip answers quickly when everything is already there.
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "^WARNING: Location" || true
+.venv/bin/python -c 'import pyfuse3, trio, click' \
+    || { echo "setup: the Python packages did not install" >&2; exit 1; }

@@ -1,0 +1,64 @@
+"""Fixtures that mount real unions and always clean up after them.
+
+Every read-only branch a test mounts is snapshotted (content, metadata,
+xattrs) at mount time and compared after the unmount: a test that changed a
+read-only branch fails, whatever it asserted itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import force_unmount, mounted, process_gone, pyunion, snapshot, wait_for
+from unionfs import daemon
+
+
+class Unions:
+    """Mounts made by one test; all are unmounted when it ends."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self._mounts: list[tuple[Path, dict[Path, dict]]] = []
+
+    def mount(self, branches: list[Path], *options: str, rw: bool = False,
+              mnt: Path | None = None) -> Path:
+        """Mount ``branches`` (top first); the top one is writable if ``rw``."""
+        modes = ["rw" if rw and i == 0 else "ro" for i in range(len(branches))]
+        br = ":".join(f"{b}={m}" for b, m in zip(branches, modes))
+        mnt = mnt or self.new_mountpoint()
+        ro = [b for b, m in zip(branches, modes) if m == "ro"]
+        self.track(mnt, ro)
+        pyunion("mount", "-o", ",".join([f"br={br}", *options]), str(mnt))
+        assert mounted(mnt, "fuse.pyunion")
+        return mnt
+
+    def new_mountpoint(self) -> Path:
+        mnt = self.tmp_path / f"mnt{len(self._mounts)}"
+        mnt.mkdir()
+        return mnt
+
+    def track(self, mnt: Path, read_only_branches: list[Path]) -> None:
+        """Take care of a mount made some other way (and check its branches)."""
+        self._mounts.append((mnt, {b: snapshot(b) for b in read_only_branches}))
+
+    def unmount_all(self) -> None:
+        for mnt, before in self._mounts:
+            if mounted(mnt):
+                pid = daemon.pid_of(str(mnt.resolve()))
+                pyunion("umount", str(mnt), check=False)
+                force_unmount(mnt)
+                if pid is not None:
+                    assert wait_for(lambda: process_gone(pid)), f"daemon {pid} outlived its mount"
+            for branch, snap in before.items():
+                assert snapshot(branch) == snap, f"read-only branch {branch} changed"
+
+
+@pytest.fixture
+def unions(tmp_path):
+    made = Unions(tmp_path)
+    try:
+        yield made
+    finally:
+        made.unmount_all()

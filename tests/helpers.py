@@ -1,0 +1,103 @@
+"""Building branch trees, mounting them for real, and checking them after."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PYUNION = str(BIN / "pyunion")
+
+
+@dataclass(frozen=True)
+class Symlink:
+    target: str
+
+
+DIR = object()  # marks a directory in a tree spec
+
+
+def build(root: Path, spec: dict) -> Path:
+    """Make ``root`` hold ``spec``: {"path": bytes|str|DIR|Symlink}.
+
+    Parents are created as needed; order matters only for symlinks.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, what in spec.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if what is DIR:
+            path.mkdir(exist_ok=True)
+        elif isinstance(what, Symlink):
+            path.symlink_to(what.target)
+        else:
+            path.write_bytes(what.encode() if isinstance(what, str) else what)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything about a tree that a write could change, per relative path."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames] if dirpath == str(root) else [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path).encode()
+            elif stat.S_ISREG(st.st_mode):
+                content = Path(path).read_bytes()
+            else:
+                content = b""
+            xattrs = tuple(sorted(
+                (n, os.getxattr(path, n, follow_symlinks=False))
+                for n in os.listxattr(path, follow_symlinks=False)
+            ))
+            result[os.path.relpath(path, root)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                st.st_ino, hashlib.sha256(content).hexdigest(), xattrs,
+            )
+    return result
+
+
+def pyunion(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([PYUNION, *args], capture_output=True, text=True, check=check,
+                          timeout=60, **kwargs)
+
+
+def mounted(mnt: Path | str, fstype: str | None = None) -> bool:
+    target = os.path.realpath(mnt)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target and (fstype is None or fields[fields.index("-") + 1] == fstype):
+                return True
+    return False
+
+
+def wait_for(predicate, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def force_unmount(mnt: Path | str) -> None:
+    """Last resort for a test that failed half-way: detach whatever is there."""
+    while mounted(mnt):
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,72 @@
+"""Mount options into a config (no mount needed)."""
+
+import pytest
+
+from unionfs.branches import BranchError
+from unionfs.options import parse
+
+
+@pytest.fixture
+def stack(tmp_path):
+    for name in ("up", "low", "mnt", "work"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+def test_union_fuse_and_mount8_options(stack):
+    config = parse([f"br={stack}/up=rw:{stack}/low=ro,allow_other", "noauto,_netdev,x-systemd.foo"],
+                   str(stack / "mnt"))
+    assert config.mountpoint == str(stack / "mnt")
+    assert {"allow_other", "default_permissions", "subtype=pyunion", "fsname=pyunion"} \
+        == set(config.fuse_options)
+
+
+def test_no_writable_branch_mounts_read_only(stack):
+    config = parse([f"br={stack}/low=ro,rw"], str(stack / "mnt"))
+    assert "ro" in config.fuse_options and "rw" not in config.fuse_options
+
+
+def test_source_is_the_branch_list_when_no_option_gives_one(stack):
+    source = f"{stack}/up=rw:{stack}/low=ro"
+    config = parse([], str(stack / "mnt"), source)
+    assert [b.path for b in config.stack.branches] == [f"{stack}/up", f"{stack}/low"]
+    assert f"fsname={source}" in config.fuse_options
+
+
+def test_source_is_only_a_name_when_br_is_given(stack):
+    config = parse([f"br={stack}/low"], str(stack / "mnt"), "myunion")
+    assert [b.path for b in config.stack.branches] == [f"{stack}/low"]
+    assert "fsname=myunion" in config.fuse_options
+
+
+def test_overlay_options(stack):
+    config = parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/work"],
+                   str(stack / "mnt"))
+    assert config.stack.upper.path == f"{stack}/up"
+    assert config.stack.workdir == f"{stack}/work"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["nosuchoption"], "unknown mount option 'nosuchoption'"),
+    (["allow_other=1"], "unknown mount option"),
+    (["br={s}/low,br={s}/up"], "given twice"),
+    (["br={s}/low,lowerdir={s}/up"], "either br= or lowerdir="),
+    ([], "no branches given"),
+    (["br="], "no branches given"),
+    (["upperdir={s}/up"], "lowerdir= is required"),
+])
+def test_bad_options(stack, options, message):
+    with pytest.raises(BranchError, match=message):
+        parse([o.format(s=stack) for o in options], str(stack / "mnt"))
+
+
+@pytest.mark.parametrize("mnt, message", [
+    ("missing", "mount point .* no such directory"),
+    ("low", "is inside branch"),
+    ("low/sub", "is inside branch"),
+    (".", "would hide branch"),
+])
+def test_bad_mountpoints(stack, mnt, message):
+    (stack / "low/sub").mkdir()
+    with pytest.raises(BranchError, match=message):
+        parse([f"br={stack}/up=rw:{stack}/low=ro"], str(stack / mnt))

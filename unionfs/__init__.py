@@ -1,0 +1,1 @@
+"""pyunion: an aufs-style union file system in userspace (pyfuse3 + trio)."""

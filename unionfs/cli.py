@@ -1,0 +1,109 @@
+"""``pyunion``: mount and unmount unions.
+
+    pyunion mount -o br=/upper=rw:/base=ro MNT     # aufs spelling
+    pyunion mount -o lowerdir=/base,upperdir=/upper,workdir=/work MNT
+    pyunion umount MNT
+    mount -t fuse.pyunion /upper=rw:/base=ro MNT   # via mount.fuse3 / fstab
+
+mount.fuse3 runs the program as ``pyunion SOURCE MNT -o OPTIONS``; that form
+is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import click
+
+from . import daemon, options
+from .branches import BranchError
+
+_UMOUNT_WAIT_SECONDS = 10.0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Log every step to stderr.")
+def cli(debug: bool) -> None:
+    """An aufs-style union file system in userspace."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="pyunion[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@click.argument("mountpoint")
+@click.option("-o", "option_args", multiple=True, metavar="OPTIONS",
+              help="Comma-separated mount options, e.g. br=/up=rw:/base=ro,allow_other.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
+@click.option("--source", help="Branch list or name shown in the mount table (mount.fuse3 form).")
+def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, source: str | None) -> None:
+    """Mount a union of branches on MOUNTPOINT."""
+    try:
+        config = options.parse(list(option_args), mountpoint, source)
+    except BranchError as exc:
+        raise click.ClickException(str(exc)) from None
+    debugging = logging.getLogger().isEnabledFor(logging.DEBUG)
+    try:
+        if foreground:
+            daemon.serve(config)
+        else:
+            daemon.spawn(config, keep_stderr=debugging)
+    except daemon.MountError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("mountpoint")
+def umount(mountpoint: str) -> None:
+    """Unmount MOUNTPOINT and wait for its daemon to exit."""
+    mnt = os.path.realpath(mountpoint)
+    if not _is_pyunion_mount(mnt):
+        raise click.ClickException(f"{mnt} is not a pyunion mount")
+    pid = daemon.pid_of(mnt)
+    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
+        raise click.ClickException(message[0])
+    if pid is not None and not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
+        raise click.ClickException(f"unmounted, but daemon {pid} is still running")
+
+
+def _is_pyunion_mount(mnt: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if _unescape(fields[4]) == mnt and fields[sep + 1] == f"fuse.{options.FSTYPE}":
+                return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, \\)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and not args[0].startswith("-") and args[0] not in cli.commands:
+        args = ["mount", "--source", *args]
+    cli.main(args=args, prog_name="pyunion")

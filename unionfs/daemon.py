@@ -1,0 +1,155 @@
+"""The union daemon's life: open the branches, mount, serve, unmount.
+
+``serve`` runs in the foreground; ``spawn`` forks it into the background and
+returns only once the mount is ready (or with the daemon's one-line error).
+SIGTERM, SIGINT and SIGHUP end the daemon with a clean unmount; an unmount
+from outside (``umount``, ``fusermount3 -u``) ends it too.
+
+Each daemon records its PID in ``/run/pyunion/`` under its mount point's
+name, so ``pyunion umount`` can wait for it to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import urllib.parse
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from .fs import UnionOperations
+from .layer import Layer
+from .options import MountConfig
+from .tree import Tree
+
+log = logging.getLogger(__name__)
+
+PID_DIR = "/run/pyunion"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class MountError(RuntimeError):
+    """The daemon could not mount; the message is one line."""
+
+
+def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount and answer requests until unmounted or signalled."""
+    layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
+    try:
+        operations = UnionOperations(Tree(layers))
+        try:
+            pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount on {config.mountpoint}: {exc}") from None
+        try:
+            with _pidfile(config.mountpoint):
+                trio.run(_main_loop, on_ready)
+        finally:
+            pyfuse3.close(unmount=True)
+    finally:
+        for layer in layers:
+            layer.close()
+
+
+def spawn(config: MountConfig, keep_stderr: bool = False) -> int:
+    """Run :func:`serve` in a detached child; return its PID once mounted."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(ready_r)
+        ready = _ReadyPipe(ready_w)
+        status = 1
+        try:
+            _detach(keep_stderr)
+            serve(config, on_ready=lambda: ready.send("ok"))
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - the parent must hear of it
+            ready.send(str(exc) or type(exc).__name__)
+            log.exception("daemon failed")
+        finally:
+            os._exit(status)
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready_pipe:
+        answer = ready_pipe.read().decode(errors="replace").strip()
+    if answer != "ok":
+        os.waitpid(pid, 0)
+        raise MountError(answer or "the daemon exited before the mount was ready")
+    return pid
+
+
+def pid_of(mountpoint: str) -> int | None:
+    """The PID of the daemon serving ``mountpoint``, if it is still running."""
+    try:
+        with open(_pidfile_path(mountpoint)) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"pyunion" not in f.read():
+                return None
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+async def _main_loop(on_ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        on_ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+class _ReadyPipe:
+    """Tells the waiting parent, once, how the mount went."""
+
+    def __init__(self, fd: int):
+        self._fd: int | None = fd
+
+    def send(self, message: str) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._fd, message.encode())
+        os.close(self._fd)
+        self._fd = None
+
+
+def _detach(keep_stderr: bool) -> None:
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _pidfile_path(mountpoint: str) -> str:
+    return os.path.join(PID_DIR, urllib.parse.quote(mountpoint, safe="") + ".pid")
+
+
+@contextlib.contextmanager
+def _pidfile(mountpoint: str):
+    path = _pidfile_path(mountpoint)
+    try:
+        os.makedirs(PID_DIR, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError:
+        path = None  # not root: run without a PID file
+    try:
+        yield
+    finally:
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

@@ -1,0 +1,110 @@
+"""FUSE inode numbers: how they are made, and what the kernel holds of them.
+
+pyfuse3 uses one number both as the FUSE node id and as ``st_ino``, so the
+number must be stable and unique among live files:
+
+* :class:`InodeNumbers` derives it from the real ``(st_dev, st_ino)`` of an
+  entry's top location, as overlayfs's ``xino`` does: the real inode number,
+  with the index of its file system (in branch order) in the top 8 bits.
+  Branches on one file system keep their real numbers; hard links share one.
+* :class:`InodeTable` keeps a :class:`Node` for every number the kernel has
+  been given, with the kernel's lookup count.  ``forget`` drops it at zero,
+  so memory follows what the kernel caches, not what was ever seen.  A node
+  records the names it was reached by, (parent number, name), never a full
+  path, so renaming a directory later needs no walk over its subtree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pyfuse3
+
+from .tree import Entry
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+_FS_SHIFT = 56
+
+
+class InodeNumbers:
+    """Maps real ``(st_dev, st_ino)`` pairs to union inode numbers."""
+
+    def __init__(self, root: os.stat_result, devices: list[int]):
+        self._fs_index: dict[int, int] = {}
+        for dev in devices:
+            self._fs_index.setdefault(dev, len(self._fs_index))
+        self._root = (root.st_dev, root.st_ino)
+        # The root is always ROOT_INODE, so its own number is free: a file
+        # whose number would clash with ROOT_INODE gets it instead.
+        self._root_stand_in = self._compose(root)
+
+    def __call__(self, st: os.stat_result) -> int:
+        if (st.st_dev, st.st_ino) == self._root:
+            return ROOT_INODE
+        number = self._compose(st)
+        return self._root_stand_in if number == ROOT_INODE else number
+
+    def _compose(self, st: os.stat_result) -> int:
+        if st.st_ino >> _FS_SHIFT:
+            raise OSError(errno.EOVERFLOW, "inode number too large for the union")
+        index = self._fs_index.setdefault(st.st_dev, len(self._fs_index))
+        return index << _FS_SHIFT | st.st_ino
+
+
+class Node:
+    """What the daemon knows of one inode the kernel holds."""
+
+    __slots__ = ("ino", "lookups", "links", "entry")
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        self.lookups = 0
+        #: the (parent inode, name) pairs this inode was reached by
+        self.links: set[tuple[int, str]] = set()
+        #: where the inode lives, once resolved; None until needed
+        self.entry: Entry | None = None
+
+
+class InodeTable:
+    """The live inodes, keyed by number; the root is never forgotten."""
+
+    def __init__(self, root_entry: Entry):
+        root = Node(ROOT_INODE)
+        root.entry = root_entry
+        self._nodes = {ROOT_INODE: root}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __getitem__(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise OSError(errno.ESTALE, "unknown inode") from None
+
+    def remember(self, ino: int, parent: int | None = None, name: str | None = None) -> Node:
+        """Count one more kernel reference to ``ino``, reached as ``parent/name``."""
+        node = self._nodes.get(ino)
+        if node is None:
+            node = self._nodes[ino] = Node(ino)
+        node.lookups += 1
+        if parent is not None:
+            node.links.add((parent, name))
+        return node
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups -= count
+        if node.lookups <= 0:
+            del self._nodes[ino]
+
+    def parent_link(self, node: Node) -> tuple[Node, str]:
+        """A (parent node, name) pair by which ``node`` can be reached now."""
+        for parent, name in list(node.links):
+            if parent in self._nodes:
+                return self._nodes[parent], name
+            node.links.discard((parent, name))
+        raise OSError(errno.ESTALE, "inode has no live parent")

@@ -1,0 +1,93 @@
+"""Mount options (``-o a,b=c``) into a validated :class:`MountConfig`.
+
+Three kinds of option are accepted:
+
+* the union's own: ``br=``, or ``lowerdir=``/``upperdir=``/``workdir=``;
+* FUSE and kernel mount options, passed on to libfuse as they are;
+* options that only mean something to ``mount(8)`` and fstab (``defaults``,
+  ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
+
+Anything else is refused with a one-line error, before anything is mounted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import branches
+from .branches import BranchError, BranchStack
+
+FSTYPE = "pyunion"
+
+_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
+_FUSE_FLAGS = {
+    "allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
+    "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
+    "async", "sync", "dirsync", "atime", "noatime", "nodiratime", "relatime",
+    "strictatime", "lazytime", "nolazytime",
+}
+_FUSE_KEYS = {"fsname", "subtype", "max_read", "blksize"}
+_MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner",
+                "group", "_netdev", "nofail", "comment"}
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    stack: BranchStack
+    mountpoint: str
+    fuse_options: frozenset[str]
+
+
+def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
+    """Build the config from every ``-o`` value given, in order.
+
+    ``source`` is the first argument in the ``mount -t fuse.pyunion SOURCE
+    MNT`` form: the branch list itself when no ``br=``/``lowerdir=`` option
+    gives one, otherwise just the name shown in the mount table.
+    """
+    union: dict[str, str] = {}
+    fuse: set[str] = set()
+    for arg in option_args:
+        for option in filter(None, arg.split(",")):
+            key, sep, value = option.partition("=")
+            if key in _UNION_KEYS and sep:
+                if key in union:
+                    raise BranchError(f"option {key}= is given twice")
+                union[key] = value
+            elif (key in _FUSE_FLAGS and not sep) or (key in _FUSE_KEYS and sep):
+                fuse.add(option)
+            elif key in _MOUNT8_ONLY or key.startswith("x-"):
+                continue
+            else:
+                raise BranchError(f"unknown mount option {option!r}")
+    stack = _stack(union, source)
+    mnt = branches.check_mountpoint(mountpoint, stack)
+    return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)))
+
+
+def _stack(union: dict[str, str], source: str | None) -> BranchStack:
+    overlay_style = union.keys() & {"lowerdir", "upperdir"}
+    if "br" in union and overlay_style:
+        raise BranchError("give either br= or lowerdir=/upperdir=, not both")
+    if "br" in union:
+        found = branches.parse_br(union["br"])
+    elif overlay_style:
+        found = branches.parse_overlay(union.get("lowerdir"), union.get("upperdir"))
+    elif source:
+        found = branches.parse_br(source)
+    else:
+        raise BranchError("no branches given (use -o br=/upper=rw:/lower=ro)")
+    return branches.validate(found, union.get("workdir"))
+
+
+def _fuse_options(given: set[str], stack: BranchStack, source: str | None) -> set[str]:
+    options = set(given)
+    options.add("default_permissions")
+    options.add(f"subtype={FSTYPE}")
+    if not any(o.startswith("fsname=") for o in given):
+        options.add(f"fsname={source or FSTYPE}")
+    if stack.upper is None:
+        # With nothing writable the mount is read-only, as overlayfs does.
+        options.discard("rw")
+        options.add("ro")
+    return options
