@@ -29,3 +29,9 @@ python=${PYTHON:-python3}
     | grep -v "^WARNING: Location" || true
 .venv/bin/python -c 'import pyfuse3, trio, click' \
     || { echo "setup: the Python packages did not install" >&2; exit 1; }
+
+# mount(8) runs helpers with the system PATH only: `mount -t fuse.pyunion`
+# finds the program there.
+for program in pyunion pycontainer; do
+    ln -sfn "$PWD/.venv/bin/$program" "/usr/local/bin/$program"
+done

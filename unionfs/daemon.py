@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import urllib.parse
 from typing import Callable
 
@@ -41,10 +42,12 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
     try:
         operations = UnionOperations(Tree(layers))
-        try:
-            pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
-        except RuntimeError as exc:
-            raise MountError(f"cannot mount on {config.mountpoint}: {exc}") from None
+        with _stderr_captured() as complaint:
+            try:
+                pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
+            except RuntimeError as exc:
+                reason = complaint() or str(exc)
+                raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
         try:
             with _pidfile(config.mountpoint):
                 trio.run(_main_loop, on_ready)
@@ -123,6 +126,28 @@ class _ReadyPipe:
             os.write(self._fd, message.encode())
         os.close(self._fd)
         self._fd = None
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Catch what libfuse prints to fd 2, for a one-line error message.
+
+    Yields a function that returns the last line printed so far.
+    """
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+
+        def last_line() -> str:
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").strip().splitlines()
+            return lines[-1].removeprefix("fuse: ") if lines else ""
+
+        try:
+            yield last_line
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _detach(keep_stderr: bool) -> None:

@@ -1,0 +1,216 @@
+"""The FUSE operations of the read path, through a real mount."""
+
+import ctypes
+import errno
+import hashlib
+import os
+import pathlib
+import random
+import shutil
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from helpers import DIR, build
+
+
+def test_attributes_are_those_of_the_top_entry(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {"f": "top", "d/x": "1"})
+    b2 = build(tmp_path / "b2", {"f": "lower and longer"})
+    os.chmod(b1 / "f", 0o640)
+    os.chown(b1 / "f", 1234, 5678)
+    os.utime(b1 / "f", ns=(1_000_000_000, 2_000_000_000))
+    mnt = unions.mount([b1, b2])
+    real, seen = os.stat(b1 / "f"), os.stat(mnt / "f")
+    for field in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_nlink",
+                  "st_blocks"):
+        assert getattr(seen, field) == getattr(real, field), field
+    assert seen.st_ino == real.st_ino  # one file system: the real number
+
+
+def test_reads_big_and_at_random_offsets(tmp_path, unions):
+    data = random.Random(1).randbytes(10 * 1024 * 1024 + 123)
+    b1 = build(tmp_path / "b1", {"big": data})
+    mnt = unions.mount([b1])
+    assert hashlib.sha256((mnt / "big").read_bytes()).digest() == hashlib.sha256(data).digest()
+    fd = os.open(mnt / "big", os.O_RDONLY)
+    try:
+        rng = random.Random(2)
+        for _ in range(200):
+            off, size = rng.randrange(len(data)), rng.randrange(1, 200_000)
+            assert os.pread(fd, size, off) == data[off:off + size]
+        assert os.pread(fd, 10, len(data) + 5) == b""
+    finally:
+        os.close(fd)
+
+
+def test_sparse_file_reads_zeros_and_stays_small(tmp_path, unions):
+    b1 = tmp_path / "b1"
+    b1.mkdir()
+    hole = 64 << 20
+    with open(b1 / "sparse", "wb") as f:
+        f.seek(hole)
+        f.write(b"end")
+    mnt = unions.mount([b1])
+    st = os.stat(mnt / "sparse")
+    assert st.st_size == hole + 3
+    assert st.st_blocks * 512 < 1 << 20
+    with open(mnt / "sparse", "rb") as f:
+        assert f.read(4096) == bytes(4096)
+        f.seek(hole)
+        assert f.read() == b"end"
+
+
+def test_xattrs_of_the_top_entry(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {"f": "x", "d": DIR})
+    b2 = build(tmp_path / "b2", {"f": "lower"})
+    os.setxattr(b1 / "f", "user.colour", b"blue")
+    os.setxattr(b1 / "d", "user.kind", b"dir")
+    os.setxattr(b2 / "f", "user.lower_only", b"hidden")
+    mnt = unions.mount([b1, b2])
+    assert os.listxattr(mnt / "f") == ["user.colour"]
+    assert os.getxattr(mnt / "f", "user.colour") == b"blue"
+    assert os.getxattr(mnt / "d", "user.kind") == b"dir"
+    with pytest.raises(OSError) as caught:
+        os.getxattr(mnt / "f", "user.lower_only")
+    assert caught.value.errno == errno.ENODATA
+
+
+def test_statfs_comes_from_the_writable_branch(tmp_path, unions):
+    up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "x"})
+    mnt = unions.mount([up, low], rw=True)
+    seen, real = os.statvfs(mnt), os.statvfs(up)
+    assert (seen.f_blocks, seen.f_bsize, seen.f_files) == (real.f_blocks, real.f_bsize, real.f_files)
+    assert seen.f_namemax == real.f_namemax - len(".wh.")
+
+
+def test_read_only_union_refuses_writes(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {"f": "x"})
+    mnt = unions.mount([b1])
+    for attempt in (lambda: open(mnt / "f", "r+"), lambda: open(mnt / "new", "w"),
+                    lambda: os.mkdir(mnt / "d"), lambda: os.chmod(mnt / "f", 0o600)):
+        with pytest.raises(OSError) as caught:
+            attempt()
+        assert caught.value.errno == errno.EROFS
+    assert not os.access(mnt / "f", os.W_OK)
+
+
+def test_special_files_keep_their_type(tmp_path, unions):
+    b1 = tmp_path / "b1"
+    b1.mkdir()
+    os.mkfifo(b1 / "fifo")
+    os.mknod(b1 / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    mnt = unions.mount([b1])
+    assert stat.S_ISFIFO(os.stat(mnt / "fifo").st_mode)
+    st = os.stat(mnt / "null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+def test_hard_links_share_a_number_and_distinct_files_do_not(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {"a": "same", "other": "o"})
+    b2 = build(tmp_path / "b2", {"c": "c"})
+    os.link(b1 / "a", b1 / "b")
+    mnt = unions.mount([b1, b2])
+    inos = {name: os.stat(mnt / name).st_ino for name in ("a", "b", "other", "c")}
+    assert inos["a"] == inos["b"]
+    assert os.stat(mnt / "a").st_nlink == 2
+    assert len({inos["a"], inos["other"], inos["c"]}) == 3
+
+
+def test_inode_numbers_survive_a_remount(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {"f": "x", "d/g": "y"})
+    b2 = build(tmp_path / "b2", {"d/h": "z"})
+    first = unions.mount([b1, b2])
+    before = {p: os.stat(first / p).st_ino for p in ("f", "d", "d/g", "d/h")}
+    second = unions.mount([b1, b2])
+    assert {p: os.stat(second / p).st_ino for p in before} == before
+
+
+def test_branches_on_two_file_systems_get_distinct_numbers(shm_dir, tmp_path, unions):
+    shm = build(shm_dir, {f"s{i}": str(i) for i in range(50)})
+    disk = build(tmp_path / "disk", {f"f{i}": str(i) for i in range(50)})
+    mnt = unions.mount([disk, shm])
+    inos = [os.stat(mnt / name).st_ino for name in os.listdir(mnt)]
+    assert len(inos) == len(set(inos)) == 100
+    assert all(os.stat(mnt / f"s{i}").st_ino >> 56 == 1 for i in range(50))
+
+
+@pytest.fixture
+def shm_dir():
+    """A directory on another file system (tmpfs) than tmp_path."""
+    path = tempfile.mkdtemp(prefix="pyunion-test-", dir="/dev/shm")
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path)
+
+
+def test_big_directory_lists_completely(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {f"file{i:05}": "" for i in range(0, 10_000, 2)})
+    b2 = build(tmp_path / "b2", {f"file{i:05}": "" for i in range(0, 10_000)})
+    mnt = unions.mount([b1, b2])
+    names = os.listdir(mnt)
+    assert len(names) == 10_000
+    assert sorted(names) == [f"file{i:05}" for i in range(10_000)]
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+def test_readdir_offsets_are_stable(tmp_path, unions):
+    b1 = build(tmp_path / "b1", {f"a{i:05}": "" for i in range(3000)})
+    b2 = build(tmp_path / "b2", {f"b{i:05}": "" for i in range(3000)})
+    mnt = unions.mount([b1, b2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.POINTER(_Dirent)
+    libc.readdir.argtypes = libc.telldir.argtypes = libc.closedir.argtypes = [ctypes.c_void_p]
+    libc.telldir.restype = ctypes.c_long
+    libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    handle = libc.opendir(str(mnt).encode())
+
+    def read_rest():
+        names = []
+        while entry := libc.readdir(handle):
+            names.append(entry.contents.d_name.decode())
+        return names
+
+    try:
+        head = [libc.readdir(handle).contents.d_name.decode() for _ in range(2500)]
+        mark = libc.telldir(handle)
+        rest = read_rest()
+        libc.seekdir(handle, mark)
+        again = read_rest()
+    finally:
+        libc.closedir(handle)
+    assert again == rest
+    everything = head + rest
+    assert len(everything) == len(set(everything)) == 6002  # with . and ..
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A directory another user can reach (pytest's tmp_path is root's only)."""
+    path = tempfile.mkdtemp(prefix="pyunion-test-")
+    os.chmod(path, 0o755)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path)
+
+
+def test_allow_other_lets_another_user_read(world_readable_dir, unions):
+    b1 = build(world_readable_dir / "b1", {"f": "shared"})
+    (world_readable_dir / "m1").mkdir()
+    (world_readable_dir / "m2").mkdir()
+    private = unions.mount([b1], mnt=world_readable_dir / "m1")
+    shared = unions.mount([b1], "allow_other", mnt=world_readable_dir / "m2")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+    assert subprocess.run([*as_nobody, str(shared / "f")], capture_output=True,
+                          text=True).stdout == "shared"
+    assert subprocess.run([*as_nobody, str(private / "f")], capture_output=True).returncode != 0
