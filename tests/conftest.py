@@ -62,3 +62,13 @@ def unions(tmp_path):
         yield made
     finally:
         made.unmount_all()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any test left a union of its own mounted."""
+    with open("/proc/self/mountinfo") as f:
+        left = [line.split()[4] for line in f
+                if " - fuse.pyunion " in line and ("pytest-of-" in line or "pyunion-test-" in line)]
+    if left:
+        session.config.get_terminal_writer().line(f"mounts left behind: {left}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
