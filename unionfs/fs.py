@@ -55,11 +55,14 @@ def _fuse_errors(method):
 
     @functools.wraps(method)
     async def wrapper(*args):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%r", method.__name__, args[1:])
         try:
             return await method(*args)
         except FUSEError:
             raise
         except OSError as exc:
+            log.debug("%s: %s", method.__name__, exc)
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed", method.__name__)
