@@ -43,7 +43,7 @@ def test_signals_to_the_daemon_unmount_cleanly(branches, unions, signum):
 def test_foreground_mode_and_debug_log(branches, unions):
     up, low, mnt = branches
     unions.track(mnt, [low])
-    proc = subprocess.Popen([PYUNION, "--debug", "mount", "-f", "-o", f"br={low}", str(mnt)],
+    proc = subprocess.Popen([PYUNION, "--debug", "mount", "-f", "-o", f"br={low}=ro", str(mnt)],
                             stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: mounted(mnt))
@@ -78,7 +78,7 @@ def test_mount_fuse_helper_and_fstab_form(branches, unions):
     with open("/proc/self/mounts") as f:
         assert f"{up}=rw:{low}=ro {mnt} fuse.pyunion " in f.read()
     pyunion("umount", str(mnt))
-    subprocess.run(["mount", "-t", "fuse.pyunion", "-o", f"br={low}", "myunion", str(mnt)],
+    subprocess.run(["mount", "-t", "fuse.pyunion", "-o", f"br={low}=ro", "myunion", str(mnt)],
                    check=True)
     assert (mnt / "hello").read_text() == "world"
 

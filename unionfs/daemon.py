@@ -26,6 +26,7 @@ from .fs import UnionOperations
 from .layer import Layer
 from .options import MountConfig
 from .tree import Tree
+from .upper import Upper
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,12 @@ class MountError(RuntimeError):
 
 def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount and answer requests until unmounted or signalled."""
+    # The kernel has applied the caller's umask already.
+    os.umask(0)
     layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
+    upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
     try:
-        operations = UnionOperations(Tree(layers))
+        operations = UnionOperations(Tree(layers), upper)
         with _stderr_captured() as complaint:
             try:
                 pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
@@ -49,11 +53,15 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                 reason = complaint() or str(exc)
                 raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
         try:
+            if upper is not None:
+                upper.prepare()
             with _pidfile(config.mountpoint):
                 trio.run(_main_loop, on_ready)
         finally:
             pyfuse3.close(unmount=True)
     finally:
+        if upper is not None:
+            upper.close()
         for layer in layers:
             layer.close()
 

@@ -1,20 +1,25 @@
-"""The FUSE face of the union: each operation maps an inode to an entry,
-asks ``tree``/``layer`` for the answer, and turns ``OSError`` into
-``FUSEError``.  No union rule lives here.
+"""The FUSE face of the union: each operation maps inodes to entries, asks
+``tree`` (names) or ``changes`` (writes) for the answer, keeps the inode
+table in step, and turns ``OSError`` into ``FUSEError``.  No union rule
+lives here.
 
-Not handled (yet), in one place:
+Not handled, in one place:
 
-* Writes: the write path (copy-up, whiteouts, rename, links) is not built
-  yet; a union without a writable branch is mounted read-only.
 * Branches changed underneath the mount are seen as they are found; the
   kernel may keep showing cached attributes and names for up to
   ``timeout`` seconds.
+* A directory renamed while a file inside it is being copied up (the copy
+  runs in a thread) may leave the copy at the old path.
 * ``access`` is never called: the mount always uses ``default_permissions``,
   so the kernel checks permissions itself from the attributes given here.
+* ``fallocate``, ``lseek`` (SEEK_DATA/SEEK_HOLE), ``copy_file_range``,
+  ``ioctl`` and ``poll`` are not passed on by pyfuse3; the kernel answers
+  them itself or with EOPNOTSUPP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -24,11 +29,14 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError
 
+from .changes import Changes
 from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
 from .tree import Entry, Location, Tree
-from .whiteout import PREFIX, is_reserved
+from .upper import Upper
+from .whiteout import PREFIX, is_private_xattr, is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ _STAT_FIELDS = (
     "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
+# What an open passes on to the real file: the kernel itself handles
+# O_APPEND (it sends the right offset) and O_CREAT/O_EXCL (via create).
+_OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
 
 
 @dataclass
@@ -73,18 +84,25 @@ def _fuse_errors(method):
 
 class UnionOperations(pyfuse3.Operations):
     """Concurrency: all handlers run as tasks of one trio loop, so the
-    tables here are only touched from one thread at a time."""
+    tables here are only touched from one thread at a time.  A handler
+    yields only while a file is copied up (in a thread); a per-inode lock
+    keeps other changes to that inode waiting meanwhile."""
 
-    def __init__(self, tree: Tree, timeout: float = 1.0):
+    def __init__(self, tree: Tree, upper: Upper | None = None, timeout: float = 1.0):
         super().__init__()
         self.tree = tree
         self.timeout = timeout
-        root_entry = tree.root()
-        root_stat = root_entry.top.layer.lstat(root_entry.top.path)
-        self.numbers = InodeNumbers(root_stat, [l.lstat(".").st_dev for l in tree.layers])
-        self.inodes = InodeTable(root_entry)
+        root = tree.root().top
+        self.numbers = InodeNumbers(root.layer.lstat(root.path),
+                                    [layer.lstat(".").st_dev for layer in tree.layers])
+        self.inodes = InodeTable()
+        self._changes = Changes(tree, upper, self.numbers) if upper else None
+        if self._changes:
+            self._changes.on_dir_copied = self.inodes.new_epoch
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
+        self._file_nodes: dict[int, Node] = {}
+        self._locks: dict[int, trio.Lock] = {}
 
     # -- names -----------------------------------------------------------
 
@@ -97,16 +115,10 @@ class UnionOperations(pyfuse3.Operations):
             attrs = self._attributes(node)
             self.inodes.remember(node.ino)
             return attrs
-        if is_reserved(name):
-            raise FUSEError(errno.EPERM)
-        found = self.tree.lookup(self._entry(parent), name)
+        found = self._child(parent, name)
         if found is None:
             return self._negative_entry()
-        entry, st = found
-        attrs = self._attributes_from(st, self.numbers(st), entry.merged)
-        node = self.inodes.remember(attrs.st_ino, parent_inode, name)
-        node.entry = entry
-        return attrs
+        return self._remember(parent_inode, name, *found)
 
     async def forget(self, inode_list):
         for ino, count in inode_list:
@@ -117,28 +129,139 @@ class UnionOperations(pyfuse3.Operations):
         return self._attributes(self.inodes[inode])
 
     @_fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self.inodes[inode]
+        truncating = fields.update_size and attr.st_size == 0
+        entry = await self._copied_up(node, with_data=not truncating)
+        layer, path = entry.top
+        if fields.update_size:
+            if fh is not None:
+                os.ftruncate(fh, attr.st_size)
+            else:
+                fd = layer.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+        if fields.update_uid or fields.update_gid:
+            os.chown(path, attr.st_uid if fields.update_uid else -1,
+                     attr.st_gid if fields.update_gid else -1, dir_fd=layer.fd,
+                     follow_symlinks=False)
+        st = layer.lstat(path)
+        if fields.update_mode and not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(attr.st_mode), dir_fd=layer.fd)
+        if fields.update_atime or fields.update_mtime:
+            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+            os.utime(path, ns=times, dir_fd=layer.fd, follow_symlinks=False)
+        return self._attributes(node)
+
+    @_fuse_errors
     async def readlink(self, inode, ctx):
         top = self._entry(self.inodes[inode]).top
         return os.fsencode(top.layer.readlink(top.path))
+
+    @_fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        parent, name = self._new_name(parent_inode, name)
+        entry = self._writer.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
+        return self._remember_new(parent_inode, name, entry)
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent, name = self._new_name(parent_inode, name)
+        entry = self._writer.mkdir(parent, name, mode, ctx.uid, ctx.gid)
+        return self._remember_new(parent_inode, name, entry)
+
+    @_fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        parent, name = self._new_name(parent_inode, name)
+        entry = self._writer.symlink(parent, name, os.fsdecode(target), ctx.uid, ctx.gid)
+        return self._remember_new(parent_inode, name, entry)
+
+    @_fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        new_parent, new_name = self._new_name(new_parent_inode, new_name)
+        node = self.inodes[inode]
+        async with self._lock(node.ino):
+            old, new = await self._writer.link(self._entry(node), new_parent, new_name)
+            self._moved_up(node, old)
+        return self._remember_new(new_parent_inode, new_name, new)
+
+    @_fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, os.fsdecode(name))
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._remove(parent_inode, os.fsdecode(name))
+
+    @_fuse_errors
+    async def rename(self, old_parent_inode, old_name, new_parent_inode, new_name, flags, ctx):
+        old_name, new_name = os.fsdecode(old_name), os.fsdecode(new_name)
+        if is_reserved(new_name):
+            raise FUSEError(errno.EPERM)
+        old_parent = self._entry(self.inodes[old_parent_inode])
+        new_parent = self._entry(self.inodes[new_parent_inode])
+        src = self._child_or_enoent(old_parent, old_name)
+        dst = self.tree.lookup(new_parent, new_name)
+        src_ino = self.numbers.of(*src)
+        dst_ino = self.numbers.of(*dst) if dst else None
+        if src_ino == dst_ino and not flags & pyfuse3.RENAME_EXCHANGE:
+            return  # two names of one file: rename(2) does nothing
+        async with contextlib.AsyncExitStack() as locks:
+            for ino in sorted(i for i in (src_ino, dst_ino) if i is not None):
+                await locks.enter_async_context(self._lock(ino))
+            await self._writer.rename(old_parent, old_name, src[0], new_parent, new_name,
+                                      dst[0] if dst else None, flags)
+        moved = (old_parent_inode, old_name), (new_parent_inode, new_name)
+        self._relink(src_ino, *moved)
+        if dst is not None:
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                self._relink(dst_ino, *reversed(moved))
+            elif (node := self.inodes.find(dst_ino)) is not None:
+                self.inodes.unlink(node, new_parent_inode, new_name)
+        if any(stat.S_ISDIR(st.st_mode) for _, st in filter(None, (src, dst))):
+            self.inodes.new_epoch()
 
     # -- files -----------------------------------------------------------
 
     @_fuse_errors
     async def open(self, inode, flags, ctx):
+        node = self.inodes[inode]
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise FUSEError(errno.EROFS)
-        top = self._entry(self.inodes[inode]).top
-        fd = top.layer.open(top.path, os.O_RDONLY)
-        # A file in a read-only branch cannot change, so the kernel may keep
-        # its pages across opens.
-        return FileInfo(fh=fd, keep_cache=not top.layer.writable)
+            entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
+        else:
+            entry = self._entry(node)
+        fd = entry.top.layer.open(entry.top.path, flags & _OPEN_FLAGS_KEPT)
+        return self._file_handle(node, fd)
+
+    @_fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent, name = self._new_name(parent_inode, name)
+        fd, entry = self._writer.create(parent, name, mode, flags & _OPEN_FLAGS_KEPT,
+                                        ctx.uid, ctx.gid)
+        attrs = self._remember_new(parent_inode, name, entry)
+        return self._file_handle(self.inodes[attrs.st_ino], fd), attrs
 
     @_fuse_errors
     async def read(self, fh, off, size):
         return os.pread(fh, size, off)
 
     @_fuse_errors
+    async def write(self, fh, off, buf):
+        return os.pwrite(fh, buf, off)
+
+    async def flush(self, fh):
+        pass  # writes go straight to the branch; nothing is buffered here
+
+    @_fuse_errors
+    async def fsync(self, fh, datasync):
+        (os.fdatasync if datasync else os.fsync)(fh)
+
+    @_fuse_errors
     async def release(self, fh):
+        self._file_nodes.pop(fh).fds.discard(fh)
         os.close(fh)
 
     # -- directories -----------------------------------------------------
@@ -164,19 +287,30 @@ class UnionOperations(pyfuse3.Operations):
             if isinstance(where, int):  # "." or ".."
                 attrs, entry = self._attributes(self.inodes[where]), None
             else:
-                found = self._entry_in_listing(listing.entry, name, where)
+                found = self.tree.entry_at(listing.entry, name, where)
                 if found is None:
-                    continue  # removed underneath since opendir
+                    continue  # removed since opendir
                 entry, st = found
-                attrs = self._attributes_from(st, self.numbers(st), entry.merged)
+                attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 return
             if entry is not None:
-                self.inodes.remember(attrs.st_ino, listing.ino, name).entry = entry
+                node = self.inodes.remember(attrs.st_ino, listing.ino, name)
+                self.inodes.cache_entry(node, entry)
 
     @_fuse_errors
     async def releasedir(self, fh):
         del self._dir_listings[fh]
+
+    @_fuse_errors
+    async def fsyncdir(self, fh, datasync):
+        top = self._dir_listings[fh].entry.top
+        if top.layer.writable:
+            fd = top.layer.open(top.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # -- the rest --------------------------------------------------------
 
@@ -195,52 +329,158 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getxattr(self, inode, name, ctx):
+        name = os.fsdecode(name)
+        if is_private_xattr(name):
+            raise FUSEError(pyfuse3.ENOATTR)
         top = self._entry(self.inodes[inode]).top
-        return top.layer.getxattr(top.path, os.fsdecode(name))
+        return top.layer.getxattr(top.path, name)
 
     @_fuse_errors
     async def listxattr(self, inode, ctx):
         top = self._entry(self.inodes[inode]).top
-        return [os.fsencode(n) for n in top.layer.listxattr(top.path)]
+        return [os.fsencode(n) for n in top.layer.listxattr(top.path) if not is_private_xattr(n)]
+
+    @_fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        await self._change_xattr(inode, name, lambda path: os.setxattr(
+            path, os.fsdecode(name), value, follow_symlinks=False))
+
+    @_fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        await self._change_xattr(inode, name, lambda path: os.removexattr(
+            path, os.fsdecode(name), follow_symlinks=False))
 
     # -- helpers ---------------------------------------------------------
 
-    def _entry(self, node: Node) -> Entry:
-        """Where ``node`` lives, resolved from its parent on first need."""
-        if node.entry is None:
-            parent, name = self.inodes.parent_link(node)
-            found = self.tree.lookup(self._entry(parent), name)
-            if found is None:
-                raise FUSEError(errno.ENOENT)
-            node.entry = found[0]
-        return node.entry
+    @property
+    def _writer(self) -> Changes:
+        if self._changes is None:
+            raise FUSEError(errno.EROFS)
+        return self._changes
 
-    def _entry_in_listing(self, directory: Entry, name: str, top: Location):
-        """The entry of a listed name: a directory may merge with lower
-        ones, so it is looked up in full; anything else is its top."""
-        st = top.layer.lstat_or_none(top.path)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            return self.tree.lookup(directory, name)
-        return None if st is None else (Entry((top,)), st)
+    def _entry(self, node: Node) -> Entry:
+        """Where ``node`` lives, resolved from its parent when not cached."""
+        entry = self.inodes.cached_entry(node)
+        if entry is None:
+            if node.ino == ROOT_INODE:
+                entry = self.tree.root()
+            else:
+                parent, name = self.inodes.parent_link(node)
+                entry = self._child_or_enoent(self._entry(parent), name)[0]
+            self.inodes.cache_entry(node, entry)
+        return entry
+
+    def _child(self, parent: Node, name: str):
+        if is_reserved(name):
+            raise FUSEError(errno.EPERM)
+        return self.tree.lookup(self._entry(parent), name)
+
+    def _child_or_enoent(self, parent: Entry, name: str):
+        found = self.tree.lookup(parent, name)
+        if found is None:
+            raise FUSEError(errno.ENOENT)
+        return found
+
+    def _new_name(self, parent_inode: int, name: bytes) -> tuple[Entry, str]:
+        """The parent entry and decoded name for an entry about to be made."""
+        name = os.fsdecode(name)
+        parent = self.inodes[parent_inode]
+        if self._child(parent, name) is not None:
+            raise FUSEError(errno.EEXIST)
+        return self._entry(parent), name
 
     def _parent_of(self, node: Node) -> Node:
         if node.ino == ROOT_INODE:
             return node
         return self.inodes.parent_link(node)[0]
 
-    def _attributes(self, node: Node) -> EntryAttributes:
-        entry = self._entry(node)
-        st = entry.top.layer.lstat(entry.top.path)
-        return self._attributes_from(st, node.ino, entry.merged)
+    async def _remove(self, parent_inode: int, name: str) -> None:
+        parent = self._entry(self.inodes[parent_inode])
+        entry, st = self._child_or_enoent(parent, name)
+        ino = self.numbers.of(entry, st)
+        async with self._lock(ino):
+            self._writer.remove(parent, name, entry)
+        if (node := self.inodes.find(ino)) is not None:
+            self.inodes.unlink(node, parent_inode, name)
 
-    def _attributes_from(self, st: os.stat_result, ino: int, merged: bool) -> EntryAttributes:
+    def _relink(self, ino: int, old: tuple[int, str], new: tuple[int, str]) -> None:
+        node = self.inodes.find(ino)
+        if node is not None:
+            self.inodes.unlink(node, *old)
+            self.inodes.link(node, *new)
+
+    async def _copied_up(self, node: Node, with_data: bool = True) -> Entry:
+        """``node``'s entry, copied into the writable branch first if needed."""
+        async with self._lock(node.ino):
+            entry = self._entry(node)
+            if not entry.in_upper:
+                entry = await self._writer.copy_up(entry, with_data)
+                self._moved_up(node, entry)
+            return entry
+
+    def _moved_up(self, node: Node, entry: Entry) -> None:
+        """After a copy-up: cache the new entry, and let descriptors already
+        open on the lower file read the upper one from now on."""
+        self.inodes.cache_entry(node, entry)
+        for fd in node.fds:
+            new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
+            os.dup2(new, fd)
+            os.close(new)
+
+    async def _change_xattr(self, inode: int, name: bytes, change) -> None:
+        if is_private_xattr(os.fsdecode(name)):
+            raise FUSEError(errno.EPERM)
+        entry = await self._copied_up(self.inodes[inode])
+        change(entry.top.layer.proc_path(entry.top.path))
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, ino: int):
+        lock = self._locks.setdefault(ino, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(ino, None)
+
+    def _file_handle(self, node: Node, fd: int) -> FileInfo:
+        node.fds.add(fd)
+        self._file_nodes[fd] = node
+        # Data changes only through this mount, which keeps the kernel's
+        # cache in step, so pages may stay cached across opens.
+        return FileInfo(fh=fd, keep_cache=True)
+
+    def _remember(self, parent_inode: int, name: str, entry: Entry,
+                  st: os.stat_result) -> EntryAttributes:
+        attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
+        node = self.inodes.remember(attrs.st_ino, parent_inode, name)
+        self.inodes.cache_entry(node, entry)
+        return attrs
+
+    def _remember_new(self, parent_inode: int, name: str, entry: Entry) -> EntryAttributes:
+        return self._remember(parent_inode, name, entry, entry.top.layer.lstat(entry.top.path))
+
+    def _attributes(self, node: Node) -> EntryAttributes:
+        try:
+            entry = self._entry(node)
+        except OSError:
+            if not node.fds:
+                raise
+            # Unlinked but still open: what the open file says.
+            st = os.fstat(next(iter(node.fds)))
+            return self._attributes_from(st, node.ino, None)
+        st = entry.top.layer.lstat(entry.top.path)
+        return self._attributes_from(st, node.ino, entry)
+
+    def _attributes_from(self, st: os.stat_result, ino: int,
+                         entry: Entry | None) -> EntryAttributes:
         attrs = EntryAttributes()
         for field in _STAT_FIELDS:
             setattr(attrs, field, getattr(st, field))
         attrs.st_ino = ino
         attrs.entry_timeout = self.timeout
         attrs.attr_timeout = self.timeout
-        if merged and stat.S_ISDIR(st.st_mode):
+        if entry is not None and entry.merged and stat.S_ISDIR(st.st_mode):
             attrs.st_nlink = 1  # as overlayfs: a merged directory's count is unknown
         return attrs
 

@@ -39,6 +39,12 @@ class InodeNumbers:
         # whose number would clash with ROOT_INODE gets it instead.
         self._root_stand_in = self._compose(root)
 
+    def of(self, entry: Entry, st: os.stat_result) -> int:
+        """The number of ``entry``: the one it had before any copy-up."""
+        if entry.marks.origin is not None:
+            return entry.marks.origin
+        return self(st)
+
     def __call__(self, st: os.stat_result) -> int:
         if (st.st_dev, st.st_ino) == self._root:
             return ROOT_INODE
@@ -55,24 +61,30 @@ class InodeNumbers:
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
-    __slots__ = ("ino", "lookups", "links", "entry")
+    __slots__ = ("ino", "lookups", "links", "entry", "epoch", "fds")
 
     def __init__(self, ino: int):
         self.ino = ino
         self.lookups = 0
         #: the (parent inode, name) pairs this inode was reached by
         self.links: set[tuple[int, str]] = set()
-        #: where the inode lives, once resolved; None until needed
+        #: where the inode lives, once resolved, and the table's epoch then
         self.entry: Entry | None = None
+        self.epoch = 0
+        #: descriptors open on it for the kernel's file handles
+        self.fds: set[int] = set()
 
 
 class InodeTable:
-    """The live inodes, keyed by number; the root is never forgotten."""
+    """The live inodes, keyed by number; the root is never forgotten.
 
-    def __init__(self, root_entry: Entry):
-        root = Node(ROOT_INODE)
-        root.entry = root_entry
-        self._nodes = {ROOT_INODE: root}
+    ``epoch`` grows whenever a directory moves: every cached entry below it
+    may now be at another path, so entries cached before are resolved anew.
+    """
+
+    def __init__(self):
+        self._nodes = {ROOT_INODE: Node(ROOT_INODE)}
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -92,6 +104,25 @@ class InodeTable:
         if parent is not None:
             node.links.add((parent, name))
         return node
+
+    def find(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def new_epoch(self) -> None:
+        self.epoch += 1
+
+    def cached_entry(self, node: Node) -> Entry | None:
+        return node.entry if node.epoch == self.epoch else None
+
+    def cache_entry(self, node: Node, entry: Entry | None) -> None:
+        node.entry, node.epoch = entry, self.epoch
+
+    def link(self, node: Node, parent: int, name: str) -> None:
+        node.links.add((parent, name))
+
+    def unlink(self, node: Node, parent: int, name: str) -> None:
+        node.links.discard((parent, name))
+        node.entry = None
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)

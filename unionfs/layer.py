@@ -25,6 +25,12 @@ def child(parent: str, name: str) -> str:
     return name if parent == ROOT else f"{parent}/{name}"
 
 
+def split(path: str) -> tuple[str, str]:
+    """``(parent, name)`` of a relative path other than the root."""
+    parent, _, name = path.rpartition("/")
+    return parent or ROOT, name
+
+
 class Layer:
     """One branch of the stack, opened; ``index`` 0 is the top."""
 
@@ -67,13 +73,14 @@ class Layer:
         return os.readlink(path, dir_fd=self.fd)
 
     def getxattr(self, path: str, name: str) -> bytes:
-        return os.getxattr(self._proc_path(path), name, follow_symlinks=False)
+        return os.getxattr(self.proc_path(path), name, follow_symlinks=False)
 
     def listxattr(self, path: str) -> list[str]:
-        return os.listxattr(self._proc_path(path), follow_symlinks=False)
+        return os.listxattr(self.proc_path(path), follow_symlinks=False)
 
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.fd)
 
-    def _proc_path(self, path: str) -> str:
+    def proc_path(self, path: str) -> str:
+        """A path for the calls that have no ``*at`` form (xattrs)."""
         return f"/proc/self/fd/{self.fd}/{path}"

@@ -10,6 +10,9 @@ The rules are aufs's and overlayfs's:
   directory is marked opaque (``.wh..wh..opq``); whatever lies below that
   is hidden.
 * A non-directory hides everything of the same name below it.
+* A directory of the writable branch that was renamed carries a redirect:
+  its lower parts are found at the redirect path in the lower branches, not
+  under its own name (overlayfs's ``redirect_dir``).
 
 An :class:`Entry` records where a union name lives (its locations, topmost
 first); it holds no attributes, so it stays right while the file changes.
@@ -18,12 +21,15 @@ This module reads branches only, never writes them.
 
 from __future__ import annotations
 
+import errno
 import stat
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from .layer import ROOT, Layer, child
-from .whiteout import OPAQUE, hidden_by, is_reserved, whiteout_for
+from .whiteout import OPAQUE, XATTR, Marks, hidden_by, is_reserved, whiteout_for
+
+NO_MARKS = Marks()
 
 
 class Location(NamedTuple):
@@ -35,10 +41,13 @@ class Location(NamedTuple):
 class Entry:
     """The real entries behind one union name, topmost first.
 
-    Only a merged directory has more than one location.
+    ``path`` is the name's path in the union, which is also its path in the
+    writable branch.  Only a merged directory has more than one location.
     """
 
+    path: str
     locations: tuple[Location, ...]
+    marks: Marks = NO_MARKS
 
     @property
     def top(self) -> Location:
@@ -48,6 +57,15 @@ class Entry:
     def merged(self) -> bool:
         return len(self.locations) > 1
 
+    @property
+    def in_upper(self) -> bool:
+        return self.top.layer.writable
+
+    @property
+    def lower(self) -> tuple[Location, ...]:
+        """The locations in read-only branches."""
+        return tuple(loc for loc in self.locations if not loc.layer.writable)
+
 
 class Tree:
     """Resolves union names over a fixed list of layers (index 0 on top)."""
@@ -56,12 +74,11 @@ class Tree:
         self.layers = layers
 
     def root(self) -> Entry:
-        locations = []
-        for layer in self.layers:
-            locations.append(Location(layer, ROOT))
-            if _is_opaque(layer, ROOT):
-                break
-        return Entry(tuple(locations))
+        return Entry(ROOT, _stack_roots(self.layers))
+
+    def resolve(self, path: str) -> Entry:
+        """The entry of a union path, looked up from the root."""
+        return _walk(self.lookup, self.root(), path)
 
     def lookup(self, parent: Entry, name: str):
         """Resolve ``name`` in the directory ``parent``.
@@ -69,23 +86,25 @@ class Tree:
         Returns ``(entry, stat of its top)``, or None when the name does not
         exist in the union.
         """
-        found: list[Location] = []
-        top_stat = None
-        for layer, dir_path in parent.locations:
-            path = child(dir_path, name)
-            st = layer.lstat_or_none(path)
-            if st is None:
-                if layer.lstat_or_none(child(dir_path, whiteout_for(name))):
-                    break
-                continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if found and not is_dir:
-                break
-            found.append(Location(layer, path))
-            top_stat = top_stat or st
-            if not is_dir or _is_opaque(layer, path):
-                break
-        return (Entry(tuple(found)), top_stat) if found else None
+        matches = _matches(parent.locations, name)
+        first = next(matches, None)
+        if first is None:
+            return None
+        return self._complete(child(parent.path, name), first, matches)
+
+    def lookup_below(self, parent: Entry, name: str):
+        """Like :meth:`lookup`, in the read-only branches of ``parent`` only:
+        what the name would show if the writable branch did not hold it."""
+        return self.lookup(Entry(parent.path, parent.lower), name)
+
+    def entry_at(self, parent: Entry, name: str, top: Location):
+        """The entry of a name whose top location is already known (from
+        :meth:`listdir`), or None if it went away since."""
+        st = top.layer.lstat_or_none(top.path)
+        if st is None:
+            return None
+        below = [loc for loc in parent.locations if loc.layer.index > top.layer.index]
+        return self._complete(child(parent.path, name), (top, st), _matches(below, name))
 
     def listdir(self, directory: Entry) -> dict[str, Location]:
         """The visible names of a directory, each with its topmost location.
@@ -105,6 +124,73 @@ class Tree:
             hidden |= whiteouts
         return visible
 
+    def _complete(self, path: str, first, matches: Iterator):
+        top, st = first
+        marks = read_marks(top) if top.layer.writable else NO_MARKS
+        locations = [top]
+        if stat.S_ISDIR(st.st_mode) and not _is_opaque(top):
+            if marks.redirect is not None:
+                locations += self._redirected(marks.redirect, top.layer)
+            else:
+                for location, lower_st in matches:
+                    if not stat.S_ISDIR(lower_st.st_mode):
+                        break
+                    locations.append(location)
+                    if _is_opaque(location):
+                        break
+        return Entry(path, tuple(locations), marks), st
 
-def _is_opaque(layer: Layer, dir_path: str) -> bool:
-    return layer.lstat_or_none(child(dir_path, OPAQUE)) is not None
+    def _redirected(self, path: str, above: Layer) -> tuple[Location, ...]:
+        """The directory at ``path`` in the branches below ``above``."""
+        roots = Entry(ROOT, _stack_roots([l for l in self.layers if l.index > above.index]))
+        try:
+            found = _walk(self.lookup, roots, path)
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        top = found.top
+        return found.locations if stat.S_ISDIR(top.layer.lstat(top.path).st_mode) else ()
+
+
+def _walk(lookup, start: Entry, path: str) -> Entry:
+    entry = start
+    if path == ROOT:
+        return entry
+    for name in path.split("/"):
+        found = lookup(entry, name) if entry.locations else None
+        if found is None:
+            raise FileNotFoundError(path)
+        entry = found[0]
+    return entry
+
+
+def read_marks(location: Location) -> Marks:
+    try:
+        return Marks.decode(location.layer.getxattr(location.path, XATTR))
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return NO_MARKS
+        raise
+
+
+def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
+    """Each branch's ``name`` in ``directories``, top-down, until a whiteout."""
+    for layer, dir_path in directories:
+        path = child(dir_path, name)
+        st = layer.lstat_or_none(path)
+        if st is not None:
+            yield Location(layer, path), st
+        elif layer.lstat_or_none(child(dir_path, whiteout_for(name))):
+            return
+
+
+def _stack_roots(layers: list[Layer]) -> tuple[Location, ...]:
+    locations = []
+    for layer in layers:
+        locations.append(Location(layer, ROOT))
+        if _is_opaque(locations[-1]):
+            break
+    return tuple(locations)
+
+
+def _is_opaque(location: Location) -> bool:
+    return location.layer.lstat_or_none(child(location.path, OPAQUE)) is not None

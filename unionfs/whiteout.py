@@ -1,4 +1,5 @@
-"""The on-disk names of the aufs format, which OCI image layers use too.
+"""The on-disk format of the branches: the aufs names (which OCI image layers
+use too) and pyunion's own xattr.
 
 * ``.wh.NAME`` in a branch hides ``NAME`` in every branch below it.
 * ``.wh..wh..opq`` in a directory hides everything below that directory.
@@ -6,13 +7,24 @@
   the mount and cannot be made through it.  pyunion keeps its own
   bookkeeping (the work directory) under ``.wh..wh.pyunion`` at the top of
   the writable branch, the way aufs keeps ``.wh..wh.plnk`` and friends.
+* The xattr ``trusted.pyunion`` on an entry of the writable branch records,
+  as JSON, what the union knows of it: ``origin``, the inode number it had
+  before it was copied up (so ``st_ino`` does not change), and, on a
+  directory that was renamed, ``redirect``, the path where its lower parts
+  still live.  The xattr never shows through the mount.
 
-This module knows names only; it never touches the disk.
+This module knows names and formats only; it never touches the disk.
 """
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 PREFIX = ".wh."
 OPAQUE = PREFIX + PREFIX + ".opq"
 META_DIR = PREFIX + PREFIX + "pyunion"
+XATTR = "trusted.pyunion"
 
 
 def is_reserved(name: str) -> bool:
@@ -28,3 +40,24 @@ def whiteout_for(name: str) -> str:
 def hidden_by(whiteout: str) -> str:
     """The name a whiteout hides (``.wh.foo`` hides ``foo``)."""
     return whiteout[len(PREFIX) :]
+
+
+def is_private_xattr(name: str) -> bool:
+    return name == XATTR or name.startswith(XATTR + ".")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What ``trusted.pyunion`` says of an upper entry."""
+
+    origin: int | None = None
+    redirect: str | None = None
+
+    def encode(self) -> bytes:
+        fields = {k: v for k, v in (("origin", self.origin), ("redirect", self.redirect)) if v is not None}
+        return json.dumps(fields, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Marks:
+        fields = json.loads(raw)
+        return cls(fields.get("origin"), fields.get("redirect"))

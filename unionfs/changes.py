@@ -1,0 +1,240 @@
+"""What each changing operation does to the branches.
+
+Every change lands in the writable branch; read-only branches are only ever
+read.  The order of steps is chosen so that a crash between any two of them
+leaves the union showing either the old state or the new one:
+
+* a new entry is built in the work directory (owner, mode, opaque marker)
+  and renamed into place; only then is a whiteout of its name removed;
+* a whiteout is made before the upper entry it replaces goes away;
+* a directory that is renamed while parts of it live below gets a redirect
+  to them before it moves (overlayfs's ``redirect_dir``), so a whole lower
+  tree moves with one rename and no copying; one that moves over a name
+  whose lower entries are whited out is made opaque first.
+
+Names and entries are union-level (:class:`~unionfs.tree.Entry`); inode
+bookkeeping is the caller's.  Copying a big file is awaited off the event
+loop; everything else is a few metadata calls done in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from typing import Callable
+
+import trio
+
+from . import copyup
+from .inodes import InodeNumbers
+from .layer import child, split
+from .tree import Entry, Location, Tree
+from .upper import Upper
+from .whiteout import Marks
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Changes:
+    def __init__(self, tree: Tree, upper: Upper, numbers: InodeNumbers):
+        self.tree = tree
+        self.upper = upper
+        self.numbers = numbers
+        self._fd = upper.layer.fd
+        #: called when a directory gets a copy in the writable branch, which
+        #: changes the locations of everything below it
+        self.on_dir_copied: Callable[[], None] = lambda: None
+
+    # -- copy-up ----------------------------------------------------------
+
+    def upper_dir(self, entry: Entry) -> Entry:
+        """``entry``, a directory, made present in the writable branch
+        (with its parents), keeping its lower parts merged below it."""
+        if entry.in_upper:
+            return entry
+        self.upper_dir(self.tree.resolve(split(entry.path)[0]))
+        st = entry.top.layer.lstat(entry.top.path)
+        marks = self._stage_copy(entry, st, with_data=False)
+        self.on_dir_copied()
+        return Entry(entry.path, (Location(self.upper.layer, entry.path), *entry.lower), marks)
+
+    async def copy_up(self, entry: Entry, with_data: bool = True) -> Entry:
+        """``entry`` copied into the writable branch, if it is not there yet.
+
+        A directory is copied without its contents, which stay merged below.
+        """
+        if entry.in_upper:
+            return entry
+        st = entry.top.layer.lstat(entry.top.path)
+        if stat.S_ISDIR(st.st_mode):
+            return self.upper_dir(entry)
+        self.upper_dir(self.tree.resolve(split(entry.path)[0]))
+        if stat.S_ISREG(st.st_mode) and with_data and st.st_size:
+            marks = await trio.to_thread.run_sync(self._stage_copy, entry, st, True)
+        else:
+            marks = self._stage_copy(entry, st, with_data)
+        return Entry(entry.path, (Location(self.upper.layer, entry.path),), marks)
+
+    def _stage_copy(self, entry: Entry, st: os.stat_result, with_data: bool) -> Marks:
+        marks = Marks(origin=self.numbers.of(entry, st))
+        staged = self.upper.staging_name()
+        copyup.copy_entry(entry.top, st, self.upper.work_fd, staged, marks, with_data)
+        try:
+            self.upper.install(staged, entry.path)
+        except BaseException:
+            self.upper.discard(staged)
+            raise
+        return marks
+
+    # -- new names --------------------------------------------------------
+
+    def create(self, parent: Entry, name: str, mode: int, flags: int, uid: int, gid: int):
+        """Make and open a regular file; returns ``(fd, entry)``."""
+        fds = []
+
+        def make(staged: str) -> None:
+            fds.append(os.open(staged, (flags & _OPEN_FLAGS_KEPT) | os.O_CREAT | os.O_EXCL
+                               | os.O_CLOEXEC, mode, dir_fd=self.upper.work_fd))
+
+        try:
+            entry = self._make(parent, name, mode, uid, gid, make)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds[0], entry
+
+    def mkdir(self, parent: Entry, name: str, mode: int, uid: int, gid: int) -> Entry:
+        return self._make(parent, name, mode | stat.S_IFDIR, uid, gid,
+                          lambda staged: os.mkdir(staged, stat.S_IMODE(mode),
+                                                  dir_fd=self.upper.work_fd))
+
+    def mknod(self, parent: Entry, name: str, mode: int, rdev: int, uid: int, gid: int) -> Entry:
+        return self._make(parent, name, mode, uid, gid,
+                          lambda staged: os.mknod(staged, mode, rdev, dir_fd=self.upper.work_fd))
+
+    def symlink(self, parent: Entry, name: str, target: str, uid: int, gid: int) -> Entry:
+        return self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid,
+                          lambda staged: os.symlink(target, staged, dir_fd=self.upper.work_fd))
+
+    async def link(self, entry: Entry, parent: Entry, name: str) -> tuple[Entry, Entry]:
+        """A new name for ``entry``; returns (entry after copy-up, new entry)."""
+        entry = await self.copy_up(entry)
+        parent = self.upper_dir(parent)
+        path = child(parent.path, name)
+        os.link(entry.top.path, path, src_dir_fd=self._fd, dst_dir_fd=self._fd,
+                follow_symlinks=False)
+        self.upper.remove_whiteout(parent.path, name)
+        return entry, Entry(path, (Location(self.upper.layer, path),), entry.marks)
+
+    def _make(self, parent: Entry, name: str, mode: int, uid: int, gid: int,
+              make: Callable[[str], None]) -> Entry:
+        parent = self.upper_dir(parent)
+        parent_st = self.upper.layer.lstat(parent.path)
+        is_dir = stat.S_ISDIR(mode)
+        if parent_st.st_mode & stat.S_ISGID:  # BSD group semantics, as the kernel does
+            gid = parent_st.st_gid
+            mode |= stat.S_ISGID if is_dir else 0
+        staged = self.upper.staging_name()
+        make(staged)
+        try:
+            os.chown(staged, uid, gid, dir_fd=self.upper.work_fd, follow_symlinks=False)
+            if not stat.S_ISLNK(mode):
+                os.chmod(staged, stat.S_IMODE(mode), dir_fd=self.upper.work_fd)
+            over_whiteout = self.upper.has_whiteout(parent.path, name)
+            if is_dir and over_whiteout:
+                # What was deleted below must not show through again.
+                self.upper.mark_opaque(staged, in_work=True)
+            path = child(parent.path, name)
+            self.upper.install(staged, path)
+        except BaseException:
+            self.upper.discard(staged)
+            raise
+        if over_whiteout:
+            self.upper.remove_whiteout(parent.path, name)
+        return Entry(path, (Location(self.upper.layer, path),))
+
+    # -- removing names ---------------------------------------------------
+
+    def remove(self, parent: Entry, name: str, entry: Entry) -> None:
+        """unlink or rmdir: a directory must look empty in the union."""
+        is_dir = stat.S_ISDIR(entry.top.layer.lstat(entry.top.path).st_mode)
+        if is_dir and self.tree.listdir(entry):
+            raise OSError(errno.ENOTEMPTY, "directory not empty")
+        if self.tree.lookup_below(parent, name) is not None:
+            parent = self.upper_dir(parent)
+            self.upper.add_whiteout(parent.path, name)
+        if entry.in_upper:
+            if is_dir:
+                self.upper.retire(entry.top.path)  # it may still hold whiteouts
+            else:
+                os.unlink(entry.top.path, dir_fd=self._fd)
+
+    # -- rename -----------------------------------------------------------
+
+    async def rename(self, old_parent: Entry, old_name: str, src: Entry,
+                     new_parent: Entry, new_name: str, dst: Entry | None, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise OSError(errno.ENOENT, "nothing to exchange with")
+            return await self._exchange(src, new_parent, new_name, dst, old_parent, old_name)
+        src_is_dir = _is_dir(src)
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise OSError(errno.EEXIST, "target exists")
+            if _is_dir(dst) != src_is_dir:
+                raise OSError(errno.EISDIR if _is_dir(dst) else errno.ENOTDIR, "type mismatch")
+            if src_is_dir and self.tree.listdir(dst):
+                raise OSError(errno.ENOTEMPTY, "target directory not empty")
+        src = await self.copy_up(src)
+        new_parent = self.upper_dir(new_parent)
+        if src_is_dir:
+            self._keep_lower_parts(src, new_parent, new_name)
+        if self.tree.lookup_below(old_parent, old_name) is not None:
+            self.upper.add_whiteout(split(src.path)[0], old_name)
+        new_path = child(new_parent.path, new_name)
+        if dst is not None and dst.in_upper and src_is_dir:
+            # The directory replaced may still hold whiteouts, which
+            # rename(2) would take for contents: swap, then retire it.
+            _renameat2(self._fd, src.path, self._fd, new_path, RENAME_EXCHANGE)
+            self.upper.retire(src.path)
+        else:
+            os.rename(src.path, new_path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        self.upper.remove_whiteout(new_parent.path, new_name)
+
+    async def _exchange(self, a: Entry, b_parent: Entry, b_name: str, b: Entry,
+                        a_parent: Entry, a_name: str) -> None:
+        a = await self.copy_up(a)
+        b = await self.copy_up(b)
+        if _is_dir(a):
+            self._keep_lower_parts(a, self.upper_dir(b_parent), b_name)
+        if _is_dir(b):
+            self._keep_lower_parts(b, self.upper_dir(a_parent), a_name)
+        _renameat2(self._fd, a.path, self._fd, b.path, RENAME_EXCHANGE)
+
+    def _keep_lower_parts(self, directory: Entry, new_parent: Entry, new_name: str) -> None:
+        """Before ``directory`` (in the writable branch) moves to
+        ``new_parent/new_name``: point it at its lower parts, or, if it has
+        none, keep it from merging with what lies below its new name."""
+        if directory.marks.redirect is not None:
+            return
+        if directory.lower:
+            self.upper.set_marks(directory.path, Marks(directory.marks.origin,
+                                                       redirect=directory.lower[0].path))
+        elif self.tree.lookup_below(new_parent, new_name) is not None:
+            self.upper.mark_opaque(directory.path)
+
+
+def _is_dir(entry: Entry) -> bool:
+    return stat.S_ISDIR(entry.top.layer.lstat(entry.top.path).st_mode)
+
+
+def _renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
+    if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -1,0 +1,128 @@
+"""Copying one entry of a read-only branch into the work directory.
+
+The copy keeps the type, data (holes stay holes), mode, owner, times and
+xattrs, and gets the union's marks (its origin inode number, so ``st_ino``
+does not change).  It is made under a fresh name in the work directory and
+fsynced; the caller renames it into place, so a crash never leaves half a
+file visible.  Data moves with ``copy_file_range`` (in the kernel, and a
+reflink where the file system can), falling back to ``sendfile``.
+
+Regular files may be big: call :func:`copy_entry` off the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .tree import Location
+from .whiteout import XATTR, Marks, is_private_xattr
+
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def copy_entry(source: Location, st: os.stat_result, work_fd: int, name: str,
+               marks: Marks, with_data: bool = True) -> None:
+    """Make ``name`` in the work directory a copy of ``source``.
+
+    ``with_data=False`` copies a regular file's metadata only, as an empty
+    file: for an open that truncates anyway.
+    """
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        _copy_file(source, st, work_fd, name, with_data)
+    elif stat.S_ISDIR(mode):
+        os.mkdir(name, 0o700, dir_fd=work_fd)
+    elif stat.S_ISLNK(mode):
+        os.symlink(source.layer.readlink(source.path), name, dir_fd=work_fd)
+    else:
+        os.mknod(name, mode, st.st_rdev, dir_fd=work_fd)
+    try:
+        _copy_metadata(source, st, work_fd, name, marks)
+    except BaseException:
+        remove_staged(work_fd, name)
+        raise
+
+
+def remove_staged(work_fd: int, name: str) -> None:
+    """Remove a staged entry (a directory with whatever it holds)."""
+    try:
+        st = os.stat(name, dir_fd=work_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=work_fd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=work_fd)
+    try:
+        for inner in os.listdir(fd):
+            remove_staged(fd, inner)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=work_fd)
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy ``size`` bytes, skipping holes, so sparse files stay sparse."""
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
+        _copy_range(src_fd, dst_fd, data, hole - data)
+        offset = hole
+    os.ftruncate(dst_fd, size)
+
+
+def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,
+               with_data: bool) -> None:
+    dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                  dir_fd=work_fd)
+    try:
+        if with_data:
+            src = source.layer.open(source.path, os.O_RDONLY)
+            try:
+                copy_data(src, dst, st.st_size)
+            finally:
+                os.close(src)
+        os.fsync(dst)
+    except BaseException:
+        os.close(dst)
+        os.unlink(name, dir_fd=work_fd)
+        raise
+    os.close(dst)
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+    while count > 0:
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            os.lseek(dst_fd, offset, os.SEEK_SET)
+            done = os.sendfile(dst_fd, src_fd, offset, count)
+        if done == 0:  # the source is shorter than it said
+            return
+        offset += done
+        count -= done
+
+
+def _copy_metadata(source: Location, st: os.stat_result, work_fd: int, name: str,
+                   marks: Marks) -> None:
+    proc_path = f"/proc/self/fd/{work_fd}/{name}"
+    for attr in source.layer.listxattr(source.path):
+        if not is_private_xattr(attr):
+            value = source.layer.getxattr(source.path, attr)
+            os.setxattr(proc_path, attr, value, follow_symlinks=False)
+    os.setxattr(proc_path, XATTR, marks.encode(), follow_symlinks=False)
+    os.chown(name, st.st_uid, st.st_gid, dir_fd=work_fd, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        # After chown, which may clear set-id bits.
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=work_fd)
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=work_fd, follow_symlinks=False)

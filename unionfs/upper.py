@@ -1,0 +1,87 @@
+"""The writable branch, where every change to the union lands.
+
+It owns the work directory: a change that must appear at once (a copied-up
+file, a directory made over a whiteout, a directory on its way out) is
+built there under a fresh name and renamed into place, so the branch never
+shows half of it.  Whatever a crash left in the work directory is removed
+at mount.  The work directory is ``workdir=`` when given, otherwise
+``.wh..wh.pyunion/work`` at the top of the branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+
+from .copyup import remove_staged
+from .layer import Layer, child
+from .whiteout import META_DIR, OPAQUE, XATTR, Marks, whiteout_for
+
+_WORK_IN_BRANCH = child(META_DIR, "work")
+
+
+class Upper:
+    def __init__(self, layer: Layer, workdir: str | None):
+        self.layer = layer
+        self._workdir = workdir
+        self.work_fd = -1
+        self._names = (f"{os.getpid()}.{n}" for n in itertools.count())
+
+    def prepare(self) -> None:
+        """Make (or clean) the work directory: done once the mount exists,
+        so that a mount that fails writes nothing."""
+        layer, workdir = self.layer, self._workdir
+        if workdir is None:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(META_DIR, 0o700, dir_fd=layer.fd)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(_WORK_IN_BRANCH, 0o700, dir_fd=layer.fd)
+            self.work_fd = layer.open(_WORK_IN_BRANCH, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for stale in os.listdir(self.work_fd):
+            remove_staged(self.work_fd, stale)
+
+    def close(self) -> None:
+        if self.work_fd >= 0:
+            os.close(self.work_fd)
+
+    def staging_name(self) -> str:
+        """A fresh name in the work directory."""
+        return next(self._names)
+
+    def install(self, staged: str, path: str) -> None:
+        """Move a staged entry to ``path`` in the branch, atomically."""
+        os.rename(staged, path, src_dir_fd=self.work_fd, dst_dir_fd=self.layer.fd)
+
+    def retire(self, path: str) -> None:
+        """Take ``path`` out of the branch at once, then delete it at leisure."""
+        staged = self.staging_name()
+        os.rename(path, staged, src_dir_fd=self.layer.fd, dst_dir_fd=self.work_fd)
+        remove_staged(self.work_fd, staged)
+
+    def discard(self, staged: str) -> None:
+        remove_staged(self.work_fd, staged)
+
+    def add_whiteout(self, dir_path: str, name: str) -> None:
+        os.close(os.open(child(dir_path, whiteout_for(name)),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.layer.fd))
+
+    def remove_whiteout(self, dir_path: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(child(dir_path, whiteout_for(name)), dir_fd=self.layer.fd)
+
+    def has_whiteout(self, dir_path: str, name: str) -> bool:
+        return self.layer.lstat_or_none(child(dir_path, whiteout_for(name))) is not None
+
+    def mark_opaque(self, path: str, in_work: bool = False) -> None:
+        """Hide what lies below the directory ``path`` (of the work
+        directory if ``in_work``, else of the branch)."""
+        dir_fd = self.work_fd if in_work else self.layer.fd
+        os.close(os.open(child(path, OPAQUE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd))
+
+    def set_marks(self, path: str, marks: Marks) -> None:
+        os.setxattr(self.layer.proc_path(path), XATTR, marks.encode(), follow_symlinks=False)
