@@ -7,6 +7,9 @@ read-only branch fails, whatever it asserted itself.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,17 @@ class Unions:
                     assert wait_for(lambda: process_gone(pid)), f"daemon {pid} outlived its mount"
             for branch, snap in before.items():
                 assert snapshot(branch) == snap, f"read-only branch {branch} changed"
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A directory another user can reach (pytest's tmp_path is root's only)."""
+    path = tempfile.mkdtemp(prefix="pyunion-test-")
+    os.chmod(path, 0o755)
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -193,17 +193,6 @@ def test_readdir_offsets_are_stable(tmp_path, unions):
     assert len(everything) == len(set(everything)) == 6002  # with . and ..
 
 
-@pytest.fixture
-def world_readable_dir():
-    """A directory another user can reach (pytest's tmp_path is root's only)."""
-    path = tempfile.mkdtemp(prefix="pyunion-test-")
-    os.chmod(path, 0o755)
-    try:
-        yield pathlib.Path(path)
-    finally:
-        shutil.rmtree(path)
-
-
 def test_allow_other_lets_another_user_read(world_readable_dir, unions):
     b1 = build(world_readable_dir / "b1", {"f": "shared"})
     (world_readable_dir / "m1").mkdir()

@@ -84,11 +84,17 @@ class Changes:
         marks = Marks(origin=self.numbers.of(entry, st))
         staged = self.upper.staging_name()
         copyup.copy_entry(entry.top, st, self.upper.work_fd, staged, marks, with_data)
+        parent = split(entry.path)[0]
+        parent_st = self.upper.layer.lstat(parent)
         try:
             self.upper.install(staged, entry.path)
         except BaseException:
             self.upper.discard(staged)
             raise
+        # A copy-up changes nothing the union shows of the parent, so it
+        # keeps its times (as overlayfs does).
+        os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns),
+                 dir_fd=self._fd)
         return marks
 
     # -- new names --------------------------------------------------------
