@@ -37,6 +37,13 @@ class Unions:
         assert mounted(mnt, "fuse.pyunion")
         return mnt
 
+    def mount_overlay_style(self, lower: list[Path], upper: Path, work: Path) -> Path:
+        mnt = self.new_mountpoint()
+        self.track(mnt, lower)
+        pyunion("mount", "-o", f"lowerdir={':'.join(map(str, lower))},upperdir={upper},"
+                f"workdir={work}", str(mnt))
+        return mnt
+
     def new_mountpoint(self) -> Path:
         mnt = self.tmp_path / f"mnt{len(self._mounts)}"
         mnt.mkdir()

@@ -1,0 +1,149 @@
+"""Copy-up: data, holes and metadata; atomicity; open handles; concurrency."""
+
+import hashlib
+import os
+import signal
+import threading
+
+import pytest
+
+from helpers import build, force_unmount, mounted, wait_for
+from unionfs import daemon
+from unionfs.copyup import copy_data
+
+GiB = 1 << 30
+
+
+def write_pattern(path, size, block=1 << 20):
+    """A file of ``size`` bytes with real (not sparse) data in every block."""
+    with open(path, "wb") as f:
+        for i in range(size // block):
+            f.write(i.to_bytes(8, "little") * (block // 8))
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def test_copy_data_keeps_holes(tmp_path):
+    src = tmp_path / "src"
+    with open(src, "wb") as f:
+        for offset in (0, 10 << 20, 50 << 20):
+            f.seek(offset)
+            f.write(os.urandom(100_000))
+        f.truncate(80 << 20)
+    dst = tmp_path / "dst"
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        copy_data(s.fileno(), d.fileno(), os.stat(src).st_size)
+    assert os.stat(dst).st_size == 80 << 20
+    assert digest(dst) == digest(src)
+    assert os.stat(dst).st_blocks <= os.stat(src).st_blocks + 64
+
+
+def test_sparse_lower_file_stays_sparse_in_the_upper(tmp_path, unions):
+    low = build(tmp_path / "low", {})
+    with open(low / "sparse", "wb") as f:
+        f.seek(GiB)
+        f.write(b"tail")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    with open(mnt / "sparse", "r+b") as f:
+        f.write(b"head")
+    st = os.stat(up / "sparse")
+    assert st.st_size == GiB + 4 and st.st_blocks * 512 < 1 << 20
+    with open(mnt / "sparse", "rb") as f:
+        assert f.read(8) == b"head\0\0\0\0"
+        f.seek(GiB)
+        assert f.read() == b"tail"
+
+
+def test_one_gib_copy_up_keeps_every_byte_and_the_mount_stays_responsive(tmp_path, unions):
+    low = build(tmp_path / "low", {"small": "s"})
+    write_pattern(low / "big", GiB)
+    expected = digest(low / "big")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    copying = threading.Event()
+    done = threading.Event()
+
+    def copy_up():
+        copying.set()
+        fd = os.open(mnt / "big", os.O_WRONLY)  # the copy-up happens here
+        os.close(fd)
+        done.set()
+
+    worker = threading.Thread(target=copy_up)
+    worker.start()
+    copying.wait()
+    answered_meanwhile = 0
+    for i in range(100_000):
+        if done.is_set():
+            break
+        # Fresh names, so the kernel must ask the daemon every time.
+        assert not os.path.exists(mnt / f"nothing{i}")
+        answered_meanwhile += 1
+    worker.join()
+    assert answered_meanwhile > 10, "the mount did not answer while copying"
+    assert digest(up / "big") == expected
+
+
+def test_a_reader_open_before_copy_up_sees_the_new_data(tmp_path, unions):
+    low = build(tmp_path / "low", {"f": "old data"})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    with open(mnt / "f", "rb") as reader:
+        assert reader.read() == b"old data"
+        with open(mnt / "f", "r+b") as writer:
+            writer.write(b"NEW")
+        reader.seek(0)
+        assert reader.read() == b"NEW data"
+
+
+def test_truncating_open_copies_no_data(tmp_path, unions):
+    low = build(tmp_path / "low", {"f": "x" * 100_000})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    ino = os.stat(mnt / "f").st_ino
+    with open(mnt / "f", "w") as f:
+        f.write("short")
+    assert (mnt / "f").read_text() == "short"
+    assert os.stat(mnt / "f").st_ino == ino
+
+
+def test_stale_work_files_are_removed_at_mount(tmp_path, unions):
+    up = build(tmp_path / "up", {".wh..wh.pyunion/work/123.0": "half a file",
+                                 ".wh..wh.pyunion/work/123.1/inner": "half a dir"})
+    low = build(tmp_path / "low", {"f": "x"})
+    unions.mount([up, low], rw=True)
+    assert os.listdir(up / ".wh..wh.pyunion/work") == []
+
+
+def test_workdir_option_is_used_for_staging(tmp_path, unions):
+    up, work = build(tmp_path / "up", {}), build(tmp_path / "work", {"stale": "x"})
+    low = build(tmp_path / "low", {"f": "x"})
+    mnt = unions.mount_overlay_style(lower=[low], upper=up, work=work)
+    (mnt / "f").write_text("changed")
+    assert os.listdir(work) == []
+    assert sorted(os.listdir(up)) == ["f"]
+
+
+def test_a_daemon_killed_mid_copy_leaves_the_old_file_whole(tmp_path, unions):
+    low = build(tmp_path / "low", {})
+    write_pattern(low / "big", 256 << 20)
+    expected = digest(low / "big")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    pid = daemon.pid_of(str(mnt))
+    worker = threading.Thread(target=lambda: pytest.raises(OSError, os.open, mnt / "big",
+                                                           os.O_WRONLY))
+    worker.start()
+    assert wait_for(lambda: any(os.scandir(up / ".wh..wh.pyunion/work")), 20)
+    os.kill(pid, signal.SIGKILL)
+    worker.join()
+    force_unmount(mnt)
+    assert not (up / "big").exists()  # the half copy is in the work dir only
+    again = unions.mount([up, low], rw=True)
+    assert os.listdir(up / ".wh..wh.pyunion/work") == []
+    assert digest(again / "big") == expected
+    assert not mounted(mnt)
