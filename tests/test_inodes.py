@@ -12,7 +12,6 @@ from unionfs.branches import parse_br, validate
 from unionfs.fs import UnionOperations
 from unionfs.inodes import ROOT_INODE, InodeNumbers
 from unionfs.layer import Layer
-from unionfs.tree import Tree
 
 
 class InProcessUnion:
@@ -21,7 +20,7 @@ class InProcessUnion:
     def __init__(self, branches, mnt):
         stack = validate(parse_br(":".join(f"{b}=ro" for b in branches)))
         self.layers = [Layer(b, i) for i, b in enumerate(stack.branches)]
-        self.ops = UnionOperations(Tree(self.layers))
+        self.ops = UnionOperations(self.layers)
         self.mnt = mnt
 
     async def __aenter__(self):

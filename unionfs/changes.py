@@ -19,7 +19,9 @@ loop; everything else is a few metadata calls done in place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import stat
@@ -28,9 +30,10 @@ from typing import Callable
 import trio
 
 from . import copyup
+from .index import Index
 from .inodes import InodeNumbers
 from .layer import child, split
-from .tree import Entry, Location, Tree
+from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import Marks
 
@@ -41,10 +44,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Changes:
-    def __init__(self, tree: Tree, upper: Upper, numbers: InodeNumbers):
+    def __init__(self, tree: Tree, upper: Upper, numbers: InodeNumbers, index: Index):
         self.tree = tree
         self.upper = upper
         self.numbers = numbers
+        self.index = index
         self._fd = upper.layer.fd
         #: called when a directory gets a copy in the writable branch, which
         #: changes the locations of everything below it
@@ -59,7 +63,8 @@ class Changes:
             return entry
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
         st = entry.top.layer.lstat(entry.top.path)
-        marks = self._stage_copy(entry, st, with_data=False)
+        marks = Marks(origin=self.numbers.of(entry, st))
+        self._install_copy(self._stage(entry, st, marks, with_data=False), entry.path)
         self.on_dir_copied()
         return Entry(entry.path, (Location(self.upper.layer, entry.path), *entry.lower), marks)
 
@@ -67,6 +72,8 @@ class Changes:
         """``entry`` copied into the writable branch, if it is not there yet.
 
         A directory is copied without its contents, which stay merged below.
+        A file with other names below is also linked into the hard-link
+        index, where those names find it.
         """
         if entry.in_upper:
             return entry
@@ -74,28 +81,79 @@ class Changes:
         if stat.S_ISDIR(st.st_mode):
             return self.upper_dir(entry)
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
-        if stat.S_ISREG(st.st_mode) and with_data and st.st_size:
-            marks = await trio.to_thread.run_sync(self._stage_copy, entry, st, True)
+        if entry.top.layer.writable:  # its data is up already, in the index
+            with self._parent_times_kept(entry.path):
+                os.link(entry.top.path, entry.path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
         else:
-            marks = self._stage_copy(entry, st, with_data)
-        return Entry(entry.path, (Location(self.upper.layer, entry.path),), marks)
+            marks = Marks(origin=self.numbers.of(entry, st),
+                          nlink=st.st_nlink if st.st_nlink > 1 else None)
+            staged = await self._stage_off_loop(entry, st, marks, with_data)
+            if marks.nlink is not None:
+                self._index(staged, marks.origin)
+            self._install_copy(staged, entry.path)
+            entry = Entry(entry.path, entry.locations, marks)
+        return Entry(entry.path, (Location(self.upper.layer, entry.path),), entry.marks)
 
-    def _stage_copy(self, entry: Entry, st: os.stat_result, with_data: bool) -> Marks:
-        marks = Marks(origin=self.numbers.of(entry, st))
+    async def _stage_off_loop(self, entry: Entry, st: os.stat_result, marks: Marks,
+                              with_data: bool) -> str:
+        if stat.S_ISREG(st.st_mode) and with_data and st.st_size:
+            return await trio.to_thread.run_sync(self._stage, entry, st, marks, True)
+        return self._stage(entry, st, marks, with_data)
+
+    def _stage(self, entry: Entry, st: os.stat_result, marks: Marks, with_data: bool) -> str:
         staged = self.upper.staging_name()
         copyup.copy_entry(entry.top, st, self.upper.work_fd, staged, marks, with_data)
-        parent = split(entry.path)[0]
-        parent_st = self.upper.layer.lstat(parent)
+        return staged
+
+    def _index(self, staged: str, number: int) -> None:
         try:
-            self.upper.install(staged, entry.path)
+            self.index.add(self.upper.work_fd, staged, number)
         except BaseException:
             self.upper.discard(staged)
             raise
-        # A copy-up changes nothing the union shows of the parent, so it
-        # keeps its times (as overlayfs does).
-        os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns),
-                 dir_fd=self._fd)
+
+    def _install_copy(self, staged: str, path: str) -> None:
+        try:
+            with self._parent_times_kept(path):
+                self.upper.install(staged, path)
+        except BaseException:
+            self.upper.discard(staged)
+            raise
+
+    @contextlib.contextmanager
+    def _parent_times_kept(self, path: str):
+        """A copy-up changes nothing the union shows of the parent, so it
+        keeps its times (as overlayfs does)."""
+        parent = split(path)[0]
+        st = self.upper.layer.lstat(parent)
+        yield
+        os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self._fd)
+
+    # -- link counts of indexed files ---------------------------------------
+
+    def _count_name(self, location: Location, delta: int) -> Marks:
+        """Add ``delta`` to the union link count of an indexed file."""
+        marks = read_marks(location)
+        if marks.nlink is None:
+            return marks
+        marks = dataclasses.replace(marks, nlink=marks.nlink + delta)
+        if marks.nlink > 0:
+            self.upper.set_marks(location.path, marks)
+        else:
+            self.index.remove(marks.origin)
         return marks
+
+    async def _drop_name(self, entry: Entry, st: os.stat_result) -> None:
+        """Before a name of a non-directory goes away: keep the count of
+        the names that stay right."""
+        if entry.top.layer.writable:
+            self._count_name(entry.top, -1)
+        elif st.st_nlink > 1:
+            # Its other names stay below; the index copy keeps their count.
+            marks = Marks(origin=self.numbers.of(entry, st), nlink=st.st_nlink - 1)
+            staged = await self._stage_off_loop(entry, st, marks, with_data=True)
+            self._index(staged, marks.origin)
+            self.upper.discard(staged)
 
     # -- new names --------------------------------------------------------
 
@@ -136,7 +194,9 @@ class Changes:
         os.link(entry.top.path, path, src_dir_fd=self._fd, dst_dir_fd=self._fd,
                 follow_symlinks=False)
         self.upper.remove_whiteout(parent.path, name)
-        return entry, Entry(path, (Location(self.upper.layer, path),), entry.marks)
+        marks = self._count_name(entry.top, +1)
+        return (Entry(entry.path, entry.locations, marks),
+                Entry(path, (Location(self.upper.layer, path),), marks))
 
     def _make(self, parent: Entry, name: str, mode: int, uid: int, gid: int,
               make: Callable[[str], None]) -> Entry:
@@ -167,11 +227,14 @@ class Changes:
 
     # -- removing names ---------------------------------------------------
 
-    def remove(self, parent: Entry, name: str, entry: Entry) -> None:
+    async def remove(self, parent: Entry, name: str, entry: Entry) -> None:
         """unlink or rmdir: a directory must look empty in the union."""
-        is_dir = stat.S_ISDIR(entry.top.layer.lstat(entry.top.path).st_mode)
+        st = entry.top.layer.lstat(entry.top.path)
+        is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir and self.tree.listdir(entry):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
+        if not is_dir:
+            await self._drop_name(entry, st)
         if self.tree.lookup_below(parent, name) is not None:
             parent = self.upper_dir(parent)
             self.upper.add_whiteout(parent.path, name)
@@ -197,6 +260,8 @@ class Changes:
                 raise OSError(errno.EISDIR if _is_dir(dst) else errno.ENOTDIR, "type mismatch")
             if src_is_dir and self.tree.listdir(dst):
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
+            if not src_is_dir:
+                await self._drop_name(dst, dst.top.layer.lstat(dst.top.path))
         src = await self.copy_up(src)
         new_parent = self.upper_dir(new_parent)
         if src_is_dir:

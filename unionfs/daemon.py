@@ -25,7 +25,6 @@ import trio
 from .fs import UnionOperations
 from .layer import Layer
 from .options import MountConfig
-from .tree import Tree
 from .upper import Upper
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
     upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
     try:
-        operations = UnionOperations(Tree(layers), upper)
+        operations = UnionOperations(layers, upper)
         with _stderr_captured() as complaint:
             try:
                 pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))

@@ -34,7 +34,9 @@ from pyfuse3 import EntryAttributes, FileInfo, FUSEError
 
 from .changes import Changes
 from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
-from .tree import Entry, Location, Tree
+from .index import Index
+from .layer import ROOT, Layer
+from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import PREFIX, is_private_xattr, is_reserved
 
@@ -88,15 +90,15 @@ class UnionOperations(pyfuse3.Operations):
     yields only while a file is copied up (in a thread); a per-inode lock
     keeps other changes to that inode waiting meanwhile."""
 
-    def __init__(self, tree: Tree, upper: Upper | None = None, timeout: float = 1.0):
+    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 1.0):
         super().__init__()
-        self.tree = tree
         self.timeout = timeout
-        root = tree.root().top
-        self.numbers = InodeNumbers(root.layer.lstat(root.path),
-                                    [layer.lstat(".").st_dev for layer in tree.layers])
+        self.numbers = InodeNumbers(layers[0].lstat(ROOT),
+                                    [layer.lstat(ROOT).st_dev for layer in layers])
+        index = Index(upper.layer, self.numbers) if upper else None
+        self.tree = Tree(layers, index)
         self.inodes = InodeTable()
-        self._changes = Changes(tree, upper, self.numbers) if upper else None
+        self._changes = Changes(self.tree, upper, self.numbers, index) if upper else None
         if self._changes:
             self._changes.on_dir_copied = self.inodes.new_epoch
         self._dir_listings: dict[int, _Listing] = {}
@@ -399,7 +401,7 @@ class UnionOperations(pyfuse3.Operations):
         entry, st = self._child_or_enoent(parent, name)
         ino = self.numbers.of(entry, st)
         async with self._lock(ino):
-            self._writer.remove(parent, name, entry)
+            await self._writer.remove(parent, name, entry)
         if (node := self.inodes.find(ino)) is not None:
             self.inodes.unlink(node, parent_inode, name)
 
@@ -482,6 +484,8 @@ class UnionOperations(pyfuse3.Operations):
         attrs.attr_timeout = self.timeout
         if entry is not None and entry.merged and stat.S_ISDIR(st.st_mode):
             attrs.st_nlink = 1  # as overlayfs: a merged directory's count is unknown
+        elif entry is not None and entry.marks.nlink is not None:
+            attrs.st_nlink = read_marks(entry.top).nlink or st.st_nlink  # kept by the index
         return attrs
 
     def _negative_entry(self) -> EntryAttributes:

@@ -59,7 +59,9 @@ class Entry:
 
     @property
     def in_upper(self) -> bool:
-        return self.top.layer.writable
+        """True when the name itself is in the writable branch (not only
+        its data, in the hard-link index)."""
+        return self.top.layer.writable and self.top.path == self.path
 
     @property
     def lower(self) -> tuple[Location, ...]:
@@ -70,8 +72,11 @@ class Entry:
 class Tree:
     """Resolves union names over a fixed list of layers (index 0 on top)."""
 
-    def __init__(self, layers: list[Layer]):
+    def __init__(self, layers: list[Layer], index=None):
         self.layers = layers
+        #: the hard-link index (``index.py``), where copied-up lower files
+        #: with several names are found
+        self.index = index
 
     def root(self) -> Entry:
         return Entry(ROOT, _stack_roots(self.layers))
@@ -126,6 +131,10 @@ class Tree:
 
     def _complete(self, path: str, first, matches: Iterator):
         top, st = first
+        if st.st_nlink > 1 and self.index and not top.layer.writable and not stat.S_ISDIR(st.st_mode):
+            indexed = self.index.find(st)
+            if indexed is not None:
+                top, st = indexed, indexed.layer.lstat(indexed.path)
         marks = read_marks(top) if top.layer.writable else NO_MARKS
         locations = [top]
         if stat.S_ISDIR(st.st_mode) and not _is_opaque(top):

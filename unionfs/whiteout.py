@@ -11,7 +11,8 @@ use too) and pyunion's own xattr.
   as JSON, what the union knows of it: ``origin``, the inode number it had
   before it was copied up (so ``st_ino`` does not change), and, on a
   directory that was renamed, ``redirect``, the path where its lower parts
-  still live.  The xattr never shows through the mount.
+  still live; on a file in the hard-link index (``index.py``), ``nlink``,
+  its link count in the union.  The xattr never shows through the mount.
 
 This module knows names and formats only; it never touches the disk.
 """
@@ -52,12 +53,13 @@ class Marks:
 
     origin: int | None = None
     redirect: str | None = None
+    nlink: int | None = None
 
     def encode(self) -> bytes:
-        fields = {k: v for k, v in (("origin", self.origin), ("redirect", self.redirect)) if v is not None}
+        fields = {k: v for k, v in vars(self).items() if v is not None}
         return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Marks:
         fields = json.loads(raw)
-        return cls(fields.get("origin"), fields.get("redirect"))
+        return cls(**{k: fields.get(k) for k in ("origin", "redirect", "nlink")})
