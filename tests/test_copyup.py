@@ -120,11 +120,13 @@ def test_stale_work_files_are_removed_at_mount(tmp_path, unions):
 
 
 def test_workdir_option_is_used_for_staging(tmp_path, unions):
-    up, work = build(tmp_path / "up", {}), build(tmp_path / "work", {"stale": "x"})
+    up = build(tmp_path / "up", {})
+    work = build(tmp_path / "work", {"work/stale": "x", "mine": "left alone"})
     low = build(tmp_path / "low", {"f": "x"})
     mnt = unions.mount_overlay_style(lower=[low], upper=up, work=work)
     (mnt / "f").write_text("changed")
-    assert os.listdir(work) == []
+    assert sorted(os.listdir(work)) == ["mine", "work"]
+    assert os.listdir(work / "work") == []
     assert sorted(os.listdir(up)) == ["f"]
 
 

@@ -4,8 +4,9 @@ It owns the work directory: a change that must appear at once (a copied-up
 file, a directory made over a whiteout, a directory on its way out) is
 built there under a fresh name and renamed into place, so the branch never
 shows half of it.  Whatever a crash left in the work directory is removed
-at mount.  The work directory is ``workdir=`` when given, otherwise
-``.wh..wh.pyunion/work`` at the top of the branch.
+at mount.  The work directory is ``work`` inside ``workdir=`` when given
+(as overlayfs does), otherwise ``.wh..wh.pyunion/work`` at the top of the
+branch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ import itertools
 import os
 
 from .copyup import remove_staged
-from .layer import Layer, child
+from .layer import ROOT, Layer, child
 from .whiteout import META_DIR, OPAQUE, XATTR, Marks, whiteout_for
 
-_WORK_IN_BRANCH = child(META_DIR, "work")
+def _subdirectory(parent_fd: int, name: str) -> int:
+    """Open (making it if needed) ``name`` in ``parent_fd``, which is closed."""
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=parent_fd)
+    finally:
+        os.close(parent_fd)
 
 
 class Upper:
@@ -31,15 +40,12 @@ class Upper:
     def prepare(self) -> None:
         """Make (or clean) the work directory: done once the mount exists,
         so that a mount that fails writes nothing."""
-        layer, workdir = self.layer, self._workdir
-        if workdir is None:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(META_DIR, 0o700, dir_fd=layer.fd)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(_WORK_IN_BRANCH, 0o700, dir_fd=layer.fd)
-            self.work_fd = layer.open(_WORK_IN_BRANCH, os.O_RDONLY | os.O_DIRECTORY)
+        if self._workdir is None:
+            base = self.layer.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
+            base = _subdirectory(base, META_DIR)
         else:
-            self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            base = os.open(self._workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.work_fd = _subdirectory(base, "work")
         for stale in os.listdir(self.work_fd):
             remove_staged(self.work_fd, stale)
 
