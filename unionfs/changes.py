@@ -61,6 +61,9 @@ class Changes:
         (with its parents), keeping its lower parts merged below it."""
         if entry.in_upper:
             return entry
+        if self.upper.layer.lstat_or_none(entry.path) is not None:
+            # Copied up by another request while this one waited.
+            return self.tree.resolve(entry.path)
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
         st = entry.top.layer.lstat(entry.top.path)
         marks = Marks(origin=self.numbers.of(entry, st))
@@ -295,8 +298,8 @@ class Changes:
         if directory.marks.redirect is not None:
             return
         if directory.lower:
-            self.upper.set_marks(directory.path, Marks(directory.marks.origin,
-                                                       redirect=directory.lower[0].path))
+            self.upper.set_marks(directory.path, dataclasses.replace(
+                directory.marks, redirect=directory.lower[0].path))
         elif self.tree.lookup_below(new_parent, new_name) is not None:
             self.upper.mark_opaque(directory.path)
 
