@@ -18,6 +18,9 @@ from helpers import force_unmount, mounted, process_gone, pyunion, snapshot, wai
 from unionfs import daemon
 
 
+_ALL_MOUNTPOINTS: list[Path] = []  # every mount point of this run, checked at its end
+
+
 class Unions:
     """Mounts made by one test; all are unmounted when it ends."""
 
@@ -51,6 +54,7 @@ class Unions:
 
     def track(self, mnt: Path, read_only_branches: list[Path]) -> None:
         """Take care of a mount made some other way (and check its branches)."""
+        _ALL_MOUNTPOINTS.append(mnt)
         self._mounts.append((mnt, {b: snapshot(b) for b in read_only_branches}))
 
     def unmount_all(self) -> None:
@@ -87,9 +91,7 @@ def unions(tmp_path):
 
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if any test left a union of its own mounted."""
-    with open("/proc/self/mountinfo") as f:
-        left = [line.split()[4] for line in f
-                if " - fuse.pyunion " in line and ("pytest-of-" in line or "pyunion-test-" in line)]
+    left = [str(mnt) for mnt in _ALL_MOUNTPOINTS if mounted(mnt)]
     if left:
         session.config.get_terminal_writer().line(f"mounts left behind: {left}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

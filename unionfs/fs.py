@@ -349,6 +349,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def removexattr(self, inode, name, ctx):
+        await self.getxattr(inode, name, ctx)  # no copy-up to remove nothing
         await self._change_xattr(inode, name, lambda path: os.removexattr(
             path, os.fsdecode(name), follow_symlinks=False))
 
