@@ -315,6 +315,19 @@ def test_symlinks_are_made_and_read_as_links(stack):
 
 # -- attributes ---------------------------------------------------------------
 
+def test_inode_numbers_survive_copy_up_and_remount(tmp_path, unions):
+    up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"d/f": "x", "g": "y"})
+    first = unions.mount([up, low], rw=True)
+    before = {p: os.stat(first / p).st_ino for p in ("d", "d/f", "g")}
+    (first / "d/f").write_text("changed")  # copies d and d/f up
+    os.chmod(first / "g", 0o600)
+    assert {p: os.stat(first / p).st_ino for p in before} == before
+    second = unions.mount([up, low], rw=True)
+    assert {p: os.stat(second / p).st_ino for p in before} == before
+    (second / "new").write_text("n")
+    assert os.stat(second / "new").st_ino not in before.values()
+
+
 def test_chmod_chown_utime_copy_up_and_keep_data(stack):
     mnt, up, low = stack
     ino = os.stat(mnt / "file").st_ino
