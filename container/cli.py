@@ -1,11 +1,200 @@
-"""``pycontainer``: the container runtime's command line (commands to come)."""
+"""``pycontainer``: run processes in containers whose root is a pyunion
+mount, with docker's verbs and options where they make sense here.
+
+Exit codes as docker's: the container's own, 125 when pycontainer itself
+fails (a bad option, a missing image, a name in use), 126/127 when the
+command cannot be run or is not found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import time
 
 import click
+
+from . import images, runtime, spec as specs
+from .cgroups import CgroupError
+
+
+class _Failure(click.ClickException):
+    exit_code = 125
+
+
+def _fail_cleanly(function):
+    """Turn the runtime's one-line errors into ``Error: ...`` and exit 125."""
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (specs.SpecError, images.ImageError, runtime.ContainerError, CgroupError) as exc:
+            raise _Failure(str(exc)) from None
+    wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Run processes in containers whose root is a pyunion mount."""
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["busybox"]))
+@_fail_cleanly
+def image(name: str) -> None:
+    """Build a base image into the image store (from Debian's busybox-static)."""
+    click.echo(images.build_busybox())
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.argument("image_name", metavar="IMAGE")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--name")
+@click.option("-h", "--hostname")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VAL")
+@click.option("--env-file", multiple=True, metavar="FILE")
+@click.option("-w", "--workdir", default="/")
+@click.option("-u", "--user", metavar="UID[:GID]")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]")
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; output to its log.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("--read-only", is_flag=True, help="Mount the root file system read-only.")
+@click.option("-m", "--memory")
+@click.option("--memory-swap")
+@click.option("--cpus")
+@click.option("--cpu-shares")
+@click.option("--cpuset-cpus")
+@click.option("--pids-limit")
+@_fail_cleanly
+def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
+        detach, interactive, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
+        pids_limit) -> None:
+    """Run COMMAND in a new container made from IMAGE."""
+    if not command:
+        command = ("/bin/sh",)
+    name = specs.check_name(name) if name else secrets.token_hex(6)
+    hostname = specs.check_hostname(hostname) if hostname else name[:63]
+    memory_bytes = specs.parse_memory(memory) if memory else None
+    limits = specs.Limits(
+        memory=memory_bytes,
+        memory_swap=specs.parse_memory_swap(memory_swap, memory_bytes) if memory_swap else None,
+        cpus=specs.parse_cpus(cpus) if cpus else None,
+        cpu_shares=specs.parse_cpu_shares(cpu_shares) if cpu_shares else None,
+        cpuset_cpus=specs.parse_cpuset(cpuset_cpus) if cpuset_cpus else None,
+        pids=specs.parse_pids_limit(pids_limit) if pids_limit else None,
+    )
+    environment = [pair for path in env_file for pair in specs.read_env_file(path)]
+    environment += [specs.parse_env(item) for item in env]
+    spec = specs.ContainerSpec(
+        image=image_name, command=tuple(command), name=name, hostname=hostname,
+        env=tuple(environment), workdir=specs.check_workdir(workdir),
+        user=specs.parse_user(user) if user else specs.User(),
+        mounts=tuple(specs.parse_volume(v) for v in volumes), read_only=read_only,
+        limits=limits, interactive=interactive,
+    )
+    sys.exit(runtime.run(spec, detach=detach, remove=remove))
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show exited containers too.")
+def ps(show_all: bool) -> None:
+    """List containers."""
+    click.echo(f"{'NAME':<20} {'STATUS':<12} {'PID':>7}  {'IMAGE':<12} COMMAND")
+    for state in runtime.all_states():
+        status = state.shown_status
+        if status != "running" and not show_all:
+            continue
+        shown = status if status != "exited" else f"exited ({state.exit_code})"
+        pid = state.init_pid if status == "running" else ""
+        click.echo(f"{state.name:<20} {shown:<12} {pid or '':>7}  {state.image:<12} "
+                   f"{' '.join(state.command)}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@_fail_cleanly
+def rm(names: tuple[str, ...], force: bool) -> None:
+    """Remove containers (their state, writable branch and leftovers)."""
+    for name in names:
+        runtime.remove(name, force=force)
+        click.echo(name)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-s", "--signal", "signame", default="KILL", help="Signal name or number.")
+@_fail_cleanly
+def kill(name: str, signame: str) -> None:
+    """Send a signal to a container's main process."""
+    _running(name)
+    os.kill(_running(name).init_pid, _parse_signal(signame))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-t", "--time", "timeout", default=10, help="Seconds before SIGKILL.")
+@_fail_cleanly
+def stop(name: str, timeout: int) -> None:
+    """Stop a container: SIGTERM, then SIGKILL after a timeout."""
+    state = _running(name)
+    os.kill(state.init_pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while state.supervisor_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if state.supervisor_alive():
+        os.kill(state.init_pid, signal.SIGKILL)
+    click.echo(name)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True)
+@_fail_cleanly
+def logs(name: str, follow: bool) -> None:
+    """Show the output of a detached container."""
+    state = runtime.State.load(name)
+    if not state.log:
+        raise runtime.ContainerError(f"{name} was not run with -d: its output went to its terminal")
+    with open(state.log, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            elif follow and runtime.State.load(name).shown_status == "running":
+                time.sleep(0.1)
+            else:
+                break
+
+
+@cli.command()
+@click.argument("name")
+@_fail_cleanly
+def inspect(name: str) -> None:
+    """A container's state as JSON."""
+    state = runtime.State.load(name)
+    click.echo(json.dumps({**vars(state), "status": state.shown_status}, indent=2))
+
+
+def _running(name: str) -> runtime.State:
+    state = runtime.State.load(name)
+    if state.shown_status != "running":
+        raise runtime.ContainerError(f"{name} is not running")
+    return state
+
+
+def _parse_signal(text: str) -> int:
+    name = text.upper()
+    try:
+        return int(name) if name.isdigit() else signal.Signals(
+            name if name.startswith("SIG") else f"SIG{name}").value
+    except ValueError:
+        raise runtime.ContainerError(f"unknown signal {text!r}") from None
 
 
 def main() -> None:

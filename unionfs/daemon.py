@@ -12,6 +12,7 @@ name, so ``pyunion umount`` can wait for it to be gone.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -30,6 +31,8 @@ from .upper import Upper
 log = logging.getLogger(__name__)
 
 PID_DIR = "/run/pyunion"
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -65,8 +68,12 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
             layer.close()
 
 
-def spawn(config: MountConfig, keep_stderr: bool = False) -> int:
-    """Run :func:`serve` in a detached child; return its PID once mounted."""
+def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool = False) -> int:
+    """Run :func:`serve` in a detached child; return its PID once mounted.
+
+    With ``die_with_parent`` the daemon unmounts and ends when the caller
+    dies (a container runtime's supervisor, say).
+    """
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -75,6 +82,8 @@ def spawn(config: MountConfig, keep_stderr: bool = False) -> int:
         status = 1
         try:
             _detach(keep_stderr)
+            if die_with_parent:
+                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             serve(config, on_ready=lambda: ready.send("ok"))
             status = 0
         except BaseException as exc:  # noqa: BLE001 - the parent must hear of it

@@ -1,0 +1,90 @@
+"""cgroups: one interface, two drivers (v1 and v2), picked by what the
+machine mounts.
+
+A container's cgroup is made under ``pycontainer/`` inside the cgroup that
+``pycontainer`` itself runs in, never elsewhere, and removed when the
+container ends.  On a hybrid host (v1 controllers plus a v2 ``unified``
+mount, as this project's machines are) the v1 driver is used; on a pure v2
+host, the v2 one.
+
+A driver offers ``add(pid)``, ``apply(limits)``, ``stats()``, ``pids()``,
+``kill_all()``, ``remove()`` and ``paths`` (what to record so a later
+command can find it again, see :func:`reopen`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARENT = "pycontainer"
+ROOT = "/sys/fs/cgroup"
+
+
+class CgroupError(RuntimeError):
+    """A limit the machine's cgroups cannot apply; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    memory_usage: int | None = None
+    memory_max_usage: int | None = None
+    memory_limit: int | None = None
+    memory_failcnt: int | None = None
+    oom_kills: int | None = None
+    cpu_usage_ns: int | None = None
+    pids_current: int | None = None
+
+
+def is_pure_v2() -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == ROOT:
+                return fields[fields.index("-") + 1] == "cgroup2"
+    return False
+
+
+def create(name: str):
+    """A new, empty cgroup for the container ``name``."""
+    from . import v1, v2
+    return v2.CgroupV2.create(name) if is_pure_v2() else v1.CgroupV1.create(name)
+
+
+def reopen(paths: dict[str, str]):
+    """The cgroup whose ``paths`` were recorded earlier."""
+    from . import v1, v2
+    return v2.CgroupV2(paths["unified"]) if "unified" in paths else v1.CgroupV1(paths)
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return None if text == "max" else int(text)
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat-keyed cgroup file (``key value`` per line)."""
+    try:
+        with open(path) as f:
+            return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
+    except FileNotFoundError:
+        return {}
+
+
+def write(path: str, value) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def own_paths() -> dict[str, str]:
+    """This process's cgroup path per hierarchy: {controller or "": path}."""
+    paths = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                paths[controller] = path
+    return paths

@@ -1,0 +1,118 @@
+"""The cgroup v2 driver: one directory in the unified hierarchy.
+
+Controllers are enabled in ``pycontainer/``'s parent as far as the kernel
+lets a cgroup that holds processes do so; a limit whose controller is not
+available there is refused with a clear error rather than ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from . import PARENT, ROOT, CgroupError, Stats, own_paths, read_int, read_keyed, write
+
+CPU_PERIOD_US = 100_000
+
+
+def limit_files(limits) -> dict[str, str]:
+    """The v2 files and values that express ``limits``."""
+    files = {}
+    if limits.memory is not None:
+        files["memory.max"] = str(limits.memory)
+    if limits.memory_swap is not None:
+        swap = "max" if limits.memory_swap < 0 else str(limits.memory_swap - limits.memory)
+        files["memory.swap.max"] = swap
+    if limits.cpus is not None:
+        files["cpu.max"] = f"{round(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}"
+    if limits.cpu_shares is not None:
+        # runc's conversion of v1 shares (2..262144) to v2 weight (1..10000)
+        files["cpu.weight"] = str(1 + ((limits.cpu_shares - 2) * 9999) // 262142)
+    if limits.cpuset_cpus is not None:
+        files["cpuset.cpus"] = limits.cpuset_cpus
+    if limits.pids is not None:
+        files["pids.max"] = str(limits.pids)
+    return files
+
+
+class CgroupV2:
+    def __init__(self, path: str):
+        self.path = path
+        self.paths = {"unified": path}
+
+    @classmethod
+    def create(cls, name: str, root: str = ROOT) -> CgroupV2:
+        parent = os.path.join(root, own_paths()[""].lstrip("/"), PARENT)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(parent)
+        _enable_controllers(parent)
+        path = os.path.join(parent, name)
+        os.mkdir(path)
+        return cls(path)
+
+    def add(self, pid: int) -> None:
+        write(f"{self.path}/cgroup.procs", pid)
+
+    def apply(self, limits) -> None:
+        for name, value in limit_files(limits).items():
+            target = f"{self.path}/{name}"
+            if not os.path.exists(target):
+                controller = name.split(".")[0]
+                raise CgroupError(f"the {controller} controller is not available to "
+                                  f"{os.path.dirname(self.path)} on this machine")
+            write(target, value)
+
+    def stats(self) -> Stats:
+        memory_max = read_int(f"{self.path}/memory.max")
+        events = read_keyed(f"{self.path}/memory.events")
+        cpu = read_keyed(f"{self.path}/cpu.stat")
+        return Stats(
+            memory_usage=read_int(f"{self.path}/memory.current"),
+            memory_max_usage=read_int(f"{self.path}/memory.peak"),
+            memory_limit=memory_max,
+            memory_failcnt=events.get("max"),
+            oom_kills=events.get("oom_kill"),
+            cpu_usage_ns=cpu["usage_usec"] * 1000 if "usage_usec" in cpu else None,
+            pids_current=read_int(f"{self.path}/pids.current"),
+        )
+
+    def pids(self) -> list[int]:
+        with contextlib.suppress(FileNotFoundError), open(f"{self.path}/cgroup.procs") as f:
+            return sorted(int(line) for line in f if line.strip())
+        return []
+
+    def kill_all(self) -> None:
+        if os.path.exists(f"{self.path}/cgroup.kill"):
+            write(f"{self.path}/cgroup.kill", 1)
+        for _ in range(200):
+            if not self.pids():
+                return
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.kill_all()
+        for _ in range(200):
+            try:
+                os.rmdir(self.path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.01)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.path))
+
+
+def _enable_controllers(parent: str) -> None:
+    """Make the controllers the kernel offers here available below ``parent``."""
+    for directory in (os.path.dirname(parent), parent):
+        with open(f"{directory}/cgroup.controllers") as f:
+            available = f.read().split()
+        for controller in available:
+            with contextlib.suppress(OSError):  # EBUSY where processes live
+                write(f"{directory}/cgroup.subtree_control", f"+{controller}")

@@ -1,0 +1,107 @@
+"""PID 1 inside the container, and the command it starts.
+
+The first process in the container's pid namespace sets up the root file
+system, then forks the user's command and stays as its init: it reaps every
+orphan that is reparented to it, forwards the signals a container is sent
+(SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH) to the
+command, and exits with the command's status (128+N when it died of
+signal N), which ends the namespace and every process left in it.
+
+Errors before the command runs are written to ``errors`` (one line) and
+give docker's codes: 125 for the runtime, 126 for a command that cannot be
+executed, 127 for one that is not found.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+from typing import NoReturn
+
+from . import rootfs
+from . import syscalls as sc
+from .spec import ContainerSpec, default_env
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+RUNTIME_ERROR, CANNOT_EXECUTE, NOT_FOUND = 125, 126, 127
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the code, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int) -> NoReturn:
+    """Be the container's PID 1 (call in the child that is PID 1)."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        rootfs.prepare(root, spec, etc_dir)
+        sc.sethostname(spec.hostname)
+        _loopback_up()
+    except Exception as exc:  # noqa: BLE001 - reported, then the container ends
+        _fail(errors, RUNTIME_ERROR, f"container setup failed: {exc}")
+    command = os.fork()
+    if command == 0:
+        _exec_command(spec, errors)
+    os.close(errors)
+    for signum in FORWARDED:
+        signal.signal(signum, lambda signum, _: _forward(command, signum))
+    while True:
+        pid, status = os.wait()
+        if pid == command:
+            os._exit(exit_code(status))
+
+
+def _forward(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _exec_command(spec: ContainerSpec, errors: int) -> NoReturn:
+    try:
+        os.setsid()
+        if spec.tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
+            signal.signal(signum, signal.SIG_DFL)
+        os.makedirs(spec.workdir, exist_ok=True)
+        os.chdir(spec.workdir)
+        os.setgroups([])
+        os.setgid(spec.user.gid)
+        os.setuid(spec.user.uid)
+        env = dict(default_env(spec.hostname, spec.tty))
+        env.update(spec.env)
+    except Exception as exc:  # noqa: BLE001
+        _fail(errors, RUNTIME_ERROR, f"container setup failed: {exc}")
+    try:
+        os.execvpe(spec.command[0], list(spec.command), env)
+    except OSError as exc:
+        code = NOT_FOUND if exc.errno == errno.ENOENT else CANNOT_EXECUTE
+        reason = "not found" if code == NOT_FOUND else exc.strerror
+        _fail(errors, code, f"cannot run {spec.command[0]!r}: {reason}")
+
+
+def _fail(errors: int, code: int, message: str) -> NoReturn:
+    try:
+        os.write(errors, (message.replace("\n", " ") + "\n").encode())
+    finally:
+        os._exit(code)
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in the new network namespace (an ioctl: no netlink
+    library needed for that)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))

@@ -1,0 +1,305 @@
+"""A container's lifecycle, and its state on disk.
+
+``run`` is the supervisor: it mounts the container's union (the daemon is
+its child, outside the container's namespaces and cgroups), makes the
+cgroup, starts the container, forwards signals to it, waits, and cleans
+up whatever way the container ended.  The processes:
+
+    supervisor (pycontainer run)  -- the union daemon (pyunion)
+      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, waits for G
+           └─ G: PID 1 in the container (init.py)
+                └─ the command
+
+C and G die with their parent (PR_SET_PDEATHSIG), and the daemon unmounts
+when the supervisor dies, so killing ``pycontainer run`` takes everything
+with it; the state left behind is cleaned up by the next ``rm`` or ``ps``.
+
+State lives in ``/run/pycontainer/NAME/state.json``; the container's
+writable branch and mount point in ``/var/lib/pycontainer/containers/NAME``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from unionfs import daemon as union_daemon
+from unionfs import options as union_options
+
+from . import cgroups, images, init
+from . import syscalls as sc
+from .spec import ContainerSpec
+
+STATE_DIR = "/run/pycontainer"
+DATA_DIR = "/var/lib/pycontainer/containers"
+_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+               | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID)
+
+
+class ContainerError(RuntimeError):
+    """Something the runtime cannot do; the message is one line."""
+
+
+@dataclass
+class State:
+    name: str
+    image: str
+    command: list[str]
+    status: str = "created"            # created, running, exited
+    created: float = field(default_factory=time.time)
+    supervisor_pid: int | None = None
+    init_pid: int | None = None        # the container's PID 1, as the host sees it
+    exit_code: int | None = None
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    log: str | None = None
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(STATE_DIR, self.name)
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(DATA_DIR, self.name)
+
+    @property
+    def rootfs(self) -> str:
+        return os.path.join(self.data_dir, "rootfs")
+
+    def save(self) -> None:
+        temporary = os.path.join(self.state_dir, "state.json.tmp")
+        with open(temporary, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.rename(temporary, os.path.join(self.state_dir, "state.json"))
+
+    @classmethod
+    def load(cls, name: str) -> State:
+        try:
+            with open(os.path.join(STATE_DIR, name, "state.json")) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            raise ContainerError(f"no such container: {name}") from None
+
+    def supervisor_alive(self) -> bool:
+        if self.supervisor_pid is None:
+            return False
+        try:
+            with open(f"/proc/{self.supervisor_pid}/cmdline", "rb") as f:
+                return b"pycontainer" in f.read()
+        except FileNotFoundError:
+            return False
+
+    @property
+    def shown_status(self) -> str:
+        """``running`` only while the supervisor lives; a crashed one's
+        container is exited, whatever the file says."""
+        if self.status != "exited" and not self.supervisor_alive():
+            return "exited"
+        return self.status
+
+
+def all_states() -> list[State]:
+    with contextlib.suppress(FileNotFoundError):
+        return [State.load(name) for name in sorted(os.listdir(STATE_DIR))
+                if os.path.exists(os.path.join(STATE_DIR, name, "state.json"))]
+    return []
+
+
+def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
+    """Run a container to its end; returns its exit code (docker's codes)."""
+    image_root = images.path_of(spec.image)
+    state = _claim(spec)
+    if detach:
+        state.log = os.path.join(state.state_dir, "log")
+        if _detach(state.log):
+            print(state.name)
+            return 0
+        state.supervisor_pid = os.getpid()
+        state.save()
+    try:
+        return _supervise(spec, state, image_root)
+    finally:
+        cleanup(state, remove)
+
+
+def _claim(spec: ContainerSpec) -> State:
+    """Make the container's state directory, or refuse a name in use."""
+    os.makedirs(STATE_DIR, exist_ok=True)
+    state = State(spec.name, spec.image, list(spec.command), supervisor_pid=os.getpid())
+    try:
+        os.mkdir(state.state_dir, 0o700)
+    except FileExistsError:
+        raise ContainerError(f"the name {spec.name!r} is in use: remove it with "
+                             f"pycontainer rm {spec.name}") from None
+    state.save()
+    return state
+
+
+def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
+    upper = os.path.join(state.data_dir, "upper")
+    os.makedirs(upper)
+    os.makedirs(state.rootfs)
+    config = union_options.parse([f"br={upper}=rw:{image_root}=ro,allow_other,dev,suid"],
+                                 state.rootfs, f"pycontainer-{state.name}")
+    union_daemon.spawn(config, die_with_parent=True)
+    group = cgroups.create(state.name)
+    state.cgroup_paths = group.paths
+    state.save()
+    try:
+        group.apply(spec.limits)
+    except (cgroups.CgroupError, OSError) as exc:
+        raise ContainerError(f"cannot apply limits: {exc}") from None
+    etc_dir = _write_etc_files(state, spec)
+    errors_r, errors_w = os.pipe()
+    child, init_pid = _start(spec, state, group, etc_dir, errors_w)
+    os.close(errors_w)
+    state.init_pid, state.status = init_pid, "running"
+    state.save()
+    for signum in init.FORWARDED:
+        signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
+    _, status = os.waitpid(child, 0)
+    code = init.exit_code(status)
+    with os.fdopen(errors_r) as errors:
+        for line in errors.read().splitlines():
+            print(f"pycontainer: {line}", file=sys.stderr)
+    if group.stats().oom_kills:
+        print(f"pycontainer: {state.name} was killed: out of memory", file=sys.stderr)
+    state.exit_code = code
+    return code
+
+
+def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int):
+    """Fork C, put it in the cgroup, and get the PID of the container's init."""
+    go_r, go_w = os.pipe()
+    pid_r, pid_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # C
+        try:
+            os.close(go_w)
+            os.close(pid_r)
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if not spec.interactive:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
+            os.read(go_r, 1)  # in the cgroup now
+            os.close(go_r)
+            sc.unshare(_NAMESPACES)
+            pid1 = os.fork()
+            if pid1 == 0:
+                os.close(pid_w)
+                init.run(spec, state.rootfs, etc_dir, errors_w)
+            os.write(pid_w, str(pid1).encode())
+            os.close(pid_w)
+            os._exit(init.exit_code(os.waitpid(pid1, 0)[1]))
+        except BaseException as exc:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                os.write(errors_w, f"container start failed: {exc}\n".encode())
+            os._exit(init.RUNTIME_ERROR)
+    os.close(go_r)
+    os.close(pid_w)
+    group.add(child)
+    os.write(go_w, b"1")
+    os.close(go_w)
+    with os.fdopen(pid_r) as answer:
+        text = answer.read()
+    return child, int(text) if text else None
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _write_etc_files(state: State, spec: ContainerSpec) -> str:
+    """The container's own /etc/hostname, hosts and resolv.conf."""
+    etc_dir = os.path.join(state.state_dir, "etc")
+    os.makedirs(etc_dir)
+    files = {
+        "hostname": f"{spec.hostname}\n",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 f"127.0.1.1\t{spec.hostname} {spec.name}\n",
+        "resolv.conf": _host_resolv_conf(),
+    }
+    for name, text in files.items():
+        with open(os.path.join(etc_dir, name), "w") as f:
+            f.write(text)
+    return etc_dir
+
+
+def _host_resolv_conf() -> str:
+    try:
+        with open("/etc/resolv.conf") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _detach(log: str) -> bool:
+    """Fork into the background: True in the caller, which should return."""
+    if os.fork():
+        return True
+    os.setsid()
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.close(devnull)
+    return False
+
+
+def cleanup(state: State, remove: bool) -> None:
+    """Undo everything a container made, whatever state it was left in."""
+    if state.cgroup_paths:
+        cgroups.reopen(state.cgroup_paths).remove()
+        state.cgroup_paths = {}
+    if _is_mounted(state.rootfs):
+        try:
+            sc.umount(state.rootfs)
+        except OSError:
+            sc.umount(state.rootfs, sc.MNT_DETACH)
+    _reap_children()
+    if remove:
+        shutil.rmtree(state.data_dir, ignore_errors=True)
+        shutil.rmtree(state.state_dir, ignore_errors=True)
+    else:
+        state.status = "exited"
+        with contextlib.suppress(FileNotFoundError):
+            state.save()
+
+
+def remove(name: str, force: bool = False) -> None:
+    state = State.load(name)
+    if state.shown_status == "running":
+        if not force:
+            raise ContainerError(f"{name} is running: stop it first or use rm -f")
+        _signal(state.supervisor_pid, signal.SIGKILL)
+        for _ in range(500):
+            if not state.supervisor_alive():
+                break
+            time.sleep(0.01)
+    cleanup(state, remove=True)
+
+
+def _is_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def _reap_children() -> None:
+    """Collect the union daemon (our child) once it has unmounted."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)

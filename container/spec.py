@@ -1,0 +1,207 @@
+"""What a container is, as plain validated data, and the parsers that turn
+``docker run``-style option values into it.
+
+Every parser raises :class:`SpecError` with a one-line message that names
+the option and the bad value; nothing here touches the system.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+MIN_MEMORY = 6 * 1024 * 1024  # docker's floor: below it a container cannot start
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """A container option that cannot be honoured; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """cgroup limits; None means "not limited"."""
+
+    memory: int | None = None          # bytes
+    memory_swap: int | None = None     # bytes of memory + swap; -1 for unlimited
+    cpus: float | None = None          # cores, e.g. 1.5
+    cpu_shares: int | None = None      # relative weight, docker's 2..262144
+    cpuset_cpus: str | None = None     # e.g. "0-1,3"
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    command: tuple[str, ...]
+    name: str
+    hostname: str
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    user: User = User()
+    mounts: tuple[BindMount, ...] = ()
+    read_only: bool = False
+    limits: Limits = field(default_factory=Limits)
+    tty: bool = False
+    interactive: bool = False
+    seccomp: bool = True
+
+
+def parse_size(text: str, option: str) -> int:
+    """``256m``, ``1g``, ``1.5G``, ``512kb``, ``1024`` (bytes), as docker reads them."""
+    match = _SIZE.match(text)
+    if not match:
+        raise SpecError(f"{option}: invalid size {text!r} (use a number with b, k, m or g)")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def parse_memory(text: str) -> int:
+    size = parse_size(text, "--memory")
+    if size < MIN_MEMORY:
+        raise SpecError(f"--memory: {text!r} is below the minimum of 6m")
+    return size
+
+
+def parse_memory_swap(text: str, memory: int | None) -> int:
+    if text.strip() == "-1":
+        return -1
+    size = parse_size(text, "--memory-swap")
+    if memory is None:
+        raise SpecError("--memory-swap needs --memory")
+    if size < memory:
+        raise SpecError(f"--memory-swap: {text!r} is less than --memory")
+    return size
+
+
+def parse_cpus(text: str) -> float:
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise SpecError(f"--cpus: invalid number {text!r}") from None
+    available = os.cpu_count() or 1
+    if not 0.01 <= cpus <= available:
+        raise SpecError(f"--cpus: {text!r} is outside 0.01..{available} (cores on this machine)")
+    return cpus
+
+
+def parse_cpu_shares(text: str) -> int:
+    try:
+        shares = int(text)
+    except ValueError:
+        raise SpecError(f"--cpu-shares: invalid number {text!r}") from None
+    if not 2 <= shares <= 262144:
+        raise SpecError(f"--cpu-shares: {shares} is outside 2..262144")
+    return shares
+
+
+def parse_cpuset(text: str) -> str:
+    available = os.cpu_count() or 1
+    cpus = set()
+    for part in text.split(","):
+        first, sep, last = part.partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise SpecError(f"--cpuset-cpus: invalid list {text!r} (use e.g. 0-1,3)")
+        low, high = int(first), int(last) if sep else int(first)
+        if low > high or high >= available:
+            raise SpecError(f"--cpuset-cpus: {part!r} is not among cpus 0-{available - 1}")
+        cpus.update(range(low, high + 1))
+    return text
+
+
+def parse_pids_limit(text: str) -> int | None:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise SpecError(f"--pids-limit: invalid number {text!r}") from None
+    return None if limit <= 0 else limit
+
+
+def parse_user(text: str) -> User:
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise SpecError(f"--user: {text!r} must be UID or UID:GID (numbers)")
+    return User(int(uid), int(gid) if gid else int(uid))
+
+
+def parse_volume(text: str) -> BindMount:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise SpecError(f"--volume: {text!r} must be HOST:CONTAINER[:ro|rw]")
+    source, target = parts[:2]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise SpecError(f"--volume: unknown mode {mode!r} in {text!r} (use ro or rw)")
+    if not os.path.isabs(source) or not os.path.exists(source):
+        raise SpecError(f"--volume: host path {source!r} must be an existing absolute path")
+    if not os.path.isabs(target) or ".." in target.split("/"):
+        raise SpecError(f"--volume: container path {target!r} must be absolute, without '..'")
+    return BindMount(os.path.realpath(source), os.path.normpath(target), mode == "ro")
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    """``KEY=VALUE``; a bare ``KEY`` takes the caller's value, as docker does."""
+    key, sep, value = text.partition("=")
+    if not _ENV_NAME.match(key):
+        raise SpecError(f"--env: invalid variable name in {text!r}")
+    if not sep:
+        if key not in os.environ:
+            raise SpecError(f"--env: {key} is not set here, give {key}=VALUE")
+        value = os.environ[key]
+    return key, value
+
+
+def read_env_file(path: str) -> list[tuple[str, str]]:
+    """Lines of ``KEY=VALUE``; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise SpecError(f"--env-file: {path}: {exc.strerror}") from None
+    return [parse_env(line.strip()) for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or len(name) > 64:
+        raise SpecError(f"--name: invalid name {name!r} (letters, digits, _ . -; up to 64)")
+    return name
+
+
+def check_hostname(hostname: str) -> str:
+    if not _HOSTNAME.match(hostname):
+        raise SpecError(f"--hostname: invalid host name {hostname!r}")
+    return hostname
+
+
+def check_workdir(path: str) -> str:
+    if not os.path.isabs(path):
+        raise SpecError(f"--workdir: {path!r} must be an absolute path")
+    return os.path.normpath(path)
+
+
+def default_env(hostname: str, tty: bool) -> list[tuple[str, str]]:
+    """What docker puts in every container's environment."""
+    env = [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+           ("HOSTNAME", hostname), ("HOME", "/root")]
+    if tty:
+        env.append(("TERM", "xterm"))
+    return env

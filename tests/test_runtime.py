@@ -1,0 +1,192 @@
+"""pycontainer end to end: real namespaces, cgroups and pyunion roots."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from container import images
+from helpers import snapshot
+
+PYCONTAINER = str(Path(sys.executable).parent / "pycontainer")
+
+
+@pytest.fixture(scope="session")
+def image_root():
+    return Path(images.build_busybox())
+
+
+def leftovers():
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if "pycontainer-" in line]
+    groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
+    return mounts, groups
+
+
+@pytest.fixture
+def pyc(image_root):
+    """Run the CLI; every container a test names is removed after it."""
+    names = []
+    image_before = snapshot(image_root)
+
+    def run(*args, check=False, timeout=60, **kwargs):
+        return subprocess.run([PYCONTAINER, *args], capture_output=True, text=True,
+                              timeout=timeout, check=check, **kwargs)
+
+    def name():
+        names.append(f"t{uuid.uuid4().hex[:10]}")
+        return names[-1]
+
+    run.name = name
+    yield run
+    for n in names:
+        run("rm", "-f", n)
+    assert leftovers() == ([], [])
+    assert snapshot(image_root) == image_before, "the image changed"
+
+
+def test_hello_with_its_own_pid_uts_and_mount_namespaces(pyc):
+    done = pyc("run", "--rm", "--hostname", "box", "busybox", "sh", "-c",
+               "echo hello from $(hostname); ps -o pid,args; echo MOUNTS; cat /proc/mounts")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "hello from box"
+    pids = [int(l.split()[0]) for l in lines[2:] if l.split()[0].isdigit()]
+    assert pids[0] == 1 and max(pids) < 10  # only the container's own processes
+    mounts = done.stdout.split("MOUNTS\n", 1)[1].splitlines()
+    assert mounts[0].split()[1:3] == ["/", "fuse.pyunion"]
+    assert not any(m.split()[1].startswith(("/work", "/tmp", "/run")) for m in mounts)
+
+
+def test_only_loopback_and_own_ipc(pyc):
+    done = pyc("run", "--rm", "busybox", "sh", "-c", "ls /sys/class/net; ip link show lo")
+    assert done.stdout.split("\n")[0] == "lo"
+    assert "UP" in done.stdout
+    done = pyc("run", "--rm", "busybox", "sh", "-c", "ipcs -q | wc -l; echo x > /dev/shm/f")
+    assert done.returncode == 0
+
+
+def test_writes_land_in_the_container_only(pyc):
+    first, second = pyc.name(), pyc.name()
+    assert pyc("run", "--name", first, "busybox", "sh", "-c",
+               "echo mine > /etc/motd; rm /bin/vi").returncode == 0
+    done = pyc("run", "--name", second, "busybox", "sh", "-c",
+               "cat /etc/motd; ls /bin/vi")
+    assert "mine" not in done.stdout and "/bin/vi" in done.stdout
+    upper = Path(f"/var/lib/pycontainer/containers/{first}/upper")
+    assert (upper / "etc/motd").read_text() == "mine\n"
+    assert (upper / "bin/.wh.vi").exists()
+
+
+@pytest.mark.parametrize("command, code", [
+    ("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", 143), ("kill -KILL $$", 137),
+])
+def test_exit_codes(pyc, command, code):
+    assert pyc("run", "--rm", "busybox", "sh", "-c", command).returncode == code
+
+
+def test_runtime_error_codes(pyc):
+    missing = pyc("run", "--rm", "busybox", "no-such-command")
+    assert missing.returncode == 127 and "not found" in missing.stderr
+    not_executable = pyc("run", "--rm", "busybox", "/etc/passwd")
+    assert not_executable.returncode == 126
+    assert pyc("run", "--rm", "nosuchimage", "true").returncode == 125
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "lots"], "--memory: invalid size"),
+    (["--memory", "1k"], "below the minimum"),
+    (["--cpus", "0"], "--cpus"),
+    (["--pids-limit", "x"], "--pids-limit"),
+    (["-v", "/nonexistent:/x"], "--volume"),
+    (["-v", "relative"], "--volume"),
+    (["-u", "root"], "--user"),
+    (["--name", "bad/name"], "--name"),
+    (["-e", "1=2"], "--env"),
+    (["-w", "rel"], "--workdir"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(pyc, args, message):
+    done = pyc("run", "--rm", *args, "busybox", "true")
+    assert done.returncode == 125
+    assert done.stderr.startswith("Error: ") and message in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_name_in_use(pyc):
+    name = pyc.name()
+    assert pyc("run", "--name", name, "busybox", "true").returncode == 0
+    again = pyc("run", "--name", name, "busybox", "true")
+    assert again.returncode == 125 and "in use" in again.stderr
+    assert "exited (0)" in pyc("ps", "-a").stdout
+
+
+def test_env_workdir_user_volume_read_only(pyc, world_readable_dir):
+    tmp_path = world_readable_dir
+    (tmp_path / "shared").write_text("from the host\n")
+    env_file = tmp_path / "env"
+    env_file.write_text("FROM_FILE=yes\n")
+    done = pyc("run", "--rm", "-e", "GREETING=hi there", "--env-file", str(env_file),
+               "-w", "/tmp/work", "-u", "1000:1000", "-v", f"{tmp_path}:/data:ro",
+               "busybox", "sh", "-c",
+               'echo "$GREETING $FROM_FILE $HOME"; pwd; id -u; id -g; cat /data/shared;'
+               'echo x > /data/new || echo read-only')
+    assert done.stdout.splitlines() == ["hi there yes /root", "/tmp/work", "1000", "1000",
+                                        "from the host", "read-only"], done.stderr
+    ro = pyc("run", "--rm", "--read-only", "busybox", "sh", "-c", "touch /x || echo refused")
+    assert "refused" in ro.stdout
+
+
+def test_zombies_are_reaped(pyc):
+    done = pyc("run", "--rm", "busybox", "sh", "-c",
+               "(sh -c 'sleep 0.2 & exit 0'); sleep 1; ps -o stat,args | grep -c '^Z' || true")
+    assert done.stdout.strip() == "0"
+
+
+def test_signals_are_forwarded_and_stop_works(pyc):
+    name = pyc.name()
+    started = pyc("run", "-d", "--name", name, "busybox", "sh", "-c",
+                  "trap 'echo got TERM; exit 7' TERM; while true; do sleep 0.1; done")
+    assert started.returncode == 0 and started.stdout.strip() == name
+    time.sleep(1)
+    assert name in pyc("ps").stdout
+    assert pyc("stop", name).returncode == 0
+    assert "got TERM" in pyc("logs", name).stdout
+    assert f"exited (7)" in pyc("ps", "-a").stdout
+
+
+def test_memory_limit_oom_kills(pyc):
+    done = pyc("run", "--rm", "--memory", "32m", "--memory-swap", "32m", "busybox", "sh", "-c",
+               "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived")
+    assert done.returncode == 137
+    assert "out of memory" in done.stderr
+    assert "survived" not in done.stdout
+
+
+def test_pids_limit_stops_a_fork_loop(pyc):
+    done = pyc("run", "--rm", "--pids-limit", "20", "busybox", "sh", "-c",
+               "n=0; while [ $n -lt 50 ]; do sleep 5 & n=$((n+1)); echo $n; done")
+    assert "can't fork" in done.stderr
+    assert int(done.stdout.split()[-1]) < 20
+
+
+def test_cpus_hold_a_busy_loop_near_the_quota(pyc):
+    done = pyc("run", "--rm", "--cpus", "0.5", "busybox", "sh", "-c",
+               "timeout 2 sh -c 'while :; do :; done'; cat /proc/self/stat >/dev/null;"
+               "cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null || true")
+    assert done.returncode == 0
+
+
+def test_killing_run_takes_everything_with_it(pyc):
+    name = pyc.name()
+    proc = subprocess.Popen([PYCONTAINER, "run", "--name", name, "busybox", "sleep", "60"])
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    assert "exited" in pyc("ps", "-a").stdout
+    assert pyc("rm", name).returncode == 0
