@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (see setup.sh), then shows a union at work: a small base tree in
 # two read-only layers under an empty writable branch, mounted with pyunion,
-# listed and read, then unmounted. Leaves nothing behind.
+# listed and read, then unmounted; then a container run on a union over the
+# busybox image. Leaves nothing behind (the image stays in the store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -35,3 +36,10 @@ echo "== run the base's busybox from the union"
 "$demo/mnt/bin/busybox" echo "hello from busybox in the union"
 "$pyunion" umount "$demo/mnt"
 echo "== unmounted"
+
+# The same union, as a container's root: pycontainer mounts it itself.
+pycontainer=$PWD/.venv/bin/pycontainer
+echo "== pycontainer image busybox"
+"$pycontainer" image busybox
+echo "== pycontainer run --rm busybox sh -c 'echo hello from \$(hostname); ps'"
+"$pycontainer" run --rm --hostname demo busybox sh -c 'echo hello from $(hostname); ps'
