@@ -69,10 +69,12 @@ def image(name: str) -> None:
 @click.option("--cpu-shares")
 @click.option("--cpuset-cpus")
 @click.option("--pids-limit")
+@click.option("--security-opt", "security_opts", multiple=True,
+              help="seccomp=unconfined turns the seccomp filter off.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
         detach, interactive, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
-        pids_limit) -> None:
+        pids_limit, security_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
         command = ("/bin/sh",)
@@ -95,6 +97,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         user=specs.parse_user(user) if user else specs.User(),
         mounts=tuple(specs.parse_volume(v) for v in volumes), read_only=read_only,
         limits=limits, interactive=interactive,
+        seccomp=specs.parse_security_opts(security_opts),
     )
     sys.exit(runtime.run(spec, detach=detach, remove=remove))
 

@@ -23,7 +23,7 @@ import struct
 import termios
 from typing import NoReturn
 
-from . import rootfs
+from . import rootfs, security
 from . import syscalls as sc
 from .spec import ContainerSpec, default_env
 
@@ -43,6 +43,7 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int) -> NoReturn:
     """Be the container's PID 1 (call in the child that is PID 1)."""
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        seccomp = security.SeccompFilter() if spec.seccomp else None
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
         _loopback_up()
@@ -50,7 +51,7 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int) -> NoReturn:
         _fail(errors, RUNTIME_ERROR, f"container setup failed: {exc}")
     command = os.fork()
     if command == 0:
-        _exec_command(spec, errors)
+        _exec_command(spec, errors, seccomp)
     os.close(errors)
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _: _forward(command, signum))
@@ -67,7 +68,8 @@ def _forward(pid: int, signum: int) -> None:
         pass
 
 
-def _exec_command(spec: ContainerSpec, errors: int) -> NoReturn:
+def _exec_command(spec: ContainerSpec, errors: int,
+                  seccomp: security.SeccompFilter | None) -> NoReturn:
     try:
         os.setsid()
         if spec.tty:
@@ -76,9 +78,7 @@ def _exec_command(spec: ContainerSpec, errors: int) -> NoReturn:
             signal.signal(signum, signal.SIG_DFL)
         os.makedirs(spec.workdir, exist_ok=True)
         os.chdir(spec.workdir)
-        os.setgroups([])
-        os.setgid(spec.user.gid)
-        os.setuid(spec.user.uid)
+        security.confine(spec.user.uid, spec.user.gid, seccomp)
         env = dict(default_env(spec.hostname, spec.tty))
         env.update(spec.env)
     except Exception as exc:  # noqa: BLE001

@@ -180,6 +180,17 @@ def read_env_file(path: str) -> list[tuple[str, str]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
+def parse_security_opts(options) -> bool:
+    """Whether seccomp stays on: only ``seccomp=unconfined`` is understood."""
+    seccomp = True
+    for option in options:
+        if option != "seccomp=unconfined":
+            raise SpecError(f"--security-opt: {option!r} is not supported "
+                            "(only seccomp=unconfined)")
+        seccomp = False
+    return seccomp
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name) or len(name) > 64:
         raise SpecError(f"--name: invalid name {name!r} (letters, digits, _ . -; up to 64)")

@@ -87,11 +87,12 @@ class _CapData(ctypes.Structure):
 
 
 def capset(caps: set[int]) -> None:
-    """Set this thread's effective, permitted and inheritable sets to ``caps``."""
+    """Set this thread's effective and permitted sets to ``caps``, and its
+    inheritable set to empty (as docker does since CVE-2022-24769)."""
     mask = sum(1 << cap for cap in caps)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
     for i in range(2):
         word = (mask >> (32 * i)) & 0xFFFFFFFF
-        data[i].effective = data[i].permitted = data[i].inheritable = word
+        data[i].effective = data[i].permitted = word
     _check(_libc.capset(ctypes.byref(header), data), "capset")

@@ -5,50 +5,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from container import images
-from helpers import snapshot
-
-PYCONTAINER = str(Path(sys.executable).parent / "pycontainer")
-
-
-@pytest.fixture(scope="session")
-def image_root():
-    return Path(images.build_busybox())
-
-
-def leftovers():
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if "pycontainer-" in line]
-    groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
-    return mounts, groups
-
-
-@pytest.fixture
-def pyc(image_root):
-    """Run the CLI; every container a test names is removed after it."""
-    names = []
-    image_before = snapshot(image_root)
-
-    def run(*args, check=False, timeout=60, **kwargs):
-        return subprocess.run([PYCONTAINER, *args], capture_output=True, text=True,
-                              timeout=timeout, check=check, **kwargs)
-
-    def name():
-        names.append(f"t{uuid.uuid4().hex[:10]}")
-        return names[-1]
-
-    run.name = name
-    yield run
-    for n in names:
-        run("rm", "-f", n)
-    assert leftovers() == ([], [])
-    assert snapshot(image_root) == image_before, "the image changed"
-
+from conftest import PYCONTAINER
 
 def test_hello_with_its_own_pid_uts_and_mount_namespaces(pyc):
     done = pyc("run", "--rm", "--hostname", "box", "busybox", "sh", "-c",
