@@ -8,6 +8,7 @@ command cannot be run or is not found.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import time
 
 import click
 
-from . import images, runtime, spec as specs
+from . import cgroups, images, runtime, spec as specs
 from .cgroups import CgroupError
 
 
@@ -62,6 +63,7 @@ def image(name: str) -> None:
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; output to its log.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
 @click.option("--read-only", is_flag=True, help="Mount the root file system read-only.")
 @click.option("-m", "--memory")
 @click.option("--memory-swap")
@@ -73,7 +75,7 @@ def image(name: str) -> None:
               help="seccomp=unconfined turns the seccomp filter off.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
-        detach, interactive, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
+        detach, interactive, tty, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
         pids_limit, security_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
@@ -96,10 +98,75 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         env=tuple(environment), workdir=specs.check_workdir(workdir),
         user=specs.parse_user(user) if user else specs.User(),
         mounts=tuple(specs.parse_volume(v) for v in volumes), read_only=read_only,
-        limits=limits, interactive=interactive,
+        limits=limits, interactive=interactive, tty=tty,
         seccomp=specs.parse_security_opts(security_opts),
     )
     sys.exit(runtime.run(spec, detach=detach, remove=remove))
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VAL")
+@click.option("-u", "--user", metavar="UID[:GID]")
+@click.option("-w", "--workdir")
+@_fail_cleanly
+def exec_(name, command, interactive, tty, env, user, workdir) -> None:
+    """Run COMMAND in a running container (all its namespaces and cgroups)."""
+    base = specs.spec_from_dict(runtime.State.load(name).spec)
+    spec = dataclasses.replace(
+        base, command=tuple(command), interactive=interactive, tty=tty,
+        env=base.env + tuple(specs.parse_env(item) for item in env),
+        user=specs.parse_user(user) if user else base.user,
+        workdir=specs.check_workdir(workdir) if workdir else base.workdir)
+    sys.exit(runtime.exec_in(name, spec))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--no-stream", is_flag=True, help="Print once, then exit.")
+@_fail_cleanly
+def stats(names: tuple[str, ...], no_stream: bool) -> None:
+    """Live resource use of running containers (all of them by default)."""
+    states = [runtime.State.load(n) for n in names] or [
+        s for s in runtime.all_states() if s.shown_status == "running"]
+    previous: dict[str, tuple[float, int]] = {}
+    while True:
+        lines = [f"{'NAME':<20} {'CPU %':>7} {'MEM USAGE / LIMIT':>24} {'MEM %':>7} "
+                 f"{'MAX USAGE':>10} {'OOM':>4} {'PIDS':>5}"]
+        for state in states:
+            if state.shown_status != "running":
+                raise runtime.ContainerError(f"{state.name} is not running")
+            usage = cgroups.reopen(state.cgroup_paths).stats()
+            now = time.monotonic()
+            then, cpu_then = previous.get(state.name, (None, None))
+            cpu = ((usage.cpu_usage_ns - cpu_then) / 1e9 / (now - then) * 100
+                   if then is not None else 0.0)
+            previous[state.name] = (now, usage.cpu_usage_ns)
+            limit = usage.memory_limit
+            percent = f"{usage.memory_usage / limit * 100:.2f}%" if limit else "--"
+            lines.append(f"{state.name:<20} {cpu:>6.2f}% "
+                         f"{_size(usage.memory_usage) + ' / ' + _size(limit):>24} "
+                         f"{percent:>7} {_size(usage.memory_max_usage):>10} "
+                         f"{usage.oom_kills or 0:>4} {usage.pids_current or 0:>5}")
+        if not no_stream:
+            click.echo("\x1b[2J\x1b[H", nl=False)
+        click.echo("\n".join(lines))
+        if no_stream:
+            return
+        time.sleep(1)
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "--"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.4g}{unit}" if unit != "B" else f"{count}B"
+        count /= 1024
+    return ""
 
 
 @cli.command()

@@ -23,7 +23,7 @@ import struct
 import termios
 from typing import NoReturn
 
-from . import rootfs, security
+from . import rootfs, security, terminal
 from . import syscalls as sc
 from .spec import ContainerSpec, default_env
 
@@ -39,19 +39,23 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int) -> NoReturn:
-    """Be the container's PID 1 (call in the child that is PID 1)."""
+def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
+        console: socket.socket | None) -> NoReturn:
+    """Be the container's PID 1 (call in the child that is PID 1); with
+    ``console``, the command gets a terminal made in the container."""
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         seccomp = security.SeccompFilter() if spec.seccomp else None
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
         _loopback_up()
+        if console is not None:
+            terminal.use_as_stdio(terminal.open_in_container(console))
     except Exception as exc:  # noqa: BLE001 - reported, then the container ends
         _fail(errors, RUNTIME_ERROR, f"container setup failed: {exc}")
     command = os.fork()
     if command == 0:
-        _exec_command(spec, errors, seccomp)
+        exec_command(spec, errors, seccomp)
     os.close(errors)
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _: _forward(command, signum))
@@ -68,8 +72,10 @@ def _forward(pid: int, signum: int) -> None:
         pass
 
 
-def _exec_command(spec: ContainerSpec, errors: int,
-                  seccomp: security.SeccompFilter | None) -> NoReturn:
+def exec_command(spec: ContainerSpec, errors: int,
+                 seccomp: security.SeccompFilter | None) -> NoReturn:
+    """Become the user's command (``run``'s, or ``exec``'s in a running
+    container): session, terminal, confinement, environment, exec."""
     try:
         os.setsid()
         if spec.tty:

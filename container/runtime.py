@@ -32,9 +32,10 @@ from dataclasses import asdict, dataclass, field
 from unionfs import daemon as union_daemon
 from unionfs import options as union_options
 
-from . import cgroups, images, init
+from . import cgroups, images, init, security, terminal
 from . import syscalls as sc
 from .spec import ContainerSpec
+from .terminal import Console
 
 STATE_DIR = "/run/pycontainer"
 DATA_DIR = "/var/lib/pycontainer/containers"
@@ -58,6 +59,7 @@ class State:
     exit_code: int | None = None
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     log: str | None = None
+    spec: dict = field(default_factory=dict)  # the ContainerSpec, for exec
 
     @property
     def state_dir(self) -> str:
@@ -130,7 +132,8 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
 def _claim(spec: ContainerSpec) -> State:
     """Make the container's state directory, or refuse a name in use."""
     os.makedirs(STATE_DIR, exist_ok=True)
-    state = State(spec.name, spec.image, list(spec.command), supervisor_pid=os.getpid())
+    state = State(spec.name, spec.image, list(spec.command), supervisor_pid=os.getpid(),
+                  spec=asdict(spec))
     try:
         os.mkdir(state.state_dir, 0o700)
     except FileExistsError:
@@ -156,24 +159,35 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
         raise ContainerError(f"cannot apply limits: {exc}") from None
     etc_dir = _write_etc_files(state, spec)
     errors_r, errors_w = os.pipe()
-    child, init_pid = _start(spec, state, group, etc_dir, errors_w)
+    console = Console() if spec.tty else None
+    child, init_pid = _start(spec, state, group, etc_dir, errors_w, console)
     os.close(errors_w)
     state.init_pid, state.status = init_pid, "running"
     state.save()
     for signum in init.FORWARDED:
-        signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
-    _, status = os.waitpid(child, 0)
-    code = init.exit_code(status)
-    with os.fdopen(errors_r) as errors:
-        for line in errors.read().splitlines():
-            print(f"pycontainer: {line}", file=sys.stderr)
+        if not (console and signum == signal.SIGWINCH):
+            signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
+    code = _wait(child, errors_r, console)
     if group.stats().oom_kills:
         print(f"pycontainer: {state.name} was killed: out of memory", file=sys.stderr)
     state.exit_code = code
     return code
 
 
-def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int):
+def _wait(child: int, errors_r: int, console: Console | None) -> int:
+    """Wait for ``child`` (relaying its terminal meanwhile); print what the
+    container's init reported; return the exit code."""
+    if console is not None:
+        console.relay()
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(errors_r) as errors:
+        for line in errors.read().splitlines():
+            print(f"pycontainer: {line}", file=sys.stderr)
+    return init.exit_code(status)
+
+
+def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int,
+           console: Console | None):
     """Fork C, put it in the cgroup, and get the PID of the container's init."""
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
@@ -183,17 +197,15 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
             os.close(go_w)
             os.close(pid_r)
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if not spec.interactive:
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                os.close(devnull)
+            _no_input_unless(spec.interactive or spec.tty)
             os.read(go_r, 1)  # in the cgroup now
             os.close(go_r)
             sc.unshare(_NAMESPACES)
             pid1 = os.fork()
             if pid1 == 0:
                 os.close(pid_w)
-                init.run(spec, state.rootfs, etc_dir, errors_w)
+                init.run(spec, state.rootfs, etc_dir, errors_w,
+                         console.theirs if console else None)
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
             os._exit(init.exit_code(os.waitpid(pid1, 0)[1]))
@@ -209,6 +221,50 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
     with os.fdopen(pid_r) as answer:
         text = answer.read()
     return child, int(text) if text else None
+
+
+def _no_input_unless(wanted: bool) -> None:
+    """Without -i (or -t), the container reads nothing, as with docker."""
+    if not wanted:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+
+
+def exec_in(name: str, spec: ContainerSpec) -> int:
+    """Run ``spec.command`` in the running container ``name``: in all its
+    namespaces and cgroups, confined as its command is."""
+    state = State.load(name)
+    if state.shown_status != "running":
+        raise ContainerError(f"{name} is not running")
+    namespaces = [os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+                  for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt")]
+    group = cgroups.reopen(state.cgroup_paths)
+    seccomp = security.SeccompFilter() if spec.seccomp else None
+    errors_r, errors_w = os.pipe()
+    console = Console() if spec.tty else None
+    child = os.fork()
+    if child == 0:
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            _no_input_unless(spec.interactive or spec.tty)
+            group.add(os.getpid())
+            for fd in namespaces:
+                sc.setns(fd)
+            command = os.fork()  # the new pid namespace holds children only
+            if command == 0:
+                if console:
+                    terminal.use_as_stdio(terminal.open_in_container(console.theirs))
+                init.exec_command(spec, errors_w, seccomp)
+            os._exit(init.exit_code(os.waitpid(command, 0)[1]))
+        except BaseException as exc:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                os.write(errors_w, f"exec failed: {exc}\n".encode())
+            os._exit(init.RUNTIME_ERROR)
+    os.close(errors_w)
+    for fd in namespaces:
+        os.close(fd)
+    return _wait(child, errors_r, console)
 
 
 def _signal(pid: int, signum: int) -> None:

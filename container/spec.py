@@ -65,6 +65,18 @@ class ContainerSpec:
     seccomp: bool = True
 
 
+def spec_from_dict(data: dict) -> ContainerSpec:
+    """A spec saved with ``dataclasses.asdict``, back as a spec."""
+    return ContainerSpec(**{
+        **data,
+        "command": tuple(data["command"]),
+        "env": tuple(tuple(pair) for pair in data["env"]),
+        "user": User(**data["user"]),
+        "mounts": tuple(BindMount(**m) for m in data["mounts"]),
+        "limits": Limits(**data["limits"]),
+    })
+
+
 def parse_size(text: str, option: str) -> int:
     """``256m``, ``1g``, ``1.5G``, ``512kb``, ``1024`` (bytes), as docker reads them."""
     match = _SIZE.match(text)
