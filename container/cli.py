@@ -201,7 +201,6 @@ def rm(names: tuple[str, ...], force: bool) -> None:
 @_fail_cleanly
 def kill(name: str, signame: str) -> None:
     """Send a signal to a container's main process."""
-    _running(name)
     os.kill(_running(name).init_pid, _parse_signal(signame))
 
 
@@ -261,9 +260,10 @@ def _running(name: str) -> runtime.State:
 def _parse_signal(text: str) -> int:
     name = text.upper()
     try:
-        return int(name) if name.isdigit() else signal.Signals(
-            name if name.startswith("SIG") else f"SIG{name}").value
-    except ValueError:
+        if name.isdigit():
+            return signal.Signals(int(name)).value
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"].value
+    except (KeyError, ValueError):
         raise runtime.ContainerError(f"unknown signal {text!r}") from None
 
 
