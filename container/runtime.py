@@ -6,7 +6,8 @@ cgroup, starts the container, forwards signals to it, waits, and cleans
 up whatever way the container ended.  The processes:
 
     supervisor (pycontainer run)  -- the union daemon (pyunion)
-      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, waits for G
+      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, forks G,
+           leaves the cgroup again, and waits for G
            └─ G: PID 1 in the container (init.py)
                 └─ the command
 
@@ -206,6 +207,7 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
                 os.close(pid_w)
                 init.run(spec, state.rootfs, etc_dir, errors_w,
                          console.theirs if console else None)
+            group.release(os.getpid())  # only the container is charged
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
             os._exit(init.exit_code(os.waitpid(pid1, 0)[1]))

@@ -7,7 +7,7 @@ container ends.  On a hybrid host (v1 controllers plus a v2 ``unified``
 mount, as this project's machines are) the v1 driver is used; on a pure v2
 host, the v2 one.
 
-A driver offers ``add(pid)``, ``apply(limits)``, ``stats()``, ``pids()``,
+A driver offers ``add(pid)``, ``release(pid)``, ``apply(limits)``, ``stats()``, ``pids()``,
 ``kill_all()``, ``remove()`` and ``paths`` (what to record so a later
 command can find it again, see :func:`reopen`).
 """

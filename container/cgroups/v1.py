@@ -56,6 +56,11 @@ class CgroupV1:
         for path in self.paths.values():
             write(os.path.join(path, "cgroup.procs"), pid)
 
+    def release(self, pid: int) -> None:
+        """Move ``pid`` back to the cgroup pycontainer runs in."""
+        for path in self.paths.values():
+            write(os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs"), pid)
+
     def apply(self, limits) -> None:
         memory, cpu, cpuset, pids = (self.paths.get(c) for c in ("memory", "cpu", "cpuset", "pids"))
         if limits.memory is not None:

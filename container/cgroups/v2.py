@@ -55,6 +55,10 @@ class CgroupV2:
     def add(self, pid: int) -> None:
         write(f"{self.path}/cgroup.procs", pid)
 
+    def release(self, pid: int) -> None:
+        """Move ``pid`` back to the cgroup pycontainer runs in."""
+        write(os.path.join(os.path.dirname(os.path.dirname(self.path)), "cgroup.procs"), pid)
+
     def apply(self, limits) -> None:
         for name, value in limit_files(limits).items():
             target = f"{self.path}/{name}"
