@@ -194,11 +194,9 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
     pid_r, pid_w = os.pipe()
     child = os.fork()
     if child == 0:  # C
-        try:
+        with _helper_process(spec, errors_w, "container start"):
             os.close(go_w)
             os.close(pid_r)
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            _no_input_unless(spec.interactive or spec.tty)
             os.read(go_r, 1)  # in the cgroup now
             os.close(go_r)
             sc.unshare(_NAMESPACES)
@@ -210,11 +208,7 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
             group.release(os.getpid())  # only the container is charged
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
-            os._exit(init.exit_code(os.waitpid(pid1, 0)[1]))
-        except BaseException as exc:  # noqa: BLE001
-            with contextlib.suppress(OSError):
-                os.write(errors_w, f"container start failed: {exc}\n".encode())
-            os._exit(init.RUNTIME_ERROR)
+            _exit_as(pid1)
     os.close(go_r)
     os.close(pid_w)
     group.add(child)
@@ -225,12 +219,27 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
     return child, int(text) if text else None
 
 
-def _no_input_unless(wanted: bool) -> None:
-    """Without -i (or -t), the container reads nothing, as with docker."""
-    if not wanted:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
+@contextlib.contextmanager
+def _helper_process(spec: ContainerSpec, errors_w: int, what: str):
+    """The body of a forked helper on the host side (C, or exec's): it dies
+    with its parent, reads nothing without -i or -t, and reports a failure
+    on ``errors_w`` with docker's 125.  The body must end the process."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if not (spec.interactive or spec.tty):
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+        yield
+    except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
+        with contextlib.suppress(OSError):
+            os.write(errors_w, f"{what} failed: {exc}\n".encode())
+    os._exit(init.RUNTIME_ERROR)
+
+
+def _exit_as(pid: int) -> None:
+    """Wait for ``pid`` and end with its exit code."""
+    os._exit(init.exit_code(os.waitpid(pid, 0)[1]))
 
 
 def exec_in(name: str, spec: ContainerSpec) -> int:
@@ -247,9 +256,7 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     console = Console() if spec.tty else None
     child = os.fork()
     if child == 0:
-        try:
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            _no_input_unless(spec.interactive or spec.tty)
+        with _helper_process(spec, errors_w, "exec"):
             group.add(os.getpid())
             for fd in namespaces:
                 sc.setns(fd)
@@ -258,11 +265,7 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
                 if console:
                     terminal.use_as_stdio(terminal.open_in_container(console.theirs))
                 init.exec_command(spec, errors_w, seccomp)
-            os._exit(init.exit_code(os.waitpid(command, 0)[1]))
-        except BaseException as exc:  # noqa: BLE001
-            with contextlib.suppress(OSError):
-                os.write(errors_w, f"exec failed: {exc}\n".encode())
-            os._exit(init.RUNTIME_ERROR)
+            _exit_as(command)
     os.close(errors_w)
     for fd in namespaces:
         os.close(fd)

@@ -14,6 +14,9 @@ command can find it again, see :func:`reopen`).
 
 from __future__ import annotations
 
+import errno
+import os
+import time
 from dataclasses import dataclass
 
 PARENT = "pycontainer"
@@ -77,6 +80,21 @@ def read_keyed(path: str) -> dict[str, int]:
 def write(path: str, value) -> None:
     with open(path, "w") as f:
         f.write(str(value))
+
+
+def rmdir_patiently(path: str) -> None:
+    """rmdir a cgroup whose last processes may still be on their way out."""
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+    os.rmdir(path)
 
 
 def own_paths() -> dict[str, str]:

@@ -7,12 +7,12 @@ machine mounts it; cpu and cpuacct may share a hierarchy or not).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import time
 
-from . import PARENT, CgroupError, Stats, own_paths, read_int, read_keyed, write
+from . import (PARENT, CgroupError, Stats, own_paths, read_int, read_keyed, rmdir_patiently,
+               write)
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
 CFS_PERIOD_US = 100_000
@@ -120,7 +120,7 @@ class CgroupV1:
     def remove(self) -> None:
         self.kill_all()
         for path in self.paths.values():
-            _rmdir_patiently(path)
+            rmdir_patiently(path)
             with contextlib.suppress(OSError):  # others may still use the parent
                 os.rmdir(os.path.dirname(path))
 
@@ -139,19 +139,3 @@ def _inherit_cpuset(directory: str) -> None:
                 continue
         with open(f"{parent}/{name}") as f:
             write(f"{directory}/{name}", f.read().strip())
-
-
-def _rmdir_patiently(path: str) -> None:
-    """rmdir a cgroup whose last processes may still be on their way out."""
-    for _ in range(200):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            time.sleep(0.01)
-    os.rmdir(path)
-

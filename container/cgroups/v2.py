@@ -8,11 +8,11 @@ available there is refused with a clear error rather than ignored.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 
-from . import PARENT, ROOT, CgroupError, Stats, own_paths, read_int, read_keyed, write
+from . import (PARENT, ROOT, CgroupError, Stats, own_paths, read_int, read_keyed,
+               rmdir_patiently, write)
 
 CPU_PERIOD_US = 100_000
 
@@ -98,16 +98,7 @@ class CgroupV2:
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.kill_all()
-        for _ in range(200):
-            try:
-                os.rmdir(self.path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.01)
+        rmdir_patiently(self.path)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(self.path))
 
