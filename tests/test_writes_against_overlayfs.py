@@ -40,39 +40,31 @@ import itertools
 import os
 import random
 import stat
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from helpers import mounted, pyunion
+from stacks import (BASE_MTIME_NS, MAX_DEPTH, NAMES, Dir, File, Layer, Shape, describe,
+                    generate_stack, materialize, mount_overlay, unmount_overlay)
 
 SEEDS = range(10)
 OPS_PER_SEED = 400
 CHECK_EVERY = 25
 
-NAMES = "abcd"
-MAX_DEPTH = 3          # of the generated lower trees
-MAX_NEW_DEPTH = 4      # deepest directory a new name is made in
+MAX_NEW_DEPTH = 4  # deepest directory a new name is made in
 # Looked up directly at every comparison, listed or not.
 PROBES = ["/".join(p) for depth in range(1, MAX_DEPTH + 1)
           for p in itertools.product(NAMES, repeat=depth)]
-FILE_MODES = (0o600, 0o644, 0o755, 0o640, 0o444)
-DIR_MODES = (0o755, 0o700, 0o750, 0o555, 0o711)
 NEW_FILE_MODES = (0o644, 0o600, 0o755, 0o444, 0o4755, 0o2755, 0o000)
 NEW_DIR_MODES = (0o755, 0o700, 0o555, 0o1777, 0o2775, 0o000)
 OWNERS = (0, 1000, 1234)
 XATTR_NAMES = ("user.a", "user.b", "user.c")
-WHITEOUT_PREFIX = ".wh."
-AUFS_OPAQUE = ".wh..wh..opq"
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_ORIGIN_XATTR = "trusted.overlay.origin"
 
-# Times in the lower layers, and times given to utime, all lie long before
-# the test runs; times the file systems set themselves ("now") come after.
-BASE_MTIME_NS = 1_600_000_000 * 10**9
+# Times in the lower layers (from BASE_MTIME_NS on), and times given to utime,
+# all lie long before the test runs; times the file systems set themselves
+# ("now") come after.
 UTIME_RANGE_NS = (1_000_000_000 * 10**9, 1_500_000_000 * 10**9)
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -80,54 +72,7 @@ AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-# -- the random lower stack ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class File:
-    content: bytes
-    mode: int
-    mtime_ns: int
-    xattrs: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass(frozen=True)
-class Dir:
-    mode: int
-    opaque: bool
-    mtime_ns: int
-    xattrs: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass(frozen=True)
-class Link:
-    target: str
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class Whiteout:
-    mtime_ns: int
-
-
-Layer = dict  # relative path -> File | Dir | Link | Whiteout; "" is the root Dir
-
-
-def _generate_stack(seed: int) -> list[Layer]:
-    """2-3 layers, top first.  Within a layer a path has one kind, and the
-    parents of every entry are directories of that same layer."""
-    rng = random.Random(f"lowers-{seed}")
-    stack = []
-    for index in range(rng.randint(2, 3)):
-        clock = iter(range(BASE_MTIME_NS + index * 10**12 + rng.randrange(10**9), 2**63, 10**9 + 7))
-        layer: Layer = {"": Dir(rng.choice(DIR_MODES), False, 0)}
-        for _ in range(rng.randint(6, 16)):
-            path = "/".join(rng.choice(NAMES) for _ in range(rng.randint(1, MAX_DEPTH)))
-            kind = rng.choices(("file", "dir", "link", "whiteout"), weights=(5, 4, 2, 1))[0]
-            _add(layer, path, kind, rng, clock, index)
-        layer[""] = Dir(layer[""].mode, False, next(clock))
-        stack.append(layer)
-    return stack
+# -- the random lower stack (made by stacks.py) -------------------------------
 
 
 def _xattrs(rng: random.Random) -> tuple[tuple[str, bytes], ...]:
@@ -146,80 +91,10 @@ def _link_target(rng: random.Random) -> str:
     return "/".join(rng.choice(NAMES + "xy") for _ in range(rng.randint(1, 2)))
 
 
-def _add(layer: Layer, path: str, kind: str, rng: random.Random, clock, index: int) -> None:
-    parts = path.split("/")
-    parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-    if path in layer or any(p in layer and not isinstance(layer[p], Dir) for p in parents):
-        return  # would conflict with what this layer already holds
-    for parent in parents:
-        if parent not in layer:
-            layer[parent] = Dir(rng.choice(DIR_MODES), rng.random() < 0.15, next(clock),
-                                _xattrs(rng))
-    if kind == "file":
-        body = f"L{index}:{path}:".encode() + rng.randbytes(rng.randint(0, 40))
-        layer[path] = File(body, rng.choice(FILE_MODES), next(clock), _xattrs(rng))
-    elif kind == "dir":
-        layer[path] = Dir(rng.choice(DIR_MODES), rng.random() < 0.2, next(clock), _xattrs(rng))
-    elif kind == "link":
-        layer[path] = Link(_link_target(rng), next(clock))
-    else:
-        layer[path] = Whiteout(next(clock))
-
-
-def _describe(stack: list[Layer]) -> str:
-    lines = []
-    for index, layer in enumerate(stack):
-        for path, what in sorted(layer.items()):
-            shown = path or "."
-            if isinstance(what, File):
-                lines.append(f"L{index} {shown} file {what.mode:o} {what.content!r}"
-                             f" {what.xattrs or ''}")
-            elif isinstance(what, Dir):
-                lines.append(f"L{index} {shown}/ dir {what.mode:o}"
-                             f"{' opaque' if what.opaque else ''} {what.xattrs or ''}")
-            elif isinstance(what, Link):
-                lines.append(f"L{index} {shown} -> {what.target}")
-            else:
-                lines.append(f"L{index} {shown} whiteout")
-    return "\n".join(lines)
-
-
-def _materialize(layer: Layer, root: Path, overlay: bool) -> Path:
-    """Write ``layer`` at ``root`` in the overlayfs format or the aufs one."""
-    root.mkdir(parents=True)
-    for path, what in sorted(layer.items(), key=lambda item: item[0].count("/") if item[0] else -1):
-        target = root / path if path else root
-        if isinstance(what, Dir):
-            if path:
-                target.mkdir()
-            os.chmod(target, what.mode)
-            if what.opaque:
-                if overlay:
-                    os.setxattr(target, OVERLAY_OPAQUE_XATTR, b"y")
-                else:
-                    (target / AUFS_OPAQUE).touch()
-        elif isinstance(what, File):
-            target.write_bytes(what.content)
-            os.chmod(target, what.mode)
-        elif isinstance(what, Link):
-            os.symlink(what.target, target)
-        elif overlay:
-            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            # See test_against_overlayfs.py: without this mark overlayfs
-            # lists a directory that merges with nothing below straight
-            # from its layer, whiteouts included.
-            os.setxattr(target.parent, OVERLAY_ORIGIN_XATTR, b"")
-        else:
-            (target.parent / (WHITEOUT_PREFIX + target.name)).touch()
-        for name, value in getattr(what, "xattrs", ()):
-            os.setxattr(target, name, value)
-    for path, what in sorted(layer.items(), key=lambda item: -item[0].count("/") if item[0] else 1):
-        if isinstance(what, Whiteout) and not overlay:
-            target = root / os.path.dirname(path) / (WHITEOUT_PREFIX + os.path.basename(path))
-        else:
-            target = root / path if path else root
-        os.utime(target, ns=(what.mtime_ns, what.mtime_ns), follow_symlinks=False)
-    return root
+# 2-3 layers, a few whiteouts and opaque directories, some user.* xattrs.
+SHAPE = Shape(layers=(2, 3), entries=(6, 16), weights=(5, 4, 2, 1), parent_opaque=0.15,
+              dir_opaque=0.2, body_max=40, link_target=lambda rng, path: _link_target(rng),
+              xattrs=_xattrs)
 
 
 # -- operations ---------------------------------------------------------------
@@ -665,23 +540,10 @@ def _observe(root: str, since_ns: int) -> list[str]:
 def _mount_overlay(lowers: list[Path], upper: Path, work: Path, mnt: Path) -> None:
     options = (f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work},"
                "redirect_dir=on")
-    result = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"mount -t overlay -o {options} failed: {result.stderr}"
-    assert mounted(mnt, "overlay")
+    mount_overlay(mnt, options)
     with open("/proc/self/mountinfo") as f:
         line = next(entry for entry in f if entry.split()[4] == os.path.realpath(mnt))
     assert "redirect_dir=on" in line, f"overlayfs ignored redirect_dir=on: {line}"
-
-
-def _unmount_overlay(mnt: Path) -> None:
-    if mounted(mnt):
-        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
-    for _ in range(20):  # busy: detach it rather than leave it behind
-        if not mounted(mnt):
-            return
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-    assert not mounted(mnt), f"overlayfs at {mnt} would not unmount"
 
 
 class Pair:
@@ -693,11 +555,11 @@ class Pair:
     def __init__(self, stack: list[Layer], base: Path, unions):
         self.unions = unions
         ovl = base / "overlayfs"
-        self.ovl_lowers = [_materialize(layer, ovl / "lower" / f"L{i}", overlay=True)
+        self.ovl_lowers = [materialize(layer, ovl / "lower" / f"L{i}", overlay=True)
                            for i, layer in enumerate(stack)]
         self.ovl_upper, self.ovl_work, self.ovl = ovl / "upper", ovl / "work", ovl / "mnt"
         union = base / "pyunion"
-        self.union_lowers = [_materialize(layer, union / "lower" / f"L{i}", overlay=False)
+        self.union_lowers = [materialize(layer, union / "lower" / f"L{i}", overlay=False)
                              for i, layer in enumerate(stack)]
         self.union_upper, self.union = union / "upper", union / "mnt"
         for d in (self.ovl_upper, self.ovl_work, self.ovl, self.union_upper, self.union):
@@ -707,12 +569,12 @@ class Pair:
         try:
             self._mount()
         except BaseException:
-            _unmount_overlay(self.ovl)
+            unmount_overlay(self.ovl)
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        _unmount_overlay(self.ovl)
+        unmount_overlay(self.ovl)
 
     def _mount(self) -> None:
         self.unions.mount([self.union_upper, *self.union_lowers], rw=True, mnt=self.union)
@@ -722,7 +584,7 @@ class Pair:
         """Unmount both and mount them again over the same branches: what
         was written to the upper branches must read back the same, with
         nothing cached by the kernel or the daemon."""
-        _unmount_overlay(self.ovl)
+        unmount_overlay(self.ovl)
         pyunion("umount", str(self.union))
         assert not mounted(self.union), "pyunion umount left the mount behind"
         self._mount()
@@ -801,7 +663,7 @@ def _replay(stack: list[Layer], ops: list[tuple], base: Path, unions,
 
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda seed: f"seed{seed}")
 def test_writes_match_overlayfs(seed, tmp_path, unions):
-    stack = _generate_stack(seed)
+    stack = generate_stack(random.Random(f"lowers-{seed}"), SHAPE)
     rng = random.Random(f"ops-{seed}")
     since = time.time_ns()
     with Pair(stack, tmp_path, unions) as pair:
@@ -815,7 +677,7 @@ def test_writes_match_overlayfs(seed, tmp_path, unions):
             found = None
     if found:
         pytest.fail(f"seed {seed}: pyunion differs from overlayfs at {found}\n"
-                    f"layers (L0 on top):\n{_describe(stack)}\n"
+                    f"layers (L0 on top):\n{describe(stack)}\n"
                     f"(the same seed makes the same operations: -k seed{seed} reruns it)",
                     pytrace=False)
     # With redirect_dir=on, overlayfs moves lower directories too.
