@@ -14,6 +14,7 @@ executed, 127 for one that is not found.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -30,6 +31,7 @@ from .spec import ContainerSpec, default_env
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 RUNTIME_ERROR, CANNOT_EXECUTE, NOT_FOUND = 125, 126, 127
+TITLE = "pycontainer-init"
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
@@ -45,6 +47,7 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
     ``console``, the command gets a terminal made in the container."""
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _set_process_title(TITLE)
         seccomp = security.SeccompFilter() if spec.seccomp else None
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
@@ -63,6 +66,22 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
         pid, status = os.wait()
         if pid == command:
             os._exit(exit_code(status))
+
+
+def _set_process_title(title: str) -> None:
+    """What ``ps`` shows for PID 1: its name, not the host's path to the
+    pycontainer program it was forked from.  The command line lives in this
+    process's own memory (between ``arg_start`` and ``arg_end``); it is
+    overwritten in place, padded with NULs, through /proc/self/mem."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    raw = title.encode()[: end - start - 1]
+    with open("/proc/self/mem", "r+b", buffering=0) as memory:
+        memory.seek(start)
+        memory.write(raw + b"\0" * (end - start - len(raw)))
+    name = ctypes.create_string_buffer(title.encode()[:15])
+    sc.prctl(sc.PR_SET_NAME, ctypes.addressof(name))
 
 
 def _forward(pid: int, signum: int) -> None:

@@ -20,8 +20,10 @@ def test_hello_with_its_own_pid_uts_and_mount_namespaces(pyc):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "hello from box"
-    pids = [int(l.split()[0]) for l in lines[2:] if l.split()[0].isdigit()]
-    assert pids[0] == 1 and max(pids) < 10  # only the container's own processes
+    processes = [l.split(None, 1) for l in lines[2:lines.index("MOUNTS")]]
+    assert processes[0] == ["1", "pycontainer-init"]  # no host path shows
+    assert processes[1][0] == "2" and processes[1][1].startswith("sh -c echo hello")
+    assert max(int(pid) for pid, _ in processes) < 10  # only the container's own
     mounts = done.stdout.split("MOUNTS\n", 1)[1].splitlines()
     assert mounts[0].split()[1:3] == ["/", "fuse.pyunion"]
     assert not any(m.split()[1].startswith(("/work", "/tmp", "/run")) for m in mounts)
