@@ -26,7 +26,7 @@ python=${PYTHON:-python3}
     || { echo "setup: $python is older than 3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # pip answers quickly when everything is already there.
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]' 2>&1 \
     | grep -v "^WARNING: Location" || true
 .venv/bin/python -c 'import pyfuse3, trio, click' \
     || { echo "setup: the Python packages did not install" >&2; exit 1; }

@@ -1,0 +1,38 @@
+"""``python -m bench [--quick]``: pyunion beside native, kernel overlayfs
+and the FUSE peers, in one run on this machine.  Run as root (it mounts).
+
+Writes bench/results/LATEST.md (also printed), LATEST.json and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from . import report, runner, systems, workloads
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few runs (CI smoke)")
+    parser.add_argument("--runs", type=int, help="timed runs per case (default 5, quick 3)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
+                        help="where the branches are built (its file system is recorded)")
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    args = parser.parse_args(argv)
+    runs = args.runs or (3 if args.quick else 5)
+    chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
+    with tempfile.TemporaryDirectory(prefix="pyunion-bench-", dir=args.workdir) as work:
+        results = runner.measure(chosen, list(systems.ALL), args.quick, runs, warmups=1,
+                                 workdir=Path(work), progress=lambda s: print(s, file=sys.stderr))
+        facts = report.machine_facts(Path(work))
+    table = report.write(results, facts, {w.name: w.what for w in chosen}, args.out)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

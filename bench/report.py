@@ -1,0 +1,102 @@
+"""Tables (markdown), raw numbers (JSON) and plots (PNG, when matplotlib is
+installed) of a benchmark run.  Every median is also given as a ratio to
+native and to the kernel's overlayfs measured in the same run: machines
+here are noisy, ratios hold better than absolute times."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .runner import Result
+
+
+def machine_facts(workdir: Path) -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.machine())
+    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(workdir)],
+                            capture_output=True, text=True).stdout.strip()
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "kernel": platform.release(), "cpus": str(os.cpu_count()), "cpu": cpu,
+            "python": platform.python_version(), "branches on": f"{workdir} ({fstype})"}
+
+
+def markdown(results: list[Result], facts: dict[str, str], what: dict[str, str]) -> str:
+    lines = ["# pyunion benchmarks", "",
+             " · ".join(f"{k}: {v}" for k, v in facts.items()), ""]
+    for workload in dict.fromkeys(r.workload for r in results):
+        lines += [f"## {workload}", "", what[workload], "",
+                  "| case | system | median | min – max | × native | × overlayfs |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        rows = [r for r in results if r.workload == workload]
+        for result in rows:
+            lines.append(_row(result, rows))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _row(result: Result, rows: list[Result]) -> str:
+    case, system = result.param, result.system
+    if result.missing or result.error:
+        return f"| {case} | {system} | {result.missing or 'failed: ' + result.error} | | | |"
+    median = statistics.median(result.times)
+    ratios = []
+    for reference in ("native", "overlayfs"):
+        other = next((r for r in rows if r.param == case and r.system == reference
+                      and r.times), None)
+        ratios.append(f"{median / statistics.median(other.times):.2f}×" if other else "–")
+    return (f"| {case} | {system} | {_duration(median)} | "
+            f"{_duration(min(result.times))} – {_duration(max(result.times))} | "
+            f"{ratios[0]} | {ratios[1]} |")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def write(results: list[Result], facts: dict[str, str], what: dict[str, str],
+          out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(results, facts, what)
+    (out / "LATEST.md").write_text(table + "\n")
+    (out / "LATEST.json").write_text(json.dumps(
+        {"machine": facts, "results": [asdict(r) for r in results]}, indent=1) + "\n")
+    _plots(results, out)
+    return table
+
+
+def _plots(results: list[Result], out: Path) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: only for the pictures
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return
+    for workload, filename, log in (("copy-up: 1-byte write", "copy-up.png", True),
+                                    ("lookup vs branches", "lookup.png", False)):
+        rows = [r for r in results if r.workload == workload and r.times]
+        if not rows:
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for system in dict.fromkeys(r.system for r in rows):
+            mine = [r for r in rows if r.system == system]
+            axes.plot([r.param for r in mine], [statistics.median(r.times) * 1e3 for r in mine],
+                      marker="o", label=system)
+        axes.set_ylabel("median, ms")
+        axes.set_title(workload)
+        if log:
+            axes.set_yscale("log")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(out / filename, dpi=100)
+        plt.close(figure)

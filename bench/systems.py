@@ -1,0 +1,137 @@
+"""The systems measured, each able to put a union of given branches on a
+mount point and take it off again.
+
+* ``native``: no union at all; the workload runs on a plain copy of the
+  branches' merged tree (the physical limit).
+* ``overlayfs``: the kernel's, ``mount -t overlay``.
+* ``fuse-overlayfs``, ``unionfs-fuse`` (``-o cow``): the FUSE peers.
+* ``pyunion``: ours.
+
+A system whose program is missing is reported as missing, never dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PYUNION = str(Path(sys.executable).parent / "pyunion")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Branches for one measurement: ``lowers`` top first, an empty upper,
+    an empty work directory on the upper's file system, a mount point."""
+
+    lowers: tuple[Path, ...]
+    upper: Path
+    work: Path
+    mnt: Path
+
+
+class System:
+    name = ""
+    program: str | None = None
+
+    def missing(self) -> str | None:
+        """Why this system cannot run here, or None."""
+        if self.program and not shutil.which(self.program):
+            return f"{self.program} is not installed"
+        return None
+
+    def mount(self, stack: Stack) -> Path:
+        """Mount the union; returns the directory the workload should use."""
+        _run(self.mount_command(stack))
+        _wait_mounted(stack.mnt)
+        return stack.mnt
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        raise NotImplementedError
+
+    def unmount(self, stack: Stack) -> None:
+        if _is_mounted(stack.mnt):
+            subprocess.run(["umount", str(stack.mnt)], capture_output=True)
+        while _is_mounted(stack.mnt):  # busy: detach rather than leave it
+            subprocess.run(["umount", "-l", str(stack.mnt)], capture_output=True)
+            time.sleep(0.05)
+
+
+class Native(System):
+    """The merged tree, copied into a plain directory."""
+
+    name = "native"
+
+    def mount(self, stack: Stack) -> Path:
+        for lower in reversed(stack.lowers):
+            _run(["cp", "-a", "--reflink=auto", f"{lower}/.", str(stack.mnt)])
+        return stack.mnt
+
+    def unmount(self, stack: Stack) -> None:
+        pass
+
+
+class KernelOverlay(System):
+    name = "overlayfs"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        lowers = ":".join(map(str, stack.lowers))
+        return ["mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+
+
+class FuseOverlayfs(System):
+    name = "fuse-overlayfs"
+    program = "fuse-overlayfs"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        lowers = ":".join(map(str, stack.lowers))
+        return ["fuse-overlayfs", "-o",
+                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+
+
+class UnionfsFuse(System):
+    name = "unionfs-fuse"
+    program = "unionfs"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        branches = ":".join([f"{stack.upper}=RW", *(f"{low}=RO" for low in stack.lowers)])
+        return ["unionfs", "-o", "cow", branches, str(stack.mnt)]
+
+
+class Pyunion(System):
+    name = "pyunion"
+
+    def missing(self) -> str | None:
+        return None if os.access(PYUNION, os.X_OK) else f"{PYUNION} is not installed"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        branches = ":".join([f"{stack.upper}=rw", *(f"{low}=ro" for low in stack.lowers)])
+        return [PYUNION, "mount", "-o", f"br={branches}", str(stack.mnt)]
+
+
+ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:2])}...: {done.stderr.strip()[:300]}")
+
+
+def _is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _wait_mounted(path: Path, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not _is_mounted(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not get mounted")
+        time.sleep(0.01)
