@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import report, runner, systems, workloads
+from . import containers, report, runner, systems, workloads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,15 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="where the branches are built (its file system is recorded)")
-    parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--only", help="run only workloads whose name contains this "
+                        "('containers' for the container ones)")
     args = parser.parse_args(argv)
     runs = args.runs or (3 if args.quick else 5)
     chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
     with tempfile.TemporaryDirectory(prefix="pyunion-bench-", dir=args.workdir) as work:
+        progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
         results = runner.measure(chosen, list(systems.ALL), args.quick, runs, warmups=1,
-                                 workdir=Path(work), progress=lambda s: print(s, file=sys.stderr))
+                                 workdir=Path(work), progress=progress)
+        what = {w.name: w.what for w in chosen}
+        if not args.only or args.only in "containers":
+            results += containers.measure(args.quick, runs, 1, Path(work), progress)
+            what[containers.START] = "`pycontainer run --rm busybox true` beside `runc run`"
+            what[containers.MEMORY] = "PSS of pycontainer's own processes per running container"
         facts = report.machine_facts(Path(work))
-    table = report.write(results, facts, {w.name: w.what for w in chosen}, args.out)
+    table = report.write(results, facts, what, args.out)
     print(table)
     return 0
 

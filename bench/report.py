@@ -46,14 +46,19 @@ def _row(result: Result, rows: list[Result]) -> str:
     if result.missing or result.error:
         return f"| {case} | {system} | {result.missing or 'failed: ' + result.error} | | | |"
     median = statistics.median(result.times)
+    show = _bytes if result.unit == "B" else _duration
     ratios = []
     for reference in ("native", "overlayfs"):
         other = next((r for r in rows if r.param == case and r.system == reference
                       and r.times), None)
         ratios.append(f"{median / statistics.median(other.times):.2f}×" if other else "–")
-    return (f"| {case} | {system} | {_duration(median)} | "
-            f"{_duration(min(result.times))} – {_duration(max(result.times))} | "
+    return (f"| {case} | {system} | {show(median)} | "
+            f"{show(min(result.times))} – {show(max(result.times))} | "
             f"{ratios[0]} | {ratios[1]} |")
+
+
+def _bytes(count: float) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
 
 
 def _duration(seconds: float) -> str:

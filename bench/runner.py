@@ -19,6 +19,7 @@ class Result:
     times: list[float] = field(default_factory=list)
     missing: str | None = None   # the system is not installed
     error: str | None = None     # the workload failed on this system
+    unit: str = "s"              # of the numbers in ``times``: seconds, or "B"ytes
 
 
 def measure(workloads: list[Workload], systems: list[System], quick: bool, runs: int,

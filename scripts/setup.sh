@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 
 # fuse3/libfuse3-dev/pkg-config: FUSE itself and what pyfuse3 builds against;
 # busybox-static: the small base image; libseccomp2: container syscall
-# filters; fuse-overlayfs, unionfs-fuse: the
-# peers the benchmarks and comparisons run beside pyunion.
-packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static libseccomp2 fuse-overlayfs unionfs-fuse)
+# filters; fuse-overlayfs, unionfs-fuse, runc: the peers the benchmarks and
+# comparisons run beside pyunion and pycontainer.
+packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static libseccomp2 fuse-overlayfs unionfs-fuse runc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

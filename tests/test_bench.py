@@ -21,6 +21,8 @@ def test_quick_bench_produces_every_row(tmp_path):
                 row = rows[(workload.name, workload.label(param), system.name)]
                 assert row["error"] is None, row
                 assert row["missing"] or len(row["times"]) == 1, row
+    assert rows[("container start", "busybox true", "pycontainer")]["times"]
+    assert rows[("memory per container", "3 running", "pycontainer")]["times"]
     table = (tmp_path / "LATEST.md").read_text()
     assert table.count("| pyunion |") == sum(len(w.quick_params)
                                              for w in workloads.all_workloads())

@@ -1,0 +1,99 @@
+"""Containers: how long ``pycontainer run --rm busybox true`` takes beside
+``runc run`` on the same busybox root, and how much memory each running
+container costs pycontainer (the PSS of its supervisor, its union daemon
+and the two helper processes; the command's own memory not counted).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from container import images
+
+from .runner import Result
+
+PYCONTAINER = str(Path(sys.executable).parent / "pycontainer")
+START = "container start"
+MEMORY = "memory per container"
+
+
+def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print) -> list[Result]:
+    rootfs = images.build_busybox()
+    progress(f"{START} on pycontainer")
+    results = [_time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "busybox",
+                                                       "true"], runs, warmups)]
+    progress(f"{START} on runc")
+    if shutil.which("runc"):
+        bundle = _runc_bundle(workdir / "bundle", rootfs)
+        results.append(_time_starts("runc", lambda i: [
+            "runc", "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
+            runs, warmups))
+    else:
+        results.append(Result(START, "busybox true", "runc", missing="runc is not installed"))
+    count = 3 if quick else 20
+    progress(f"{MEMORY} with {count} running")
+    results.append(_memory(count))
+    return results
+
+
+def _time_starts(system: str, command, runs: int, warmups: int) -> Result:
+    result = Result(START, "busybox true", system)
+    for i in range(warmups + runs):
+        start = time.perf_counter()
+        done = subprocess.run(command(i), capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            result.error = done.stderr.strip()[:200]
+            return result
+        if i >= warmups:
+            result.times.append(seconds)
+    return result
+
+
+def _runc_bundle(bundle: Path, rootfs: str) -> Path:
+    bundle.mkdir(parents=True)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["true"])
+    config["root"] = {"path": rootfs, "readonly": True}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def _memory(count: int) -> Result:
+    result = Result(MEMORY, f"{count} running", "pycontainer", unit="B")
+    names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    try:
+        for name in names:
+            subprocess.run([PYCONTAINER, "run", "-d", "--name", name, "busybox", "sleep", "600"],
+                           capture_output=True, check=True)
+        time.sleep(1)
+        for name in names:
+            state = json.loads(Path(f"/run/pycontainer/{name}/state.json").read_text())
+            result.times.append(_pss_of_tree(state["supervisor_pid"], state["init_pid"]))
+    except (subprocess.CalledProcessError, OSError) as exc:
+        result.error = str(exc)[:200]
+    finally:
+        for name in names:
+            subprocess.run([PYCONTAINER, "rm", "-f", name], capture_output=True)
+    return result
+
+
+def _pss_of_tree(supervisor: int, init_pid: int) -> int:
+    """PSS in bytes of the supervisor and its descendants down to the
+    container's init (its command is the user's, not ours)."""
+    total, todo = 0, [supervisor]
+    while todo:
+        pid = todo.pop()
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        if pid != init_pid:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(child) for child in f.read().split()]
+    return total
