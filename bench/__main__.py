@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import containers, report, runner, systems, workloads
+from . import containers, pagecache, report, runner, systems, workloads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         results = runner.measure(chosen, list(systems.ALL), args.quick, runs, warmups=1,
                                  workdir=Path(work), progress=progress)
         what = {w.name: w.what for w in chosen}
+        if not args.only or args.only in pagecache.NAME:
+            results += pagecache.measure(list(systems.ALL), args.quick, runs, Path(work),
+                                         progress)
+            what[pagecache.NAME] = pagecache.WHAT
         if not args.only or args.only in "containers":
             results += containers.measure(args.quick, runs, 1, Path(work), progress)
             what[containers.START] = "`pycontainer run --rm busybox true` beside `runc run`"

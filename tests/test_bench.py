@@ -22,6 +22,10 @@ def test_quick_bench_produces_every_row(tmp_path):
                 assert row["error"] is None, row
                 assert row["missing"] or len(row["times"]) == 1, row
     assert rows[("container start", "busybox true", "pycontainer")]["times"]
+    for system in systems.ALL:
+        for mounts in (1, 4):
+            row = rows[("page cache", f"16 MiB through {mounts} mount(s)", system.name)]
+            assert row["error"] is None and (row["missing"] or row["times"]), row
     assert rows[("memory per container", "3 running", "pycontainer")]["times"]
     table = (tmp_path / "LATEST.md").read_text()
     assert table.count("| pyunion |") == sum(len(w.quick_params)
