@@ -88,20 +88,43 @@ def _plots(results: list[Result], out: Path) -> None:
     except ImportError:
         return
     for workload, filename, log in (("copy-up: 1-byte write", "copy-up.png", True),
-                                    ("lookup vs branches", "lookup.png", False)):
+                                    ("lookup vs branches", "lookup.png", False),
+                                    ("page cache", "page-cache.png", False)):
         rows = [r for r in results if r.workload == workload and r.times]
-        if not rows:
-            continue
+        if rows:
+            figure, axes = plt.subplots(figsize=(7, 4))
+            for system in dict.fromkeys(r.system for r in rows):
+                mine = [r for r in rows if r.system == system]
+                scale = 1 / (1 << 20) if mine[0].unit == "B" else 1e3
+                axes.plot([r.param for r in mine],
+                          [statistics.median(r.times) * scale for r in mine],
+                          marker="o", label=system)
+            axes.set_ylabel("median, MiB" if rows[0].unit == "B" else "median, ms")
+            axes.set_yscale("log" if log else "linear")
+            _finish(plt, figure, axes, workload, out / filename)
+    reads = [r for r in results if r.workload.startswith("sequential read") and r.times]
+    if reads:
         figure, axes = plt.subplots(figsize=(7, 4))
-        for system in dict.fromkeys(r.system for r in rows):
-            mine = [r for r in rows if r.system == system]
-            axes.plot([r.param for r in mine], [statistics.median(r.times) * 1e3 for r in mine],
-                      marker="o", label=system)
-        axes.set_ylabel("median, ms")
-        axes.set_title(workload)
-        if log:
-            axes.set_yscale("log")
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(out / filename, dpi=100)
-        plt.close(figure)
+        systems = list(dict.fromkeys(r.system for r in reads))
+        for offset, workload in enumerate(dict.fromkeys(r.workload for r in reads)):
+            size = _size_of(next(r.param for r in reads if r.workload == workload))
+            speeds = [size / (1 << 20) / statistics.median(r.times)
+                      for s in systems for r in reads if r.system == s and r.workload == workload]
+            axes.bar([i + offset * 0.4 for i in range(len(speeds))], speeds, width=0.4,
+                     label=workload)
+        axes.set_xticks([i + 0.2 for i in range(len(systems))], systems)
+        axes.set_ylabel("MiB/s")
+        _finish(plt, figure, axes, "sequential read throughput", out / "read.png")
+
+
+def _finish(plt, figure, axes, title: str, path: Path) -> None:
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _size_of(label: str) -> int:
+    number, unit = label.split()
+    return int(number) << {"KiB": 10, "MiB": 20, "GiB": 30}.get(unit, 0)
