@@ -141,6 +141,9 @@ def _claim(spec: ContainerSpec) -> State:
         raise ContainerError(f"the name {spec.name!r} is in use: remove it with "
                              f"pycontainer rm {spec.name}") from None
     state.save()
+    if os.path.exists(state.data_dir):  # left by a container of this name that crashed
+        _unmount(state.rootfs)
+        shutil.rmtree(state.data_dir)
     return state
 
 
@@ -321,11 +324,7 @@ def cleanup(state: State, remove: bool) -> None:
     if state.cgroup_paths:
         cgroups.reopen(state.cgroup_paths).remove()
         state.cgroup_paths = {}
-    if _is_mounted(state.rootfs):
-        try:
-            sc.umount(state.rootfs)
-        except OSError:
-            sc.umount(state.rootfs, sc.MNT_DETACH)
+    _unmount(state.rootfs)
     _reap_children()
     if remove:
         shutil.rmtree(state.data_dir, ignore_errors=True)
@@ -347,6 +346,14 @@ def remove(name: str, force: bool = False) -> None:
                 break
             time.sleep(0.01)
     cleanup(state, remove=True)
+
+
+def _unmount(path: str) -> None:
+    if _is_mounted(path):
+        try:
+            sc.umount(path)
+        except OSError:
+            sc.umount(path, sc.MNT_DETACH)
 
 
 def _is_mounted(path: str) -> bool:
