@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             what[pagecache.NAME] = pagecache.WHAT
         if not args.only or args.only in "containers":
             results += containers.measure(args.quick, runs, 1, Path(work), progress)
-            what[containers.START] = "`pycontainer run --rm busybox true` beside `runc run`"
+            what[containers.START] = "`pycontainer run --rm busybox true` beside `runc run` and `crun run`"
             what[containers.MEMORY] = "PSS of pycontainer's own processes per running container"
         facts = report.machine_facts(Path(work))
     table = report.write(results, facts, what, args.out)

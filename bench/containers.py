@@ -1,5 +1,5 @@
 """Containers: how long ``pycontainer run --rm busybox true`` takes beside
-``runc run`` on the same busybox root, and how much memory each running
+``runc run`` and ``crun run`` (where installed) on the same busybox root, and how much memory each running
 container costs pycontainer (the PSS of its supervisor, its union daemon
 and the two helper processes; the command's own memory not counted).
 """
@@ -28,14 +28,17 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
     progress(f"{START} on pycontainer")
     results = [_time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "busybox",
                                                        "true"], runs, warmups)]
-    progress(f"{START} on runc")
-    if shutil.which("runc"):
-        bundle = _runc_bundle(workdir / "bundle", rootfs)
-        results.append(_time_starts("runc", lambda i: [
-            "runc", "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
+    bundle = None
+    for runtime in ("runc", "crun"):  # the same OCI bundle serves both
+        progress(f"{START} on {runtime}")
+        if not shutil.which(runtime):
+            results.append(Result(START, "busybox true", runtime,
+                                  missing=f"{runtime} is not installed"))
+            continue
+        bundle = bundle or _oci_bundle(workdir / "bundle", rootfs, runtime)
+        results.append(_time_starts(runtime, lambda i, runtime=runtime: [
+            runtime, "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
             runs, warmups))
-    else:
-        results.append(Result(START, "busybox true", "runc", missing="runc is not installed"))
     count = 3 if quick else 20
     progress(f"{MEMORY} with {count} running")
     results.append(_memory(count))
@@ -56,9 +59,9 @@ def _time_starts(system: str, command, runs: int, warmups: int) -> Result:
     return result
 
 
-def _runc_bundle(bundle: Path, rootfs: str) -> Path:
+def _oci_bundle(bundle: Path, rootfs: str, runtime: str) -> Path:
     bundle.mkdir(parents=True)
-    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    subprocess.run([runtime, "spec"], cwd=bundle, check=True, capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(terminal=False, args=["true"])
     config["root"] = {"path": rootfs, "readonly": True}
