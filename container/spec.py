@@ -104,11 +104,15 @@ def parse_memory_swap(text: str, memory: int | None) -> int:
     return size
 
 
-def parse_cpus(text: str) -> float:
+def _number(text: str, option: str, kind=int):
     try:
-        cpus = float(text)
+        return kind(text)
     except ValueError:
-        raise SpecError(f"--cpus: invalid number {text!r}") from None
+        raise SpecError(f"{option}: invalid number {text!r}") from None
+
+
+def parse_cpus(text: str) -> float:
+    cpus = _number(text, "--cpus", float)
     available = os.cpu_count() or 1
     if not 0.01 <= cpus <= available:
         raise SpecError(f"--cpus: {text!r} is outside 0.01..{available} (cores on this machine)")
@@ -116,10 +120,7 @@ def parse_cpus(text: str) -> float:
 
 
 def parse_cpu_shares(text: str) -> int:
-    try:
-        shares = int(text)
-    except ValueError:
-        raise SpecError(f"--cpu-shares: invalid number {text!r}") from None
+    shares = _number(text, "--cpu-shares")
     if not 2 <= shares <= 262144:
         raise SpecError(f"--cpu-shares: {shares} is outside 2..262144")
     return shares
@@ -140,10 +141,7 @@ def parse_cpuset(text: str) -> str:
 
 
 def parse_pids_limit(text: str) -> int | None:
-    try:
-        limit = int(text)
-    except ValueError:
-        raise SpecError(f"--pids-limit: invalid number {text!r}") from None
+    limit = _number(text, "--pids-limit")
     return None if limit <= 0 else limit
 
 
