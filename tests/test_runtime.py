@@ -128,7 +128,8 @@ def test_signals_are_forwarded_and_stop_works(pyc):
     assert name in pyc("ps").stdout
     assert pyc("stop", name).returncode == 0
     assert "got TERM" in pyc("logs", name).stdout
-    assert f"exited (7)" in pyc("ps", "-a").stdout
+    line = next(l for l in pyc("ps", "-a").stdout.splitlines() if l.startswith(name))
+    assert "exited (7)" in line
 
 
 def test_memory_limit_oom_kills(pyc):
@@ -245,3 +246,20 @@ def test_exec_joins_the_running_container(pyc):
     stats = pyc("stats", "--no-stream", name)
     assert stats.returncode == 0 and name in stats.stdout
     assert pyc("exec", "no-such-container", "true").returncode == 125
+
+
+def test_stop_kills_what_ignores_sigterm_and_stats_streams(pyc):
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "busybox", "sh", "-c",
+               "trap '' TERM; while true; do sleep 0.1; done").returncode == 0
+    time.sleep(1)
+    streaming = subprocess.Popen([PYCONTAINER, "stats", name], stdout=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    streaming.terminate()
+    shown = streaming.communicate(timeout=10)[0]
+    assert shown.count(name) >= 2  # refreshed at least once
+    started = time.monotonic()
+    assert pyc("stop", "-t", "1", name).returncode == 0
+    assert time.monotonic() - started < 5
+    line = next(l for l in pyc("ps", "-a").stdout.splitlines() if l.startswith(name))
+    assert "exited (137)" in line
