@@ -183,8 +183,10 @@ def _pidfile_path(mountpoint: str) -> str:
 def _pidfile(mountpoint: str):
     path = _pidfile_path(mountpoint)
     try:
-        os.makedirs(PID_DIR, exist_ok=True)
-        with open(path, "w") as f:
+        # Modes are explicit: the daemon runs with umask 0 (see serve).
+        os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
     except OSError:
         path = None  # not root: run without a PID file
