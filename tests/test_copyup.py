@@ -143,10 +143,11 @@ def test_a_daemon_killed_mid_copy_leaves_the_old_file_whole(tmp_path, unions):
     assert wait_for(lambda: any(os.scandir(up / ".wh..wh.pyunion/work")), 20)
     os.kill(pid, signal.SIGKILL)
     worker.join()
+    assert os.path.exists(daemon.pidfile_path(str(mnt)))
     force_unmount(mnt)
-    os.unlink(daemon._pidfile_path(str(mnt)))  # a killed daemon cannot remove its own
     assert not (up / "big").exists()  # the half copy is in the work dir only
     again = unions.mount([up, low], rw=True)
+    assert not os.path.exists(daemon.pidfile_path(str(mnt)))  # the killed one's record
     assert os.listdir(up / ".wh..wh.pyunion/work") == []
     assert digest(again / "big") == expected
     assert not mounted(mnt)

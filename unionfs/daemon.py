@@ -6,7 +6,8 @@ SIGTERM, SIGINT and SIGHUP end the daemon with a clean unmount; an unmount
 from outside (``umount``, ``fusermount3 -u``) ends it too.
 
 Each daemon records its PID in ``/run/pyunion/`` under its mount point's
-name, so ``pyunion umount`` can wait for it to be gone.
+name, so ``pyunion umount`` can wait for it to be gone; the records of
+daemons that were killed are removed by the next daemon that starts.
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
 
 def pid_of(mountpoint: str) -> int | None:
     """The PID of the daemon serving ``mountpoint``, if it is still running."""
+    return _live_pid(pidfile_path(mountpoint))
+
+
+def _live_pid(pidfile: str) -> int | None:
     try:
-        with open(_pidfile_path(mountpoint)) as f:
+        with open(pidfile) as f:
             pid = int(f.read())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if b"pyunion" not in f.read():
@@ -175,16 +180,21 @@ def _detach(keep_stderr: bool) -> None:
     os.close(devnull)
 
 
-def _pidfile_path(mountpoint: str) -> str:
+def pidfile_path(mountpoint: str) -> str:
+    """Where the daemon serving ``mountpoint`` records its PID."""
     return os.path.join(PID_DIR, urllib.parse.quote(mountpoint, safe="") + ".pid")
 
 
 @contextlib.contextmanager
 def _pidfile(mountpoint: str):
-    path = _pidfile_path(mountpoint)
+    path = pidfile_path(mountpoint)
     try:
         # Modes are explicit: the daemon runs with umask 0 (see serve).
         os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
+        for name in os.listdir(PID_DIR):  # left by daemons that were killed
+            if _live_pid(os.path.join(PID_DIR, name)) is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(PID_DIR, name))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
