@@ -71,12 +71,14 @@ def image(name: str) -> None:
 @click.option("--cpu-shares")
 @click.option("--cpuset-cpus")
 @click.option("--pids-limit")
+@click.option("--network", "--net", default="none", metavar="none|host",
+              help="none: loopback only (the default); host: the host's network.")
 @click.option("--security-opt", "security_opts", multiple=True,
               help="seccomp=unconfined turns the seccomp filter off.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
         detach, interactive, tty, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
-        pids_limit, security_opts) -> None:
+        pids_limit, network, security_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
         command = ("/bin/sh",)
@@ -100,6 +102,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         mounts=tuple(specs.parse_volume(v) for v in volumes), read_only=read_only,
         limits=limits, interactive=interactive, tty=tty,
         seccomp=specs.parse_security_opts(security_opts),
+        network=specs.check_network(network),
     )
     sys.exit(runtime.run(spec, detach=detach, remove=remove))
 

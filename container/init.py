@@ -51,7 +51,8 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
         seccomp = security.SeccompFilter() if spec.seccomp else None
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
-        _loopback_up()
+        if spec.network == "none":
+            _loopback_up()
         if console is not None:
             terminal.use_as_stdio(terminal.open_in_container(console))
     except Exception as exc:  # noqa: BLE001 - reported, then the container ends

@@ -40,8 +40,8 @@ from .terminal import Console
 
 STATE_DIR = "/run/pycontainer"
 DATA_DIR = "/var/lib/pycontainer/containers"
-_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
-               | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID)
+_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+               | sc.CLONE_NEWPID)
 
 
 class ContainerError(RuntimeError):
@@ -202,7 +202,8 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
             os.close(pid_r)
             os.read(go_r, 1)  # in the cgroup now
             os.close(go_r)
-            sc.unshare(_NAMESPACES)
+            own_network = sc.CLONE_NEWNET if spec.network == "none" else 0
+            sc.unshare(_NAMESPACES | own_network)
             pid1 = os.fork()
             if pid1 == 0:
                 os.close(pid_w)

@@ -63,6 +63,7 @@ class ContainerSpec:
     tty: bool = False
     interactive: bool = False
     seccomp: bool = True
+    network: str = "none"              # "none" (loopback only) or "host"
 
 
 def spec_from_dict(data: dict) -> ContainerSpec:
@@ -199,6 +200,15 @@ def parse_security_opts(options) -> bool:
                             "(only seccomp=unconfined)")
         seccomp = False
     return seccomp
+
+
+NETWORKS = ("none", "host")
+
+
+def check_network(network: str) -> str:
+    if network not in NETWORKS:
+        raise SpecError(f"--network: {network!r} is not one of {', '.join(NETWORKS)}")
+    return network
 
 
 def check_name(name: str) -> str:

@@ -43,6 +43,14 @@ def test_only_loopback_and_own_ipc(pyc):
         subprocess.run(["ipcrm", "-q", queue_id], check=True)
 
 
+def test_host_network_shares_the_hosts_interfaces(pyc):
+    host = sorted(os.listdir("/sys/class/net"))
+    done = pyc("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
+    assert done.stdout.split() == host
+    bad = pyc("run", "--rm", "--network", "bridge0", "busybox", "true")
+    assert bad.returncode == 125 and "--network" in bad.stderr
+
+
 def test_writes_land_in_the_container_only(pyc):
     first, second = pyc.name(), pyc.name()
     assert pyc("run", "--name", first, "busybox", "sh", "-c",
