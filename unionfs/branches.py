@@ -23,12 +23,6 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .whiteout import META_DIR
-
-#: Where the work directory lives when none is given: inside the writable
-#: branch, under a reserved name that never shows through the mount.
-DEFAULT_WORKDIR = META_DIR + "/work"
-
 
 class BranchError(ValueError):
     """A branch list that cannot be mounted; the message is one line."""

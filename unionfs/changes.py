@@ -39,7 +39,6 @@ from .whiteout import Marks
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-_OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -161,11 +160,12 @@ class Changes:
     # -- new names --------------------------------------------------------
 
     def create(self, parent: Entry, name: str, mode: int, flags: int, uid: int, gid: int):
-        """Make and open a regular file; returns ``(fd, entry)``."""
+        """Make and open a regular file with ``flags`` (already reduced to
+        what the real file should get); returns ``(fd, entry)``."""
         fds = []
 
         def make(staged: str) -> None:
-            fds.append(os.open(staged, (flags & _OPEN_FLAGS_KEPT) | os.O_CREAT | os.O_EXCL
+            fds.append(os.open(staged, flags | os.O_CREAT | os.O_EXCL
                                | os.O_CLOEXEC, mode, dir_fd=self.upper.work_fd))
 
         try:
@@ -259,8 +259,9 @@ class Changes:
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists")
-            if _is_dir(dst) != src_is_dir:
-                raise OSError(errno.EISDIR if _is_dir(dst) else errno.ENOTDIR, "type mismatch")
+            dst_is_dir = _is_dir(dst)
+            if dst_is_dir != src_is_dir:
+                raise OSError(errno.EISDIR if dst_is_dir else errno.ENOTDIR, "type mismatch")
             if src_is_dir and self.tree.listdir(dst):
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
             if not src_is_dir:
