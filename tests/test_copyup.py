@@ -21,9 +21,14 @@ def write_pattern(path, size, block=1 << 20):
             f.write(i.to_bytes(8, "little") * (block // 8))
 
 
-def digest(path):
+def digest(path, head=b""):
+    """The file's sha256, as if its first bytes were ``head``."""
+    found = hashlib.sha256(head)
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        f.seek(len(head))
+        while block := f.read(1 << 20):
+            found.update(block)
+    return found.hexdigest()
 
 
 def test_copy_data_keeps_holes(tmp_path):
@@ -58,22 +63,36 @@ def test_sparse_lower_file_stays_sparse_in_the_upper(tmp_path, unions):
         assert f.read() == b"tail"
 
 
-def test_one_gib_copy_up_keeps_every_byte_and_the_mount_stays_responsive(tmp_path, unions):
+def whole_copy_by_open(mnt):
+    os.close(os.open(mnt / "big", os.O_WRONLY))  # with copyup=full
+
+
+def completion_by_flatten(mnt):
+    with open(mnt / "big", "r+b") as f:  # a partial copy...
+        f.write(b"x")
+    os.setxattr(mnt / "big", "trusted.pyunion.flatten", b"")  # ...completed
+
+
+@pytest.mark.parametrize("option, copy_up", [("copyup=full", whole_copy_by_open),
+                                             ("copyup=partial", completion_by_flatten)])
+def test_one_gib_copy_keeps_every_byte_and_the_mount_stays_responsive(tmp_path, unions,
+                                                                      option, copy_up):
     low = build(tmp_path / "low", {"small": "s"})
     write_pattern(low / "big", GiB)
-    expected = digest(low / "big")
+    expected = digest(low / "big", head=b"x")
     up = build(tmp_path / "up", {})
-    mnt = unions.mount([up, low], rw=True)
+    mnt = unions.mount([up, low], option, rw=True)
     copying = threading.Event()
     done = threading.Event()
 
-    def copy_up():
+    def copy():
         copying.set()
-        fd = os.open(mnt / "big", os.O_WRONLY)  # the copy-up happens here
-        os.close(fd)
+        copy_up(mnt)
         done.set()
 
-    worker = threading.Thread(target=copy_up)
+    if copy_up is whole_copy_by_open:
+        expected = digest(low / "big")
+    worker = threading.Thread(target=copy)
     worker.start()
     copying.wait()
     answered_meanwhile = 0
@@ -125,7 +144,7 @@ def test_workdir_option_is_used_for_staging(tmp_path, unions):
     low = build(tmp_path / "low", {"f": "x"})
     mnt = unions.mount_overlay_style(lower=[low], upper=up, work=work)
     (mnt / "f").write_text("changed")
-    assert sorted(os.listdir(work)) == ["mine", "work"]
+    assert sorted(os.listdir(work)) == ["chunks", "mine", "work"]
     assert os.listdir(work / "work") == []
     assert sorted(os.listdir(up)) == ["f"]
 
@@ -135,7 +154,7 @@ def test_a_daemon_killed_mid_copy_leaves_the_old_file_whole(tmp_path, unions):
     write_pattern(low / "big", 256 << 20)
     expected = digest(low / "big")
     up = build(tmp_path / "up", {})
-    mnt = unions.mount([up, low], rw=True)
+    mnt = unions.mount([up, low], "copyup=full", rw=True)
     pid = daemon.pid_of(str(mnt))
     worker = threading.Thread(target=lambda: pytest.raises(OSError, os.open, mnt / "big",
                                                            os.O_WRONLY))
@@ -146,7 +165,7 @@ def test_a_daemon_killed_mid_copy_leaves_the_old_file_whole(tmp_path, unions):
     assert os.path.exists(daemon.pidfile_path(str(mnt)))
     force_unmount(mnt)
     assert not (up / "big").exists()  # the half copy is in the work dir only
-    again = unions.mount([up, low], rw=True)
+    again = unions.mount([up, low], "copyup=full", rw=True)
     assert not os.path.exists(daemon.pidfile_path(str(mnt)))  # the killed one's record
     assert os.listdir(up / ".wh..wh.pyunion/work") == []
     assert digest(again / "big") == expected

@@ -30,6 +30,8 @@ from typing import Callable
 import trio
 
 from . import copyup
+from .chunkmap import ChunkMap, Source
+from .copyup import Data
 from .index import Index
 from .inodes import InodeNumbers
 from .layer import child, split
@@ -43,11 +45,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Changes:
-    def __init__(self, tree: Tree, upper: Upper, numbers: InodeNumbers, index: Index):
+    """``partial_copies``: a regular file's copy-up copies no data; writes
+    bring it up chunk by chunk (``partial.py``)."""
+
+    def __init__(self, tree: Tree, upper: Upper, numbers: InodeNumbers, index: Index,
+                 partial_copies: bool = True):
         self.tree = tree
         self.upper = upper
         self.numbers = numbers
         self.index = index
+        self.partial_copies = partial_copies
         self._fd = upper.layer.fd
         #: called when a directory gets a copy in the writable branch, which
         #: changes the locations of everything below it
@@ -66,7 +73,7 @@ class Changes:
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
         st = entry.top.layer.lstat(entry.top.path)
         marks = Marks(origin=self.numbers.of(entry, st))
-        self._install_copy(self._stage(entry, st, marks, with_data=False), entry.path)
+        self._install_copy(self._stage(entry, st, marks, Data.NONE), entry.path)
         self.on_dir_copied()
         return Entry(entry.path, (Location(self.upper.layer, entry.path), *entry.lower), marks)
 
@@ -89,22 +96,50 @@ class Changes:
         else:
             marks = Marks(origin=self.numbers.of(entry, st),
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
-            staged = await self._stage_off_loop(entry, st, marks, with_data)
-            if marks.nlink is not None:
-                self._index(staged, marks.origin)
-            self._install_copy(staged, entry.path)
+            data = self._data_to_copy(st, marks, with_data)
+            if data is Data.LATER:
+                marks = dataclasses.replace(marks, partial=self._new_chunk_map(entry.top, st))
+            try:
+                staged = await self._stage_off_loop(entry, st, marks, data)
+                if marks.nlink is not None:
+                    self._index(staged, marks.origin)
+                self._install_copy(staged, entry.path)
+            except BaseException:
+                if marks.partial is not None:
+                    ChunkMap.remove(self.upper.chunks_fd, marks.partial)
+                raise
             entry = Entry(entry.path, entry.locations, marks)
         return Entry(entry.path, (Location(self.upper.layer, entry.path),), entry.marks)
 
-    async def _stage_off_loop(self, entry: Entry, st: os.stat_result, marks: Marks,
-                              with_data: bool) -> str:
-        if stat.S_ISREG(st.st_mode) and with_data and st.st_size:
-            return await trio.to_thread.run_sync(self._stage, entry, st, marks, True)
-        return self._stage(entry, st, marks, with_data)
+    def _data_to_copy(self, st: os.stat_result, marks: Marks, with_data: bool) -> Data:
+        if not with_data:
+            return Data.NONE
+        # A file with other names below keeps a whole copy in the index.
+        if self.partial_copies and stat.S_ISREG(st.st_mode) and st.st_size and marks.nlink is None:
+            return Data.LATER
+        return Data.ALL
 
-    def _stage(self, entry: Entry, st: os.stat_result, marks: Marks, with_data: bool) -> str:
+    def _new_chunk_map(self, source: Location, st: os.stat_result) -> str:
+        map_id = ChunkMap.new_id()
+        ChunkMap.create(self.upper.chunks_fd, map_id, Source(source.layer.index, source.path),
+                        st.st_size).close()
+        return map_id
+
+    def _forget_data(self, entry: Entry, st: os.stat_result) -> None:
+        """After an upper file lost a name: a partial file's chunk map goes
+        with its last name (open handles keep theirs)."""
+        if entry.marks.partial is not None and st.st_nlink == 1:
+            ChunkMap.remove(self.upper.chunks_fd, entry.marks.partial)
+
+    async def _stage_off_loop(self, entry: Entry, st: os.stat_result, marks: Marks,
+                              data: Data) -> str:
+        if stat.S_ISREG(st.st_mode) and data is Data.ALL and st.st_size:
+            return await trio.to_thread.run_sync(self._stage, entry, st, marks, data)
+        return self._stage(entry, st, marks, data)
+
+    def _stage(self, entry: Entry, st: os.stat_result, marks: Marks, data: Data) -> str:
         staged = self.upper.staging_name()
-        copyup.copy_entry(entry.top, st, self.upper.work_fd, staged, marks, with_data)
+        copyup.copy_entry(entry.top, st, self.upper.work_fd, staged, marks, data)
         return staged
 
     def _index(self, staged: str, number: int) -> None:
@@ -153,7 +188,7 @@ class Changes:
         elif st.st_nlink > 1:
             # Its other names stay below; the index copy keeps their count.
             marks = Marks(origin=self.numbers.of(entry, st), nlink=st.st_nlink - 1)
-            staged = await self._stage_off_loop(entry, st, marks, with_data=True)
+            staged = await self._stage_off_loop(entry, st, marks, Data.ALL)
             self._index(staged, marks.origin)
             self.upper.discard(staged)
 
@@ -246,6 +281,7 @@ class Changes:
                 self.upper.retire(entry.top.path)  # it may still hold whiteouts
             else:
                 os.unlink(entry.top.path, dir_fd=self._fd)
+                self._forget_data(entry, st)
 
     # -- rename -----------------------------------------------------------
 
@@ -264,8 +300,9 @@ class Changes:
                 raise OSError(errno.EISDIR if dst_is_dir else errno.ENOTDIR, "type mismatch")
             if src_is_dir and self.tree.listdir(dst):
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
+            dst_st = dst.top.layer.lstat(dst.top.path)
             if not src_is_dir:
-                await self._drop_name(dst, dst.top.layer.lstat(dst.top.path))
+                await self._drop_name(dst, dst_st)
         src = await self.copy_up(src)
         new_parent = self.upper_dir(new_parent)
         if src_is_dir:
@@ -280,6 +317,8 @@ class Changes:
             self.upper.retire(src.path)
         else:
             os.rename(src.path, new_path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            if dst is not None and dst.in_upper:
+                self._forget_data(dst, dst_st)
         self.upper.remove_whiteout(new_parent.path, new_name)
 
     async def _exchange(self, a: Entry, b_parent: Entry, b_name: str, b: Entry,

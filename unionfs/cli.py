@@ -3,6 +3,7 @@
     pyunion mount -o br=/upper=rw:/base=ro MNT     # aufs spelling
     pyunion mount -o lowerdir=/base,upperdir=/upper,workdir=/work MNT
     pyunion umount MNT
+    pyunion flatten MNT [PATH]                     # complete partial copies
     mount -t fuse.pyunion /upper=rw:/base=ro MNT   # via mount.fuse3 / fstab
 
 mount.fuse3 runs the program as ``pyunion SOURCE MNT -o OPTIONS``; that form
@@ -22,6 +23,7 @@ import click
 
 from . import daemon, options
 from .branches import BranchError
+from .whiteout import FLATTEN_XATTR
 
 _UMOUNT_WAIT_SECONDS = 10.0
 
@@ -72,6 +74,23 @@ def umount(mountpoint: str) -> None:
         raise click.ClickException(message[0])
     if pid is not None and not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
         raise click.ClickException(f"unmounted, but daemon {pid} is still running")
+
+
+@cli.command()
+@click.argument("mountpoint")
+@click.argument("path", required=False)
+def flatten(mountpoint: str, path: str | None) -> None:
+    """Complete the partial copies at or below PATH (a path inside
+    MOUNTPOINT; all of them by default), so the writable branch holds every
+    byte of its files and other tools can read it as a plain tree."""
+    mnt = os.path.realpath(mountpoint)
+    if not _is_pyunion_mount(mnt):
+        raise click.ClickException(f"{mnt} is not a pyunion mount")
+    target = os.path.join(mnt, path) if path else mnt
+    try:
+        os.setxattr(target, FLATTEN_XATTR, b"", follow_symlinks=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot flatten {target}: {exc.strerror}") from None
 
 
 def _is_pyunion_mount(mnt: str) -> bool:

@@ -3,15 +3,17 @@
 The copy keeps the type, data (holes stay holes), mode, owner, times and
 xattrs, and gets the union's marks (its origin inode number, so ``st_ino``
 does not change).  It is made under a fresh name in the work directory and
-fsynced; the caller renames it into place, so a crash never leaves half a
-file visible.  Data moves with ``copy_file_range`` (in the kernel, and a
+its data fsynced; the caller renames it into place, so a crash never leaves
+half a file visible.  Data moves with ``copy_file_range`` (in the kernel, and a
 reflink where the file system can), falling back to ``sendfile``.
 
-Regular files may be big: call :func:`copy_entry` off the event loop.
+Regular files may be big: with ``Data.ALL``, call :func:`copy_entry` off the
+event loop.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import stat
@@ -22,16 +24,20 @@ from .whiteout import XATTR, Marks, is_private_xattr
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-def copy_entry(source: Location, st: os.stat_result, work_fd: int, name: str,
-               marks: Marks, with_data: bool = True) -> None:
-    """Make ``name`` in the work directory a copy of ``source``.
+class Data(enum.Enum):
+    """What a regular file's copy gets of its data."""
 
-    ``with_data=False`` copies a regular file's metadata only, as an empty
-    file: for an open that truncates anyway.
-    """
+    ALL = "all"  #: every byte, flushed to disk
+    NONE = "none"  #: nothing: an empty file, for an open that truncates anyway
+    LATER = "later"  #: a hole of the same size, filled chunk by chunk (``partial.py``)
+
+
+def copy_entry(source: Location, st: os.stat_result, work_fd: int, name: str,
+               marks: Marks, data: Data = Data.ALL) -> None:
+    """Make ``name`` in the work directory a copy of ``source``."""
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        _copy_file(source, st, work_fd, name, with_data)
+        _copy_file(source, st, work_fd, name, data)
     elif stat.S_ISDIR(mode):
         os.mkdir(name, 0o700, dir_fd=work_fd)
     elif stat.S_ISLNK(mode):
@@ -74,23 +80,25 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
                 break
             raise
         hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
-        _copy_range(src_fd, dst_fd, data, hole - data)
+        copy_range(src_fd, dst_fd, data, hole - data)
         offset = hole
     os.ftruncate(dst_fd, size)
 
 
 def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,
-               with_data: bool) -> None:
+               data: Data) -> None:
     dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                   dir_fd=work_fd)
     try:
-        if with_data:
+        if data is Data.ALL:
             src = source.layer.open(source.path, os.O_RDONLY)
             try:
                 copy_data(src, dst, st.st_size)
             finally:
                 os.close(src)
-        os.fsync(dst)
+            os.fsync(dst)  # data must not lag behind the rename that shows it
+        elif data is Data.LATER:
+            os.ftruncate(dst, st.st_size)
     except BaseException:
         os.close(dst)
         os.unlink(name, dir_fd=work_fd)
@@ -98,7 +106,8 @@ def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,
     os.close(dst)
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+def copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+    """Copy ``count`` bytes at ``offset`` to the same offset."""
     while count > 0:
         try:
             done = os.copy_file_range(src_fd, dst_fd, count, offset, offset)

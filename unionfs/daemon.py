@@ -48,7 +48,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
     upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
     try:
-        operations = UnionOperations(layers, upper)
+        operations = UnionOperations(layers, upper, partial_copies=config.partial_copies)
         with _stderr_captured() as complaint:
             try:
                 pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
@@ -62,6 +62,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                 trio.run(_main_loop, on_ready)
         finally:
             pyfuse3.close(unmount=True)
+        if config.flatten_at_umount:
+            trio.run(operations.flatten_all)
     finally:
         if upper is not None:
             upper.close()

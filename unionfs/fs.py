@@ -36,9 +36,10 @@ from .changes import Changes
 from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
 from .index import Index
 from .layer import ROOT, Layer
+from .partial import PartialFile, PartialFiles
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
-from .whiteout import PREFIX, is_private_xattr, is_reserved
+from .whiteout import FLATTEN_XATTR, PREFIX, is_private_xattr, is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ _STAT_FIELDS = (
 # What an open passes on to the real file: the kernel itself handles
 # O_APPEND (it sends the right offset) and O_CREAT/O_EXCL (via create).
 _OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
+
+
+@dataclass
+class _OpenFile:
+    """What an open file handle (a real descriptor) stands for."""
+
+    node: Node
+    #: set while the file is partially copied up: its data comes from here
+    partial: PartialFile | None = None
+    sync: bool = False
 
 
 @dataclass
@@ -90,7 +101,8 @@ class UnionOperations(pyfuse3.Operations):
     yields only while a file is copied up (in a thread); a per-inode lock
     keeps other changes to that inode waiting meanwhile."""
 
-    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 1.0):
+    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 1.0,
+                 partial_copies: bool = True):
         super().__init__()
         self.timeout = timeout
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
@@ -98,12 +110,14 @@ class UnionOperations(pyfuse3.Operations):
         index = Index(upper.layer, self.numbers) if upper else None
         self.tree = Tree(layers, index)
         self.inodes = InodeTable()
-        self._changes = Changes(self.tree, upper, self.numbers, index) if upper else None
+        self._changes = (Changes(self.tree, upper, self.numbers, index, partial_copies)
+                         if upper else None)
         if self._changes:
             self._changes.on_dir_copied = self.inodes.new_epoch
+        self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
-        self._file_nodes: dict[int, Node] = {}
+        self._files: dict[int, _OpenFile] = {}
         self._locks: dict[int, trio.Lock] = {}
 
     # -- names -----------------------------------------------------------
@@ -137,14 +151,7 @@ class UnionOperations(pyfuse3.Operations):
         entry = await self._copied_up(node, with_data=not truncating)
         layer, path = entry.top
         if fields.update_size:
-            if fh is not None:
-                os.ftruncate(fh, attr.st_size)
-            else:
-                fd = layer.open(path, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, attr.st_size)
-                finally:
-                    os.close(fd)
+            self._truncate(entry, fh, attr.st_size)
         if fields.update_uid or fields.update_gid:
             os.chown(path, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1, dir_fd=layer.fd,
@@ -235,8 +242,13 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
         else:
             entry = self._entry(node)
-        fd = entry.top.layer.open(entry.top.path, flags & _OPEN_FLAGS_KEPT)
-        return self._file_handle(node, fd)
+        partial = entry.marks.partial is not None
+        kept = flags & _OPEN_FLAGS_KEPT
+        fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
+        handle = self._file_handle(node, fd, entry, flags)
+        if partial and flags & os.O_TRUNC:
+            self._files[fd].partial.truncate(0)
+        return handle
 
     @_fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -244,26 +256,40 @@ class UnionOperations(pyfuse3.Operations):
         fd, entry = self._writer.create(parent, name, mode, flags & _OPEN_FLAGS_KEPT,
                                         ctx.uid, ctx.gid)
         attrs = self._remember_new(parent_inode, name, entry)
-        return self._file_handle(self.inodes[attrs.st_ino], fd), attrs
+        return self._file_handle(self.inodes[attrs.st_ino], fd, entry, flags), attrs
 
     @_fuse_errors
     async def read(self, fh, off, size):
-        return os.pread(fh, size, off)
+        partial = self._files[fh].partial
+        return partial.read(off, size) if partial else os.pread(fh, size, off)
 
     @_fuse_errors
     async def write(self, fh, off, buf):
-        return os.pwrite(fh, buf, off)
+        open_file = self._files[fh]
+        if open_file.partial is None:
+            return os.pwrite(fh, buf, off)
+        written = open_file.partial.write(off, buf)
+        if open_file.sync:
+            open_file.partial.fsync(datasync=True)
+        return written
 
     async def flush(self, fh):
         pass  # writes go straight to the branch; nothing is buffered here
 
     @_fuse_errors
     async def fsync(self, fh, datasync):
-        (os.fdatasync if datasync else os.fsync)(fh)
+        partial = self._files[fh].partial
+        if partial is not None:
+            partial.fsync(datasync)
+        else:
+            (os.fdatasync if datasync else os.fsync)(fh)
 
     @_fuse_errors
     async def release(self, fh):
-        self._file_nodes.pop(fh).fds.discard(fh)
+        open_file = self._files.pop(fh)
+        open_file.node.fds.discard(fh)
+        if open_file.partial is not None:
+            self._partials.release(open_file.partial)
         os.close(fh)
 
     # -- directories -----------------------------------------------------
@@ -344,6 +370,11 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        if os.fsdecode(name) == FLATTEN_XATTR:
+            # Cached entries of a finished file carry its old marks.
+            self._writer  # noqa: B018 - EROFS on a read-only union
+            await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch)
+            return
         await self._change_xattr(inode, name, lambda path: os.setxattr(
             path, os.fsdecode(name), value, follow_symlinks=False))
 
@@ -352,6 +383,11 @@ class UnionOperations(pyfuse3.Operations):
         await self.getxattr(inode, name, ctx)  # no copy-up to remove nothing
         await self._change_xattr(inode, name, lambda path: os.removexattr(
             path, os.fsdecode(name), follow_symlinks=False))
+
+    async def flatten_all(self) -> None:
+        """Complete every partial copy (at unmount, with ``-o flatten``)."""
+        if self._partials is not None:
+            await self._partials.flatten(self.tree.root(), lambda: None)
 
     # -- helpers ---------------------------------------------------------
 
@@ -429,6 +465,25 @@ class UnionOperations(pyfuse3.Operations):
             new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
             os.dup2(new, fd)
             os.close(new)
+            open_file = self._files[fd]
+            if entry.marks.partial is not None and open_file.partial is None:
+                open_file.partial = self._partials.acquire(entry.top, entry.marks)
+
+    def _truncate(self, entry: Entry, fh: int | None, size: int) -> None:
+        if entry.marks.partial is not None:
+            partial = self._partials.acquire(entry.top, entry.marks)
+            try:
+                partial.truncate(size)
+            finally:
+                self._partials.release(partial)
+        elif fh is not None:
+            os.ftruncate(fh, size)
+        else:
+            fd = entry.top.layer.open(entry.top.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
 
     async def _change_xattr(self, inode: int, name: bytes, change) -> None:
         if is_private_xattr(os.fsdecode(name)):
@@ -446,9 +501,12 @@ class UnionOperations(pyfuse3.Operations):
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(ino, None)
 
-    def _file_handle(self, node: Node, fd: int) -> FileInfo:
+    def _file_handle(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
+        open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        if entry.marks.partial is not None:
+            open_file.partial = self._partials.acquire(entry.top, entry.marks)
         node.fds.add(fd)
-        self._file_nodes[fd] = node
+        self._files[fd] = open_file
         # Data changes only through this mount, which keeps the kernel's
         # cache in step, so pages may stay cached across opens.
         return FileInfo(fh=fd, keep_cache=True)

@@ -3,6 +3,9 @@
 Three kinds of option are accepted:
 
 * the union's own: ``br=``, or ``lowerdir=``/``upperdir=``/``workdir=``;
+  ``copyup=partial|full`` (a copy-up brings data up chunk by chunk as it is
+  written, or all of it at once); ``flatten`` (complete partial copies at
+  unmount, so the writable branch is a plain tree for other tools);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -19,7 +22,8 @@ from .branches import BranchError, BranchStack
 
 FSTYPE = "pyunion"
 
-_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
+_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir", "copyup"}
+_COPYUP_MODES = ("partial", "full")
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
     "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
@@ -36,6 +40,8 @@ class MountConfig:
     stack: BranchStack
     mountpoint: str
     fuse_options: frozenset[str]
+    partial_copies: bool = True
+    flatten_at_umount: bool = False
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -47,6 +53,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     """
     union: dict[str, str] = {}
     fuse: set[str] = set()
+    flatten = False
     for arg in option_args:
         for option in filter(None, arg.split(",")):
             key, sep, value = option.partition("=")
@@ -54,15 +61,23 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 if key in union:
                     raise BranchError(f"option {key}= is given twice")
                 union[key] = value
+            elif option == "flatten":
+                flatten = True
             elif (key in _FUSE_FLAGS and not sep) or (key in _FUSE_KEYS and sep):
                 fuse.add(option)
             elif key in _MOUNT8_ONLY or key.startswith("x-"):
                 continue
             else:
                 raise BranchError(f"unknown mount option {option!r}")
+    copyup = union.pop("copyup", "partial")
+    if copyup not in _COPYUP_MODES:
+        raise BranchError(f"copyup= must be one of {', '.join(_COPYUP_MODES)}, not {copyup!r}")
     stack = _stack(union, source)
+    if flatten and stack.upper is None:
+        raise BranchError("flatten needs a writable branch")
     mnt = branches.check_mountpoint(mountpoint, stack)
-    return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)))
+    return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
+                       partial_copies=copyup == "partial", flatten_at_umount=flatten)
 
 
 def _stack(union: dict[str, str], source: str | None) -> BranchStack:

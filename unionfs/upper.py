@@ -6,7 +6,8 @@ built there under a fresh name and renamed into place, so the branch never
 shows half of it.  Whatever a crash left in the work directory is removed
 at mount.  The work directory is ``work`` inside ``workdir=`` when given
 (as overlayfs does), otherwise ``.wh..wh.pyunion/work`` at the top of the
-branch.
+branch; the chunk maps of partially copied-up files (``chunkmap.py``) live
+in ``chunks`` beside it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from .layer import ROOT, Layer, child
 from .whiteout import META_DIR, OPAQUE, XATTR, Marks, whiteout_for
 
 def _subdirectory(parent_fd: int, name: str) -> int:
-    """Open (making it if needed) ``name`` in ``parent_fd``, which is closed."""
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       dir_fd=parent_fd)
-    finally:
-        os.close(parent_fd)
+    """Open (making it if needed) ``name`` in ``parent_fd``."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=parent_fd)
 
 
 class Upper:
@@ -35,23 +33,33 @@ class Upper:
         self.layer = layer
         self._workdir = workdir
         self.work_fd = -1
+        #: where the chunk maps of partially copied-up files live
+        self.chunks_fd = -1
         self._names = (f"{os.getpid()}.{n}" for n in itertools.count())
 
     def prepare(self) -> None:
         """Make (or clean) the work directory: done once the mount exists,
         so that a mount that fails writes nothing."""
         if self._workdir is None:
-            base = self.layer.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
-            base = _subdirectory(base, META_DIR)
+            top = self.layer.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                base = _subdirectory(top, META_DIR)
+            finally:
+                os.close(top)
         else:
             base = os.open(self._workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.work_fd = _subdirectory(base, "work")
+        try:
+            self.work_fd = _subdirectory(base, "work")
+            self.chunks_fd = _subdirectory(base, "chunks")
+        finally:
+            os.close(base)
         for stale in os.listdir(self.work_fd):
             remove_staged(self.work_fd, stale)
 
     def close(self) -> None:
-        if self.work_fd >= 0:
-            os.close(self.work_fd)
+        for fd in (self.work_fd, self.chunks_fd):
+            if fd >= 0:
+                os.close(fd)
 
     def staging_name(self) -> str:
         """A fresh name in the work directory."""

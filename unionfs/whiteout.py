@@ -12,7 +12,9 @@ use too) and pyunion's own xattr.
   before it was copied up (so ``st_ino`` does not change), and, on a
   directory that was renamed, ``redirect``, the path where its lower parts
   still live; on a file in the hard-link index (``index.py``), ``nlink``,
-  its link count in the union.  The xattr never shows through the mount.
+  its link count in the union; on a partially copied-up file
+  (``partial.py``), ``partial``, the id of its chunk map.  The xattr never
+  shows through the mount.
 
 This module knows names and formats only; it never touches the disk.
 """
@@ -26,6 +28,9 @@ PREFIX = ".wh."
 OPAQUE = PREFIX + PREFIX + ".opq"
 META_DIR = PREFIX + PREFIX + "pyunion"
 XATTR = "trusted.pyunion"
+#: setting it on a name through the mount completes the partial copies at
+#: and below that name (``pyunion flatten``); it is never stored
+FLATTEN_XATTR = XATTR + ".flatten"
 
 
 def is_reserved(name: str) -> bool:
@@ -54,6 +59,7 @@ class Marks:
     origin: int | None = None
     redirect: str | None = None
     nlink: int | None = None
+    partial: str | None = None
 
     def encode(self) -> bytes:
         fields = {k: v for k, v in vars(self).items() if v is not None}
@@ -62,4 +68,4 @@ class Marks:
     @classmethod
     def decode(cls, raw: bytes) -> Marks:
         fields = json.loads(raw)
-        return cls(**{k: fields.get(k) for k in ("origin", "redirect", "nlink")})
+        return cls(**{k: fields.get(k) for k in ("origin", "redirect", "nlink", "partial")})

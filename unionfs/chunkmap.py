@@ -1,0 +1,153 @@
+"""The on-disk map of a partially copied-up file: which chunks of its data
+are in the upper file, and which still live in its lower file.
+
+A map is one small file in the ``chunks`` directory next to the work
+directory, named by the id the upper file's marks carry::
+
+    magic (8) | header length (4) | limit (8) | header (JSON) | bitmap
+
+* ``header`` names the lower file: ``{"layer": N, "path": P, "chunk": C}``.
+* ``limit``: bytes below it that are in no present chunk come from the lower
+  file; everything at or above it comes from the upper file.  It starts at
+  the lower file's size and only ever shrinks (truncate).
+* ``bitmap``: bit ``i`` set means chunk ``i`` (bytes ``i*C`` to
+  ``(i+1)*C``) is in the upper file.  Bits past the file's end read as 0.
+
+Every change is one ``pwrite`` of a few bytes, done after the data it
+describes is in the upper file, so a daemon killed at any point leaves a map
+that tells the truth (see :mod:`unionfs.partial` for the order of steps).
+
+Why 64 KiB chunks: FUSE hands writes over in aligned pieces of 128 KiB or
+more, so a sequential rewrite covers whole chunks and copies nothing from
+below; a 1-byte write copies 64 KiB (tens of microseconds); and the map of a
+1 GiB file is 2 KiB, read in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+
+CHUNK = 64 * 1024
+_MAGIC = b"pyuchk1\n"
+_FIXED = struct.Struct("<8sIQ")  # magic, header length, limit
+_LIMIT_AT = 12
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the absent chunks live: a file of a read-only branch."""
+
+    layer: int
+    path: str
+
+
+class ChunkMapError(OSError):
+    pass
+
+
+class ChunkMap:
+    def __init__(self, fd: int, source: Source, chunk: int, limit: int, bits: bytearray,
+                 bitmap_at: int):
+        self.fd = fd
+        self.source = source
+        self.chunk = chunk
+        self.limit = limit
+        self._bits = bits
+        self._bitmap_at = bitmap_at
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    @classmethod
+    def create(cls, dir_fd: int, map_id: str, source: Source, limit: int) -> ChunkMap:
+        header = json.dumps({"layer": source.layer, "path": source.path, "chunk": CHUNK},
+                            separators=(",", ":")).encode()
+        fd = os.open(map_id, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        try:
+            os.pwrite(fd, _FIXED.pack(_MAGIC, len(header), limit) + header, 0)
+        except BaseException:
+            os.close(fd)
+            os.unlink(map_id, dir_fd=dir_fd)
+            raise
+        return cls(fd, source, CHUNK, limit, bytearray(), _FIXED.size + len(header))
+
+    @classmethod
+    def load(cls, dir_fd: int, map_id: str, file_size: int) -> ChunkMap:
+        """Open a map; ``file_size`` is the upper file's size now, which
+        caps the limit (a truncate the daemon did not live to record)."""
+        fd = os.open(map_id, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            raw = os.pread(fd, os.fstat(fd).st_size, 0)
+            magic, header_len, limit = _FIXED.unpack_from(raw)
+            if magic != _MAGIC:
+                raise ChunkMapError(f"chunk map {map_id} is not one")
+            bitmap_at = _FIXED.size + header_len
+            header = json.loads(raw[_FIXED.size:bitmap_at])
+        except (struct.error, ValueError) as exc:
+            os.close(fd)
+            raise ChunkMapError(f"chunk map {map_id} is damaged: {exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        source = Source(header["layer"], header["path"])
+        return cls(fd, source, header["chunk"], min(limit, file_size),
+                   bytearray(raw[bitmap_at:]), bitmap_at)
+
+    @staticmethod
+    def remove(dir_fd: int, map_id: str) -> None:
+        try:
+            os.unlink(map_id, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def chunks(self, start: int, end: int) -> range:
+        """The chunks that bytes ``start`` to ``end`` touch."""
+        return range(start // self.chunk, (end + self.chunk - 1) // self.chunk)
+
+    def span(self, index: int) -> tuple[int, int]:
+        """The bytes of chunk ``index`` that may come from below."""
+        first = index * self.chunk
+        return first, min(first + self.chunk, self.limit)
+
+    def is_absent(self, index: int) -> bool:
+        """True when the chunk's data is still (partly) only below."""
+        if index * self.chunk >= self.limit:
+            return False
+        byte = index >> 3
+        return byte >= len(self._bits) or not self._bits[byte] >> (index & 7) & 1
+
+    def absent(self, start: int, end: int) -> list[int]:
+        return [i for i in self.chunks(start, end) if self.is_absent(i)]
+
+    def any_absent(self) -> bool:
+        return any(self.is_absent(i) for i in self.chunks(0, self.limit))
+
+    def mark_present(self, indexes: list[int]) -> None:
+        """Record the chunks as in the upper file: one write to the map."""
+        if not indexes:
+            return
+        first, last = min(indexes) >> 3, max(indexes) >> 3
+        if last >= len(self._bits):
+            self._bits.extend(bytes(last + 1 - len(self._bits)))
+        for i in indexes:
+            self._bits[i >> 3] |= 1 << (i & 7)
+        os.pwrite(self.fd, bytes(self._bits[first:last + 1]), self._bitmap_at + first)
+
+    def shrink(self, size: int) -> None:
+        """After the upper file was truncated to ``size``: nothing at or
+        above it may come from below again."""
+        if size < self.limit:
+            self.limit = size
+            os.pwrite(self.fd, struct.pack("<Q", size), _LIMIT_AT)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)

@@ -1,0 +1,224 @@
+"""Partially copied-up files: the upper file holds the chunks written so
+far (the rest is a hole), and the lower file still gives the others.
+
+A copy-up of a big lower file copies no data at all: it makes a sparse
+upper file of the same size, with the owner, mode, times and xattrs, and a
+chunk map (:mod:`unionfs.chunkmap`) in which no chunk is present yet.  A
+metadata change (chmod, chown, utimes, setxattr) stops there; a write
+brings in only the chunks it touches.
+
+The order of steps makes every write all-or-nothing for a daemon killed at
+any point:
+
+* a write that covers every chunk it touches completely, all of them still
+  below, writes its data into the holes and then marks the chunks present
+  (killed before the mark: the old data shows);
+* any other write first copies the chunks it touches that are still below
+  into the upper file and marks them (the file still shows the old data),
+  then writes in place;
+* a truncate shrinks the upper file, then the map's limit (a limit larger
+  than the file is capped when the map is loaded).
+
+``fsync`` flushes the upper file and the map.  :meth:`PartialFile.complete`
+copies whatever is still below, after which the caller drops the marks and
+the map and the upper file is an ordinary file.
+
+Reads and writes run on the event loop and touch at most the chunks of one
+request; completing a file runs in a thread.  A lock per file keeps the two
+apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+import threading
+from typing import Callable
+
+import trio
+
+from .chunkmap import ChunkMap, Source
+from .copyup import copy_range
+from .inodes import InodeNumbers
+from .layer import ROOT, Layer
+from .tree import Entry, Location, read_marks
+from .upper import Upper
+from .whiteout import META_DIR, XATTR, Marks
+
+_COMPLETE_STEP = 64  # chunks copied per hold of the lock while completing
+
+
+class PartialFile:
+    def __init__(self, map_id: str, upper_fd: int, lower_fd: int, chunk_map: ChunkMap):
+        self.map_id = map_id
+        self.upper_fd = upper_fd
+        self._lower_fd = lower_fd
+        self._map = chunk_map
+        self._lock = threading.Lock()
+        self.users = 0
+
+    def close(self) -> None:
+        for fd in (self.upper_fd, self._lower_fd):
+            os.close(fd)
+        self._map.close()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            data = os.pread(self.upper_fd, size, offset)
+            end = offset + len(data)
+            runs = _runs(self._map.absent(offset, min(end, self._map.limit)))
+            if not runs:
+                return data
+            out = bytearray(data)
+            for first, last in runs:
+                start = max(self._map.span(first)[0], offset)
+                stop = min(self._map.span(last)[1], end)
+                below = os.pread(self._lower_fd, stop - start, start)
+                out[start - offset:start - offset + len(below)] = below
+            return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            end = offset + len(data)
+            touched = self._map.chunks(offset, end)
+            absent = self._map.absent(offset, end)
+            whole = [i for i in absent if offset <= self._map.span(i)[0]
+                     and self._map.span(i)[1] <= end]
+            if absent and len(whole) == len(touched):
+                written = os.pwrite(self.upper_fd, data, offset)
+                self._map.mark_present(whole)
+                return written
+            self._bring_up(absent)
+            return os.pwrite(self.upper_fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            os.ftruncate(self.upper_fd, size)
+            self._map.shrink(size)
+
+    def fsync(self, datasync: bool) -> None:
+        (os.fdatasync if datasync else os.fsync)(self.upper_fd)
+        self._map.fsync()
+
+    def complete(self) -> None:
+        """Copy every chunk still below into the upper file, and flush it."""
+        total = len(self._map.chunks(0, self._map.limit))
+        for first in range(0, total, _COMPLETE_STEP):
+            with self._lock:
+                self._bring_up([i for i in range(first, first + _COMPLETE_STEP)
+                                if self._map.is_absent(i)])
+        os.fsync(self.upper_fd)
+
+    def _bring_up(self, absent: list[int]) -> None:
+        """Copy the given chunks from below and mark them present."""
+        for first, last in _runs(absent):
+            start, stop = self._map.span(first)[0], self._map.span(last)[1]
+            copy_range(self._lower_fd, self.upper_fd, start, stop - start)
+        self._map.mark_present(absent)
+
+
+def _partial_files(top: Location) -> list[tuple[Location, Marks]]:
+    """The partially copied-up files at or below ``top`` (writable branch)."""
+    layer = top.layer
+    if not stat.S_ISDIR(layer.lstat(top.path).st_mode):
+        candidates = [top.path]
+    else:
+        candidates = []
+        for dir_path, dir_names, file_names, _ in os.fwalk(top.path, dir_fd=layer.fd):
+            if dir_path == ROOT and META_DIR in dir_names:
+                dir_names.remove(META_DIR)
+            candidates += [os.path.normpath(os.path.join(dir_path, n)) for n in file_names]
+    found = []
+    for path in candidates:
+        location = Location(layer, path)
+        if stat.S_ISREG(layer.lstat(path).st_mode):
+            marks = read_marks(location)
+            if marks.partial is not None:
+                found.append((location, marks))
+    return found
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Consecutive chunk indexes as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for i in indexes:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+class PartialFiles:
+    """The partial files in use, one :class:`PartialFile` per map, shared by
+    every open handle of the file (and by a flatten in progress)."""
+
+    def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers):
+        self._layers = layers
+        self._upper = upper
+        self._numbers = numbers
+        self._open: dict[str, PartialFile] = {}
+
+    async def flatten(self, entry: Entry, on_finished: Callable[[], None]) -> None:
+        """Complete every partial copy at or below ``entry``, so the
+        writable branch holds all of their data.  ``on_finished`` runs after
+        each file is done (its marks changed)."""
+        if not entry.in_upper:
+            return  # nothing of it was copied up
+        found = await trio.to_thread.run_sync(_partial_files, entry.top)
+        for location, marks in found:
+            partial = self.acquire(location, marks)
+            try:
+                await trio.to_thread.run_sync(partial.complete)
+                self.finish(partial, marks)
+                on_finished()
+            finally:
+                self.release(partial)
+
+    def acquire(self, top: Location, marks: Marks) -> PartialFile:
+        found = self._open.get(marks.partial)
+        if found is None:
+            found = self._open[marks.partial] = self._load(top, marks)
+        found.users += 1
+        return found
+
+    def release(self, partial: PartialFile) -> None:
+        partial.users -= 1
+        if partial.users == 0:
+            del self._open[partial.map_id]
+            partial.close()
+
+    def finish(self, partial: PartialFile, marks: Marks) -> None:
+        """After :meth:`PartialFile.complete`: the file is an ordinary one."""
+        os.setxattr(partial.upper_fd, XATTR, dataclasses.replace(marks, partial=None).encode())
+        ChunkMap.remove(self._upper.chunks_fd, partial.map_id)
+
+    def _load(self, top: Location, marks: Marks) -> PartialFile:
+        upper = top.layer.open(top.path, os.O_RDWR)
+        try:
+            chunk_map = ChunkMap.load(self._upper.chunks_fd, marks.partial, os.fstat(upper).st_size)
+        except BaseException:
+            os.close(upper)
+            raise
+        try:
+            lower = self._open_lower(chunk_map.source, marks.origin, top.path)
+        except BaseException:
+            os.close(upper)
+            chunk_map.close()
+            raise
+        return PartialFile(marks.partial, upper, lower, chunk_map)
+
+    def _open_lower(self, source: Source, origin: int, path: str) -> int:
+        """The lower file, checked to be the one the copy was made from (a
+        remount over other branches must not mix in another file's data)."""
+        try:
+            fd = self._layers[source.layer].open(source.path, os.O_RDONLY)
+        except (IndexError, FileNotFoundError):
+            fd = None
+        if fd is not None and self._numbers(os.fstat(fd)) == origin:
+            return fd
+        if fd is not None:
+            os.close(fd)
+        raise OSError(errno.EIO, f"the lower data of {path} is gone from {source}")
