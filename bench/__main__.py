@@ -28,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
     with tempfile.TemporaryDirectory(prefix="pyunion-bench-", dir=args.workdir) as work:
         progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
-        results = runner.measure(chosen, list(systems.ALL), args.quick, runs, warmups=1,
-                                 workdir=Path(work), progress=progress)
+        results = []
+        for workload in chosen:
+            results += runner.measure([workload], _systems_for(workload.name), args.quick, runs,
+                                      warmups=1, workdir=Path(work), progress=progress)
         what = {w.name: w.what for w in chosen}
         if not args.only or args.only in pagecache.NAME:
-            results += pagecache.measure(list(systems.ALL), args.quick, runs, Path(work),
-                                         progress)
+            results += pagecache.measure(_systems_for(pagecache.NAME), args.quick, runs,
+                                         Path(work), progress)
             what[pagecache.NAME] = pagecache.WHAT
         if not args.only or args.only in "containers":
             results += containers.measure(args.quick, runs, 1, Path(work), progress)
@@ -43,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     table = report.write(results, facts, what, args.out)
     print(table)
     return 0
+
+
+def _systems_for(workload: str) -> list[systems.System]:
+    """Every system; the page-cache modes too where reads or memory are measured."""
+    if workload.startswith("sequential read") or workload == pagecache.NAME:
+        return [*systems.ALL, *systems.PAGECACHE_VARIANTS]
+    return list(systems.ALL)
 
 
 if __name__ == "__main__":

@@ -104,17 +104,24 @@ class UnionfsFuse(System):
 
 
 class Pyunion(System):
-    name = "pyunion"
+    """pyunion with its defaults, or with extra mount ``options``."""
+
+    def __init__(self, options: str = ""):
+        self.options = options
+        self.name = f"pyunion {options}" if options else "pyunion"
 
     def missing(self) -> str | None:
         return None if os.access(PYUNION, os.X_OK) else f"{PYUNION} is not installed"
 
     def mount_command(self, stack: Stack) -> list[str]:
         branches = ":".join([f"{stack.upper}=rw", *(f"{low}=ro" for low in stack.lowers)])
-        return [PYUNION, "mount", "-o", f"br={branches}", str(stack.mnt)]
+        options = ",".join(filter(None, [f"br={branches}", self.options]))
+        return [PYUNION, "mount", "-o", options, str(stack.mnt)]
 
 
 ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
+#: the other page-cache modes, measured where they matter (reads, memory)
+PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
 
 
 def _run(command: list[str]) -> None:

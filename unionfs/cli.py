@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
 
 import click
 
-from . import daemon, options
+from . import daemon, mounts, options
 from .branches import BranchError
 from .whiteout import FLATTEN_XATTR
 
@@ -94,18 +93,8 @@ def flatten(mountpoint: str, path: str | None) -> None:
 
 
 def _is_pyunion_mount(mnt: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == mnt and fields[sep + 1] == f"fuse.{options.FSTYPE}":
-                return True
-    return False
-
-
-def _unescape(field: str) -> str:
-    """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, \\)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    found = mounts.find(mnt)
+    return found is not None and found.fstype == f"fuse.{options.FSTYPE}"
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:

@@ -24,7 +24,8 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from .fs import UnionOperations
+from . import mounts
+from .fs import PageCache, UnionOperations
 from .layer import Layer
 from .options import MountConfig
 from .upper import Upper
@@ -32,6 +33,10 @@ from .upper import Upper
 log = logging.getLogger(__name__)
 
 PID_DIR = "/run/pyunion"
+#: Readahead of the mount: the kernel's default 128 KiB makes a sequential
+#: read cost one request per 128-256 KiB; with 1 MiB (libfuse's largest
+#: request) there are four to eight times fewer round trips to Python.
+READAHEAD_KB = 1024
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -48,13 +53,16 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
     upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
     try:
-        operations = UnionOperations(layers, upper, partial_copies=config.partial_copies)
+        operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
+                                     pagecache=PageCache(config.pagecache))
         with _stderr_captured() as complaint:
             try:
                 pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
             except RuntimeError as exc:
                 reason = complaint() or str(exc)
                 raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
+        # The kernel sets the readahead when the daemon answers its INIT.
+        operations.after_init = lambda: _widen_readahead(config.mountpoint)
         try:
             if upper is not None:
                 upper.prepare()
@@ -134,6 +142,16 @@ async def _stop_on_signal() -> None:
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
+
+
+def _widen_readahead(mountpoint: str) -> None:
+    """Set the mount's readahead (root only; others keep the default)."""
+    found = mounts.find(mountpoint)
+    if found is None:
+        return
+    with contextlib.suppress(OSError):
+        with open(f"/sys/class/bdi/{found.device}/read_ahead_kb", "w") as f:
+            f.write(str(READAHEAD_KB))
 
 
 class _ReadyPipe:

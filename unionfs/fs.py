@@ -5,9 +5,9 @@ lives here.
 
 Not handled, in one place:
 
-* Branches changed underneath the mount are seen as they are found; the
-  kernel may keep showing cached attributes and names for up to
-  ``timeout`` seconds.
+* Branches must not be changed underneath the mount (overlayfs asks the
+  same): the names of read-only directories are read once (``layer.py``),
+  and the kernel keeps names and attributes for ``timeout`` seconds.
 * A directory renamed while a file inside it is being copied up (the copy
   runs in a thread) may leave the copy at the old path.
 * ``access`` is never called: the mount always uses ``default_permissions``,
@@ -20,6 +20,7 @@ Not handled, in one place:
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import functools
 import itertools
@@ -27,6 +28,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -60,6 +62,8 @@ class _OpenFile:
     #: set while the file is partially copied up: its data comes from here
     partial: PartialFile | None = None
     sync: bool = False
+    #: its data is all in a read-only branch (not copied up, even partly)
+    lower_only: bool = False
 
 
 @dataclass
@@ -72,6 +76,24 @@ class _Listing:
     ino: int
     entry: Entry
     names: list[tuple[str, Location | int]]
+
+
+class PageCache(enum.Enum):
+    """What the kernel keeps of a lower file read through the mount.
+
+    Reading it also fills the lower file's own cache, which every mount of
+    that branch shares; the mount's copy comes on top, once per mount.
+    """
+
+    KEEP = "keep"  #: the mount's copy stays: fastest re-reads, one copy per mount
+    DROP = "drop"  #: dropped at the last close: only the shared copy stays
+    DIRECT = "direct"  #: never made (direct I/O); MAP_SHARED maps fail with ENODEV
+
+
+async def _drop_cached_pages(ino: int) -> None:
+    """Off the loop: the kernel may wait for requests the loop must answer."""
+    with contextlib.suppress(OSError):
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
 
 
 def _fuse_errors(method):
@@ -101,10 +123,11 @@ class UnionOperations(pyfuse3.Operations):
     yields only while a file is copied up (in a thread); a per-inode lock
     keeps other changes to that inode waiting meanwhile."""
 
-    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 1.0,
-                 partial_copies: bool = True):
+    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 60.0,
+                 partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP):
         super().__init__()
         self.timeout = timeout
+        self.pagecache = pagecache
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
         index = Index(upper.layer, self.numbers) if upper else None
@@ -119,6 +142,11 @@ class UnionOperations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._files: dict[int, _OpenFile] = {}
         self._locks: dict[int, trio.Lock] = {}
+        #: run once the kernel has been answered its INIT
+        self.after_init: Callable[[], None] = lambda: None
+
+    def init(self):
+        trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
     # -- names -----------------------------------------------------------
 
@@ -291,6 +319,9 @@ class UnionOperations(pyfuse3.Operations):
         if open_file.partial is not None:
             self._partials.release(open_file.partial)
         os.close(fh)
+        if (self.pagecache is PageCache.DROP and open_file.lower_only
+                and not open_file.node.fds):
+            trio.lowlevel.spawn_system_task(_drop_cached_pages, open_file.node.ino)
 
     # -- directories -----------------------------------------------------
 
@@ -502,14 +533,16 @@ class UnionOperations(pyfuse3.Operations):
                 self._locks.pop(ino, None)
 
     def _file_handle(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
-        open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
+                              lower_only=not entry.top.layer.writable)
         if entry.marks.partial is not None:
             open_file.partial = self._partials.acquire(entry.top, entry.marks)
         node.fds.add(fd)
         self._files[fd] = open_file
         # Data changes only through this mount, which keeps the kernel's
         # cache in step, so pages may stay cached across opens.
-        return FileInfo(fh=fd, keep_cache=True)
+        direct = self.pagecache is PageCache.DIRECT and open_file.lower_only
+        return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
 
     def _remember(self, parent_inode: int, name: str, entry: Entry,
                   st: os.stat_result) -> EntryAttributes:

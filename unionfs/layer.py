@@ -6,6 +6,10 @@ have no ``*at`` form such as the xattr ones, through ``/proc/self/fd/N/``).
 So the daemon never resolves a path through its own mount point, which would
 make it wait on itself.
 
+A read-only branch must not change while it is mounted (overlayfs asks the
+same), so the names of its directories are read once and kept: a lookup
+asks each branch's kept names instead of making a system call per branch.
+
 Paths inside a layer are relative, ``/``-separated, without a leading slash;
 the top of the branch is ``"."``.  :func:`child` is the one place they are
 joined.
@@ -13,11 +17,13 @@ joined.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from .branches import Branch
 
 ROOT = "."
+_LISTINGS_KEPT = 4096  # directories of a read-only branch whose names are kept
 
 
 def child(parent: str, name: str) -> str:
@@ -38,6 +44,7 @@ class Layer:
         self.branch = branch
         self.index = index
         self.fd = os.open(branch.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._names = functools.lru_cache(maxsize=_LISTINGS_KEPT)(self._read_names)
 
     def __repr__(self) -> str:
         return f"<Layer {self.index} {self.branch.path} {self.branch.mode.value}>"
@@ -58,6 +65,17 @@ class Layer:
             return self.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def may_hold(self, dir_path: str, name: str) -> bool:
+        """False when the directory surely has no ``name``; True when it
+        does (read-only branch) or may (writable one: ask ``lstat``)."""
+        return self.writable or name in self._names(dir_path)
+
+    def _read_names(self, dir_path: str) -> frozenset[str]:
+        try:
+            return frozenset(self.listdir(dir_path))
+        except (FileNotFoundError, NotADirectoryError):
+            return frozenset()
 
     def open(self, path: str, flags: int) -> int:
         return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)

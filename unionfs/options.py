@@ -6,6 +6,8 @@ Three kinds of option are accepted:
   ``copyup=partial|full`` (a copy-up brings data up chunk by chunk as it is
   written, or all of it at once); ``flatten`` (complete partial copies at
   unmount, so the writable branch is a plain tree for other tools);
+  ``pagecache=keep|drop|direct`` (what the kernel keeps of lower files read
+  through the mount: see ``fs.PageCache``);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -22,8 +24,8 @@ from .branches import BranchError, BranchStack
 
 FSTYPE = "pyunion"
 
-_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir", "copyup"}
-_COPYUP_MODES = ("partial", "full")
+_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir", "copyup", "pagecache"}
+_CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
     "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
@@ -42,6 +44,7 @@ class MountConfig:
     fuse_options: frozenset[str]
     partial_copies: bool = True
     flatten_at_umount: bool = False
+    pagecache: str = "keep"
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -69,15 +72,23 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 continue
             else:
                 raise BranchError(f"unknown mount option {option!r}")
-    copyup = union.pop("copyup", "partial")
-    if copyup not in _COPYUP_MODES:
-        raise BranchError(f"copyup= must be one of {', '.join(_COPYUP_MODES)}, not {copyup!r}")
+    copyup, pagecache = (_choice(union, key) for key in ("copyup", "pagecache"))
     stack = _stack(union, source)
     if flatten and stack.upper is None:
         raise BranchError("flatten needs a writable branch")
     mnt = branches.check_mountpoint(mountpoint, stack)
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
-                       partial_copies=copyup == "partial", flatten_at_umount=flatten)
+                       partial_copies=copyup == "partial", flatten_at_umount=flatten,
+                       pagecache=pagecache)
+
+
+def _choice(union: dict[str, str], key: str) -> str:
+    """The value of an option with fixed choices (the first by default)."""
+    choices = _CHOICES[key]
+    value = union.pop(key, choices[0])
+    if value not in choices:
+        raise BranchError(f"{key}= must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _stack(union: dict[str, str], source: str | None) -> BranchStack:

@@ -183,12 +183,14 @@ def read_marks(location: Location) -> Marks:
 
 def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
     """Each branch's ``name`` in ``directories``, top-down, until a whiteout."""
+    whiteout = whiteout_for(name)
     for layer, dir_path in directories:
         path = child(dir_path, name)
-        st = layer.lstat_or_none(path)
+        st = layer.lstat_or_none(path) if layer.may_hold(dir_path, name) else None
         if st is not None:
             yield Location(layer, path), st
-        elif layer.lstat_or_none(child(dir_path, whiteout_for(name))):
+        elif layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
+                child(dir_path, whiteout)):
             return
 
 
@@ -202,4 +204,5 @@ def _stack_roots(layers: list[Layer]) -> tuple[Location, ...]:
 
 
 def _is_opaque(location: Location) -> bool:
-    return location.layer.lstat_or_none(child(location.path, OPAQUE)) is not None
+    layer, path = location
+    return layer.may_hold(path, OPAQUE) and layer.lstat_or_none(child(path, OPAQUE)) is not None
