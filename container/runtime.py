@@ -151,8 +151,11 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
     upper = os.path.join(state.data_dir, "upper")
     os.makedirs(upper)
     os.makedirs(state.rootfs)
-    config = union_options.parse([f"br={upper}=rw:{image_root}=ro,allow_other,dev,suid"],
-                                 state.rootfs, f"pycontainer-{state.name}")
+    # Containers of one image share its files' page cache: each container's
+    # own copy of a file goes when the file is closed (pagecache=drop).
+    config = union_options.parse(
+        [f"br={upper}=rw:{image_root}=ro,allow_other,dev,suid,pagecache=drop"],
+        state.rootfs, f"pycontainer-{state.name}")
     union_daemon.spawn(config, die_with_parent=True)
     group = cgroups.create(state.name)
     state.cgroup_paths = group.paths

@@ -120,8 +120,8 @@ def _fuse_errors(method):
 class UnionOperations(pyfuse3.Operations):
     """Concurrency: all handlers run as tasks of one trio loop, so the
     tables here are only touched from one thread at a time.  A handler
-    yields only while a file is copied up (in a thread); a per-inode lock
-    keeps other changes to that inode waiting meanwhile."""
+    yields only while a file is copied up or read (in a thread); a
+    per-inode lock keeps other changes to that inode waiting meanwhile."""
 
     def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 60.0,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP):
@@ -288,8 +288,12 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def read(self, fh, off, size):
+        """In a thread: a read may wait for the disk.  (Writes land in the
+        page cache and stay on the loop, where they run fastest.)"""
         partial = self._files[fh].partial
-        return partial.read(off, size) if partial else os.pread(fh, size, off)
+        if partial:
+            return await trio.to_thread.run_sync(partial.read, off, size)
+        return await trio.to_thread.run_sync(os.pread, fh, size, off)
 
     @_fuse_errors
     async def write(self, fh, off, buf):
@@ -493,12 +497,16 @@ class UnionOperations(pyfuse3.Operations):
         open on the lower file read the upper one from now on."""
         self.inodes.cache_entry(node, entry)
         for fd in node.fds:
+            open_file = self._files[fd]
+            if entry.marks.partial is not None:
+                # Reads go through the partial file from now on; one in
+                # flight keeps its lower descriptor and the old data.
+                if open_file.partial is None:
+                    open_file.partial = self._partials.acquire(entry.top, entry.marks)
+                continue
             new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
             os.dup2(new, fd)
             os.close(new)
-            open_file = self._files[fd]
-            if entry.marks.partial is not None and open_file.partial is None:
-                open_file.partial = self._partials.acquire(entry.top, entry.marks)
 
     def _truncate(self, entry: Entry, fh: int | None, size: int) -> None:
         if entry.marks.partial is not None:
@@ -561,7 +569,9 @@ class UnionOperations(pyfuse3.Operations):
             if not node.fds:
                 raise
             # Unlinked but still open: what the open file says.
-            st = os.fstat(next(iter(node.fds)))
+            fd = next(iter(node.fds))
+            partial = self._files[fd].partial
+            st = os.fstat(partial.upper_fd if partial else fd)
             return self._attributes_from(st, node.ino, None)
         st = entry.top.layer.lstat(entry.top.path)
         return self._attributes_from(st, node.ino, entry)
