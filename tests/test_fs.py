@@ -46,6 +46,14 @@ def test_reads_big_and_at_random_offsets(tmp_path, unions):
         os.close(fd)
 
 
+def test_the_mount_reads_ahead_a_mebibyte(tmp_path, unions):
+    """So a sequential read costs one request per MiB, not per 128 KiB."""
+    mnt = unions.mount([build(tmp_path / "b", {"f": "x"})])
+    device = os.stat(mnt).st_dev
+    bdi = pathlib.Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}")
+    assert (bdi / "read_ahead_kb").read_text().strip() == "1024"
+
+
 def test_sparse_file_reads_zeros_and_stays_small(tmp_path, unions):
     b1 = tmp_path / "b1"
     b1.mkdir()
