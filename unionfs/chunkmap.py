@@ -95,9 +95,11 @@ class ChunkMap:
         except BaseException:
             os.close(fd)
             raise
-        source = Source(header["layer"], header["path"])
-        return cls(fd, source, header["chunk"], min(limit, file_size),
-                   bytearray(raw[bitmap_at:]), bitmap_at)
+        chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
+                        bytearray(raw[bitmap_at:]), bitmap_at)
+        # Recorded, so that a later extension cannot bring the data back.
+        chunk_map.shrink(file_size)
+        return chunk_map
 
     @staticmethod
     def remove(dir_fd: int, map_id: str) -> None:

@@ -24,7 +24,8 @@ from . import daemon, mounts, options
 from .branches import BranchError
 from .whiteout import FLATTEN_XATTR
 
-_UMOUNT_WAIT_SECONDS = 10.0
+#: long enough for a daemon mounted with -o flatten to finish its copying
+_UMOUNT_WAIT_SECONDS = 120.0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -70,19 +70,29 @@ def remove_staged(work_fd: int, name: str) -> None:
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes, skipping holes, so sparse files stay sparse."""
-    offset = 0
-    while offset < size:
+    """Copy ``size`` bytes into an empty file, so sparse files stay sparse."""
+    for start, stop in data_extents(src_fd, 0, size):
+        copy_range(src_fd, dst_fd, start, stop - start)
+    os.ftruncate(dst_fd, size)
+
+
+def data_extents(fd: int, start: int, stop: int) -> list[tuple[int, int]]:
+    """The parts of bytes ``start`` to ``stop`` of a file that are not holes."""
+    extents = []
+    offset = start
+    while offset < stop:
         try:
-            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+            data = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole is left
                 break
             raise
-        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
-        copy_range(src_fd, dst_fd, data, hole - data)
+        if data >= stop:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), stop)
+        extents.append((data, hole))
         offset = hole
-    os.ftruncate(dst_fd, size)
+    return extents
 
 
 def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,

@@ -253,11 +253,16 @@ class UnionOperations(pyfuse3.Operations):
                                       dst[0] if dst else None, flags)
         moved = (old_parent_inode, old_name), (new_parent_inode, new_name)
         self._relink(src_ino, *moved)
+        copied_up = [(src_ino, src[0])]
         if dst is not None:
             if flags & pyfuse3.RENAME_EXCHANGE:
                 self._relink(dst_ino, *reversed(moved))
+                copied_up.append((dst_ino, dst[0]))
             elif (node := self.inodes.find(dst_ino)) is not None:
                 self.inodes.unlink(node, new_parent_inode, new_name)
+        for ino, before in copied_up:  # open handles read the copy from now on
+            if not before.in_upper and (node := self.inodes.find(ino)) and node.fds:
+                self._moved_up(node, self._entry(node))
         if any(stat.S_ISDIR(st.st_mode) for _, st in filter(None, (src, dst))):
             self.inodes.new_epoch()
 

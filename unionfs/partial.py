@@ -7,8 +7,9 @@ chunk map (:mod:`unionfs.chunkmap`) in which no chunk is present yet.  A
 metadata change (chmod, chown, utimes, setxattr) stops there; a write
 brings in only the chunks it touches.
 
-The order of steps makes every write all-or-nothing for a daemon killed at
-any point:
+The order of steps keeps every write all-or-nothing, as far as the map
+goes, for a daemon killed at any point (a kill inside one ``pwrite`` may
+still cut it short, as on any file):
 
 * a write that covers every chunk it touches completely, all of them still
   below, writes its data into the holes and then marks the chunks present
@@ -20,8 +21,9 @@ any point:
   than the file is capped when the map is loaded).
 
 ``fsync`` flushes the upper file and the map.  :meth:`PartialFile.complete`
-copies whatever is still below, after which the caller drops the marks and
-the map and the upper file is an ordinary file.
+copies whatever is still below (holes stay holes, times stay as they
+were), after which the caller drops the marks and the map and the upper
+file is an ordinary file.
 
 Reads and writes run on the event loop and touch at most the chunks of one
 request; completing a file runs in a thread.  A lock per file keeps the two
@@ -30,6 +32,7 @@ apart.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import os
@@ -40,7 +43,7 @@ from typing import Callable
 import trio
 
 from .chunkmap import ChunkMap, Source
-from .copyup import copy_range
+from .copyup import copy_range, data_extents
 from .inodes import InodeNumbers
 from .layer import ROOT, Layer
 from .tree import Entry, Location, read_marks
@@ -48,6 +51,8 @@ from .upper import Upper
 from .whiteout import META_DIR, XATTR, Marks
 
 _COMPLETE_STEP = 64  # chunks copied per hold of the lock while completing
+_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class PartialFile:
@@ -58,6 +63,9 @@ class PartialFile:
         self._map = chunk_map
         self._lock = threading.Lock()
         self.users = 0
+        #: set by every write and truncate (a completion keeps the times
+        #: only if nothing else changed the file meanwhile)
+        self.changed = False
 
     def close(self) -> None:
         for fd in (self.upper_fd, self._lower_fd):
@@ -86,15 +94,27 @@ class PartialFile:
             absent = self._map.absent(offset, end)
             whole = [i for i in absent if offset <= self._map.span(i)[0]
                      and self._map.span(i)[1] <= end]
+            self.changed = True
             if absent and len(whole) == len(touched):
-                written = os.pwrite(self.upper_fd, data, offset)
-                self._map.mark_present(whole)
-                return written
+                return self._write_into_holes(offset, data, whole)
             self._bring_up(absent)
             return os.pwrite(self.upper_fd, data, offset)
 
+    def _write_into_holes(self, offset: int, data: bytes, chunks: list[int]) -> int:
+        """Write whole chunks that are still below, then mark them; a short
+        write (a full disk) counts only the chunks it completed."""
+        end = offset + os.pwrite(self.upper_fd, data, offset)
+        done = [i for i in chunks if self._map.span(i)[1] <= end]
+        self._map.mark_present(done)
+        if len(done) < len(chunks):  # what the first unfinished chunk got is not there
+            end = self._map.span(chunks[len(done)])[0]
+            if end == offset:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return end - offset
+
     def truncate(self, size: int) -> None:
         with self._lock:
+            self.changed = True
             os.ftruncate(self.upper_fd, size)
             self._map.shrink(size)
 
@@ -104,18 +124,27 @@ class PartialFile:
 
     def complete(self) -> None:
         """Copy every chunk still below into the upper file, and flush it."""
+        before = os.fstat(self.upper_fd)
+        self.changed = False
         total = len(self._map.chunks(0, self._map.limit))
         for first in range(0, total, _COMPLETE_STEP):
             with self._lock:
                 self._bring_up([i for i in range(first, first + _COMPLETE_STEP)
                                 if self._map.is_absent(i)])
+        with self._lock:
+            if not self.changed:  # the copying is no change to the file
+                os.utime(self.upper_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
         os.fsync(self.upper_fd)
 
     def _bring_up(self, absent: list[int]) -> None:
         """Copy the given chunks from below and mark them present."""
         for first, last in _runs(absent):
             start, stop = self._map.span(first)[0], self._map.span(last)[1]
-            copy_range(self._lower_fd, self.upper_fd, start, stop - start)
+            # Clear what a write the daemon did not live to mark left there,
+            # then copy the data below; its holes stay holes.
+            _punch_hole(self.upper_fd, start, stop)
+            for data_start, data_stop in data_extents(self._lower_fd, start, stop):
+                copy_range(self._lower_fd, self.upper_fd, data_start, data_stop - data_start)
         self._map.mark_present(absent)
 
 
@@ -130,14 +159,26 @@ def _partial_files(top: Location) -> list[tuple[Location, Marks]]:
             if dir_path == ROOT and META_DIR in dir_names:
                 dir_names.remove(META_DIR)
             candidates += [os.path.normpath(os.path.join(dir_path, n)) for n in file_names]
-    found = []
+    found: dict[str, tuple[Location, Marks]] = {}  # a file with two names, once
     for path in candidates:
         location = Location(layer, path)
         if stat.S_ISREG(layer.lstat(path).st_mode):
             marks = read_marks(location)
             if marks.partial is not None:
-                found.append((location, marks))
-    return found
+                found.setdefault(marks.partial, (location, marks))
+    return list(found.values())
+
+
+def _punch_hole(fd: int, start: int, stop: int) -> None:
+    """Make bytes ``start`` to ``stop`` a hole (zeros where a file system
+    cannot punch one)."""
+    if _libc.fallocate(fd, _PUNCH_HOLE, ctypes.c_long(start), ctypes.c_long(stop - start)) == 0:
+        return
+    if ctypes.get_errno() != errno.EOPNOTSUPP:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    zeros = bytes(min(stop - start, 1 << 20))
+    for at in range(start, stop, len(zeros)):
+        os.pwrite(fd, zeros[:stop - at], at)
 
 
 def _runs(indexes: list[int]) -> list[tuple[int, int]]:
