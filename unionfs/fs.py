@@ -8,8 +8,11 @@ Not handled, in one place:
 * Branches must not be changed underneath the mount (overlayfs asks the
   same): the names of read-only directories are read once (``layer.py``),
   and the kernel keeps names and attributes for ``timeout`` seconds.
-* A directory renamed while a file inside it is being copied up (the copy
-  runs in a thread) may leave the copy at the old path.
+* With ``copyup=full``, a directory renamed while a file inside it is being
+  copied up (the copy runs in a thread) may leave the copy at the old path.
+* No writeback cache: with it the kernel would turn write-only opens into
+  read-write ones and send writes late, past the per-write ordering that
+  partial copies rely on for crash safety.
 * ``access`` is never called: the mount always uses ``default_permissions``,
   so the kernel checks permissions itself from the attributes given here.
 * ``fallocate``, ``lseek`` (SEEK_DATA/SEEK_HOLE), ``copy_file_range``,
