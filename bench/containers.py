@@ -26,8 +26,9 @@ MEMORY = "memory per container"
 def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print) -> list[Result]:
     rootfs = images.build_busybox()
     progress(f"{START} on pycontainer")
-    results = [_time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "busybox",
-                                                       "true"], runs, warmups)]
+    # No network on either side: runc's bundle has an empty namespace too.
+    results = [_time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "--network",
+                                                       "none", "busybox", "true"], runs, warmups)]
     bundle = None
     for runtime in ("runc", "crun"):  # the same OCI bundle serves both
         progress(f"{START} on {runtime}")
@@ -74,7 +75,8 @@ def _memory(count: int) -> Result:
     names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(count)]
     try:
         for name in names:
-            subprocess.run([PYCONTAINER, "run", "-d", "--name", name, "busybox", "sleep", "600"],
+            subprocess.run([PYCONTAINER, "run", "-d", "--network", "none", "--name", name,
+                            "busybox", "sleep", "600"],
                            capture_output=True, check=True)
         time.sleep(1)
         for name in names:

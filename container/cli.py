@@ -18,7 +18,7 @@ import time
 
 import click
 
-from . import cgroups, images, runtime, spec as specs
+from . import bridge, cgroups, images, networks, ports, runtime, spec as specs
 from .cgroups import CgroupError
 
 
@@ -31,7 +31,8 @@ def _fail_cleanly(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (specs.SpecError, images.ImageError, runtime.ContainerError, CgroupError) as exc:
+        except (specs.SpecError, images.ImageError, runtime.ContainerError, CgroupError,
+                networks.NetworkError, ports.PortError) as exc:
             raise _Failure(str(exc)) from None
     wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
     return wrapper
@@ -71,14 +72,19 @@ def image(name: str) -> None:
 @click.option("--cpu-shares")
 @click.option("--cpuset-cpus")
 @click.option("--pids-limit")
-@click.option("--network", "--net", default="none", metavar="none|host",
-              help="none: loopback only (the default); host: the host's network.")
+@click.option("--network", "--net", default="bridge", metavar="NETWORK",
+              help="bridge (the default), a network made with 'network create', "
+                   "none (loopback only) or host (the host's network).")
+@click.option("--ip", help="The container's address on its network.")
+@click.option("--dns", multiple=True, metavar="ADDRESS", help="A name server (repeatable).")
+@click.option("-p", "--publish", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
+              help="Publish a container's port on the host's 127.0.0.1.")
 @click.option("--security-opt", "security_opts", multiple=True,
               help="seccomp=unconfined turns the seccomp filter off.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
         detach, interactive, tty, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
-        pids_limit, network, security_opts) -> None:
+        pids_limit, network, ip, dns, publish, security_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
         command = ("/bin/sh",)
@@ -93,6 +99,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         cpuset_cpus=specs.parse_cpuset(cpuset_cpus) if cpuset_cpus else None,
         pids=specs.parse_pids_limit(pids_limit) if pids_limit else None,
     )
+    published = tuple(ports.parse_publish(p) for p in publish)
     environment = [pair for path in env_file for pair in specs.read_env_file(path)]
     environment += [specs.parse_env(item) for item in env]
     spec = specs.ContainerSpec(
@@ -102,7 +109,8 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         mounts=tuple(specs.parse_volume(v) for v in volumes), read_only=read_only,
         limits=limits, interactive=interactive, tty=tty,
         seccomp=specs.parse_security_opts(security_opts),
-        network=specs.check_network(network),
+        network=specs.check_network(network, ip, published),
+        ip=ip, dns=tuple(specs.parse_dns(d) for d in dns), publish=published,
     )
     sys.exit(runtime.run(spec, detach=detach, remove=remove))
 
@@ -251,6 +259,40 @@ def inspect(name: str) -> None:
     """A container's state as JSON."""
     state = runtime.State.load(name)
     click.echo(json.dumps({**vars(state), "status": state.shown_status}, indent=2))
+
+
+@cli.group()
+def network() -> None:
+    """Make, list and remove container networks."""
+
+
+@network.command("create")
+@click.argument("name")
+@click.option("--subnet", required=True, metavar="CIDR", help="A private IPv4 range.")
+@_fail_cleanly
+def network_create(name: str, subnet: str) -> None:
+    """Make a network; its bridge is made when a container first joins."""
+    print(networks.create(name, subnet).name)
+
+
+@network.command("ls")
+@_fail_cleanly
+def network_ls() -> None:
+    """List the networks."""
+    print(f"{'NAME':<20} {'SUBNET':<18} {'BRIDGE':<13} CONTAINERS")
+    for found in networks.all_networks():
+        print(f"{found.name:<20} {found.subnet:<18} {found.bridge:<13} "
+              f"{len(networks.holders(found))}")
+
+
+@network.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@_fail_cleanly
+def network_rm(names: tuple[str, ...]) -> None:
+    """Remove networks no container uses, with their bridges."""
+    for name in names:
+        bridge.remove_bridge(networks.remove(name))
+        print(name)
 
 
 def _running(name: str) -> runtime.State:

@@ -2,11 +2,14 @@
 
 ``run`` is the supervisor: it mounts the container's union (the daemon is
 its child, outside the container's namespaces and cgroups), makes the
-cgroup, starts the container, forwards signals to it, waits, and cleans
-up whatever way the container ended.  The processes:
+cgroup, leases the container's address and relays its published ports
+(``networking.py``, ``ports.py``), starts the container, wires its network
+namespace once it exists, forwards signals to it, waits, and cleans up
+whatever way the container ended.  The processes:
 
     supervisor (pycontainer run)  -- the union daemon (pyunion)
-      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, forks G,
+      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, waits
+           while the supervisor gives its network namespace eth0, forks G,
            leaves the cgroup again, and waits for G
            └─ G: PID 1 in the container (init.py)
                 └─ the command
@@ -24,17 +27,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from unionfs import daemon as union_daemon
 from unionfs import options as union_options
 
-from . import cgroups, images, init, security, terminal
+from . import cgroups, images, init, networking, networks, ports, security, terminal
 from . import syscalls as sc
+from .networking import Attachment
 from .spec import ContainerSpec
 from .terminal import Console
 
@@ -61,6 +67,7 @@ class State:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     log: str | None = None
     spec: dict = field(default_factory=dict)  # the ContainerSpec, for exec
+    network: dict = field(default_factory=dict)  # its Attachment, on a network
 
     @property
     def state_dir(self) -> str:
@@ -164,10 +171,39 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
         group.apply(spec.limits)
     except (cgroups.CgroupError, OSError) as exc:
         raise ContainerError(f"cannot apply limits: {exc}") from None
-    etc_dir = _write_etc_files(state, spec)
+    attachment = _join_network(spec, state)
+    proxy = ports.PortProxy(spec.publish, attachment.address) if spec.publish else None
+    try:
+        return _run_container(spec, state, group, attachment)
+    finally:
+        if proxy is not None:
+            proxy.close()
+
+
+def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
+    if spec.network in networks.SPECIAL:
+        return None
+    try:
+        attachment = networking.join(spec.network, state.name, spec.ip)
+    except networks.NetworkError as exc:
+        raise ContainerError(str(exc)) from None
+    state.network = asdict(attachment)
+    state.save()
+    return attachment
+
+
+def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachment | None) -> int:
+    etc_dir = _write_etc_files(state, spec, attachment)
     errors_r, errors_w = os.pipe()
     console = Console() if spec.tty else None
-    child, init_pid = _start(spec, state, group, etc_dir, errors_w, console)
+
+    def wire(pid: int) -> None:
+        networking.wire(attachment, pid)
+        state.network = asdict(attachment)
+        state.save()
+
+    child, init_pid = _start(spec, state, group, etc_dir, errors_w, console,
+                             wire if attachment else None)
     os.close(errors_w)
     state.init_pid, state.status = init_pid, "running"
     state.save()
@@ -194,33 +230,51 @@ def _wait(child: int, errors_r: int, console: Console | None) -> int:
 
 
 def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int,
-           console: Console | None):
-    """Fork C, put it in the cgroup, and get the PID of the container's init."""
+           console: Console | None, wire: Callable[[int], None] | None):
+    """Fork C, put it in the cgroup, give its network namespace its
+    interfaces (``wire``), and get the PID of the container's init."""
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
+    unshared_r, unshared_w = os.pipe()
     child = os.fork()
     if child == 0:  # C
         with _helper_process(spec, errors_w, "container start"):
             os.close(go_w)
             os.close(pid_r)
+            os.close(unshared_r)
             os.read(go_r, 1)  # in the cgroup now
-            os.close(go_r)
-            own_network = sc.CLONE_NEWNET if spec.network == "none" else 0
+            own_network = sc.CLONE_NEWNET if spec.network != "host" else 0
             sc.unshare(_NAMESPACES | own_network)
+            os.write(unshared_w, b"1")
+            os.close(unshared_w)
+            if os.read(go_r, 1) != b"1":  # the network is wired, or failed
+                os._exit(init.RUNTIME_ERROR)
+            os.close(go_r)
+            # Opened before the container's init changes the mount namespace
+            # it shares with this process.
+            release = group.releaser()
             pid1 = os.fork()
             if pid1 == 0:
                 os.close(pid_w)
                 init.run(spec, state.rootfs, etc_dir, errors_w,
                          console.theirs if console else None)
-            group.release(os.getpid())  # only the container is charged
+            release(os.getpid())  # only the container is charged
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
             _exit_as(pid1)
     os.close(go_r)
     os.close(pid_w)
-    group.add(child)
-    os.write(go_w, b"1")
-    os.close(go_w)
+    os.close(unshared_w)
+    try:
+        group.add(child)
+        os.write(go_w, b"1")
+        os.read(unshared_r, 1)
+        if wire is not None:
+            wire(child)
+        os.write(go_w, b"1")
+    finally:
+        os.close(go_w)
+        os.close(unshared_r)
     with os.fdopen(pid_r) as answer:
         text = answer.read()
     return child, int(text) if text else None
@@ -284,15 +338,17 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _write_etc_files(state: State, spec: ContainerSpec) -> str:
+def _write_etc_files(state: State, spec: ContainerSpec, attachment: Attachment | None) -> str:
     """The container's own /etc/hostname, hosts and resolv.conf."""
     etc_dir = os.path.join(state.state_dir, "etc")
     os.makedirs(etc_dir)
+    own_address = attachment.address if attachment else "127.0.1.1"
+    servers = "".join(f"nameserver {server}\n" for server in spec.dns)
     files = {
         "hostname": f"{spec.hostname}\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 f"127.0.1.1\t{spec.hostname} {spec.name}\n",
-        "resolv.conf": _host_resolv_conf(),
+                 f"{own_address}\t{spec.hostname} {spec.name}\n",
+        "resolv.conf": servers or _host_resolv_conf(),
     }
     for name, text in files.items():
         with open(os.path.join(etc_dir, name), "w") as f:
@@ -301,11 +357,14 @@ def _write_etc_files(state: State, spec: ContainerSpec) -> str:
 
 
 def _host_resolv_conf() -> str:
+    """The host's, less name servers on its loopback, which a container
+    with a network of its own cannot reach (as docker does)."""
     try:
         with open("/etc/resolv.conf") as f:
-            return f.read()
+            lines = f.read().splitlines(keepends=True)
     except OSError:
         return ""
+    return "".join(line for line in lines if not re.match(r"\s*nameserver\s+(127\.|::1)", line))
 
 
 def _detach(log: str) -> bool:
@@ -325,6 +384,9 @@ def _detach(log: str) -> bool:
 
 def cleanup(state: State, remove: bool) -> None:
     """Undo everything a container made, whatever state it was left in."""
+    if state.network:
+        networking.leave(Attachment.from_dict(state.network))
+        state.network = {}
     if state.cgroup_paths:
         cgroups.reopen(state.cgroup_paths).remove()
         state.cgroup_paths = {}

@@ -7,9 +7,12 @@ the option and the bad value; nothing here touches the system.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+
+from .ports import Published
 
 MIN_MEMORY = 6 * 1024 * 1024  # docker's floor: below it a container cannot start
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -63,7 +66,10 @@ class ContainerSpec:
     tty: bool = False
     interactive: bool = False
     seccomp: bool = True
-    network: str = "none"              # "none" (loopback only) or "host"
+    network: str = "bridge"            # none (loopback only), host, or a network's name
+    ip: str | None = None              # the address wanted on the network
+    dns: tuple[str, ...] = ()          # name servers; the host's when empty
+    publish: tuple[Published, ...] = ()
 
 
 def spec_from_dict(data: dict) -> ContainerSpec:
@@ -75,6 +81,8 @@ def spec_from_dict(data: dict) -> ContainerSpec:
         "user": User(**data["user"]),
         "mounts": tuple(BindMount(**m) for m in data["mounts"]),
         "limits": Limits(**data["limits"]),
+        "dns": tuple(data["dns"]),
+        "publish": tuple(Published(**p) for p in data["publish"]),
     })
 
 
@@ -202,13 +210,21 @@ def parse_security_opts(options) -> bool:
     return seccomp
 
 
-NETWORKS = ("none", "host")
-
-
-def check_network(network: str) -> str:
-    if network not in NETWORKS:
-        raise SpecError(f"--network: {network!r} is not one of {', '.join(NETWORKS)}")
+def check_network(network: str, ip: str | None, publish: tuple[Published, ...]) -> str:
+    """``none``, ``host`` or a network's name (the runtime finds it);
+    ``--ip`` and ``-p`` need a network of containers."""
+    if not _NAME.match(network):
+        raise SpecError(f"--network: bad network name {network!r}")
+    if network in ("none", "host") and (ip or publish):
+        raise SpecError(f"{'--ip' if ip else '-p'} needs a network, not --network {network}")
     return network
+
+
+def parse_dns(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise SpecError(f"--dns: {text!r} is not an IP address") from None
 
 
 def check_name(name: str) -> str:

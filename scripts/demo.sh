@@ -41,5 +41,5 @@ echo "== unmounted"
 pycontainer=$PWD/.venv/bin/pycontainer
 echo "== pycontainer image busybox"
 "$pycontainer" image busybox
-echo "== pycontainer run --rm busybox sh -c 'echo hello from \$(hostname); ps'"
-"$pycontainer" run --rm --hostname demo busybox sh -c 'echo hello from $(hostname); ps'
+echo "== pycontainer run --rm busybox sh -c 'echo hello from \$(hostname); ps; ip -4 addr show eth0'"
+"$pycontainer" run --rm --hostname demo busybox sh -c 'echo hello from $(hostname); ps; ip -4 addr show eth0'

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pyroute2 import IPRoute
+
 from helpers import force_unmount, mounted, process_gone, pyunion, snapshot, wait_for
-from container import images
+from container import images, networks
 from unionfs import daemon
 
 
@@ -103,7 +105,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 # -- containers ---------------------------------------------------------------
 
-PYCONTAINER = str(Path(sys.executable).parent / "pycontainer")
+#: Containers run in a network namespace of their own that stands in for
+#: the host, so no test touches the machine's own network: their bridges,
+#: veths and published ports live there.  It is held by a sleeping process
+#: (no mount needed) and goes with it at the end.  Both commands are filled
+#: in, in place, by the ``stand_in_host`` fixture.
+IN_TEST_HOST: list[str] = []
+PYCONTAINER: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -111,21 +119,44 @@ def image_root():
     return Path(images.build_busybox())
 
 
+@pytest.fixture(scope="session")
+def stand_in_host():
+    """The stand-in host's network namespace, with its loopback up."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    try:
+        path = f"/proc/{holder.pid}/ns/net"
+        assert wait_for(lambda: os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino)
+        with IPRoute(netns=path) as ip:
+            ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+        IN_TEST_HOST[:] = ["nsenter", f"--net={path}"]
+        PYCONTAINER[:] = [*IN_TEST_HOST, str(Path(sys.executable).parent / "pycontainer")]
+        yield path
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def stand_in_host_links() -> list[str]:
+    with IPRoute(netns=IN_TEST_HOST[1].removeprefix("--net=")) as ip:
+        return sorted(link.get_attr("IFLA_IFNAME") for link in ip.get_links())
+
+
 def leftovers():
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if "pycontainer-" in line]
     groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
-    return mounts, groups
+    leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*")]
+    return mounts, groups, leases, [n for n in stand_in_host_links() if n != "lo"]
 
 
 @pytest.fixture
-def pyc(image_root):
+def pyc(image_root, stand_in_host):
     """Run the CLI; every container a test names is removed after it."""
     names = []
     image_before = snapshot(image_root)
 
     def run(*args, check=False, timeout=60, **kwargs):
-        return subprocess.run([PYCONTAINER, *args], capture_output=True, text=True,
+        return subprocess.run([*PYCONTAINER, *args], capture_output=True, text=True,
                               timeout=timeout, check=check, **kwargs)
 
     def name():
@@ -133,8 +164,9 @@ def pyc(image_root):
         return names[-1]
 
     run.name = name
+    run.names = names
     yield run
     for n in names:
         run("rm", "-f", n)
-    assert leftovers() == ([], [])
+    assert leftovers() == ([], [], [], [])
     assert snapshot(image_root) == image_before, "the image changed"

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from container import spec as s
+from container.ports import PortError, Published, parse_publish
 
 
 @pytest.mark.parametrize("text, size", [
@@ -92,3 +93,32 @@ def test_default_env_is_dockers():
     env = dict(s.default_env("box", tty=True))
     assert env["HOSTNAME"] == "box" and env["HOME"] == "/root" and env["TERM"] == "xterm"
     assert "/bin" in env["PATH"].split(os.pathsep)
+
+
+def test_network_options():
+    assert s.check_network("bridge", "10.0.0.5", ()) == "bridge"
+    assert s.check_network("host", None, ()) == "host"
+    with pytest.raises(s.SpecError, match="--ip needs a network, not --network none"):
+        s.check_network("none", "10.0.0.5", ())
+    with pytest.raises(s.SpecError, match="-p needs a network, not --network host"):
+        s.check_network("host", None, (parse_publish("80:80"),))
+    with pytest.raises(s.SpecError, match="bad network name"):
+        s.check_network("no/such", None, ())
+    assert s.parse_dns("10.0.0.53") == "10.0.0.53"
+    with pytest.raises(s.SpecError, match="not an IP address"):
+        s.parse_dns("resolver")
+
+
+@pytest.mark.parametrize("text, published", [
+    ("8080:80", Published(8080, 80, "tcp")),
+    ("53:5353/udp", Published(53, 5353, "udp")),
+    ("1:65535/tcp", Published(1, 65535, "tcp")),
+])
+def test_publish_parses(text, published):
+    assert parse_publish(text) == published
+
+
+@pytest.mark.parametrize("text", ["80", "a:b", "0:80", "80:70000", "80:80/sctp", ":80"])
+def test_bad_publish_is_refused(text):
+    with pytest.raises(PortError, match="^-p: "):
+        parse_publish(text)

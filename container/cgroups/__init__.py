@@ -7,7 +7,7 @@ container ends.  On a hybrid host (v1 controllers plus a v2 ``unified``
 mount, as this project's machines are) the v1 driver is used; on a pure v2
 host, the v2 one.
 
-A driver offers ``add(pid)``, ``release(pid)``, ``apply(limits)``, ``stats()``, ``pids()``,
+A driver offers ``add(pid)``, ``releaser()``, ``apply(limits)``, ``stats()``, ``pids()``,
 ``kill_all()``, ``remove()`` and ``paths`` (what to record so a later
 command can find it again, see :func:`reopen`).
 """
@@ -75,6 +75,20 @@ def read_keyed(path: str) -> dict[str, int]:
             return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
     except FileNotFoundError:
         return {}
+
+
+def procs_writer(paths: list[str]):
+    """Open the ``cgroup.procs`` files ``paths`` now; the function returned
+    moves a pid into them later, even from a process whose mount namespace
+    no longer shows them."""
+    fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in paths]
+
+    def move(pid: int) -> None:
+        for fd in fds:
+            os.write(fd, str(pid).encode())
+            os.close(fd)
+
+    return move
 
 
 def write(path: str, value) -> None:

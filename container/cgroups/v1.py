@@ -11,8 +11,8 @@ import os
 import signal
 import time
 
-from . import (PARENT, CgroupError, Stats, own_paths, read_int, read_keyed, rmdir_patiently,
-               write)
+from . import (PARENT, CgroupError, Stats, own_paths, procs_writer, read_int, read_keyed,
+               rmdir_patiently, write)
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
 CFS_PERIOD_US = 100_000
@@ -56,10 +56,10 @@ class CgroupV1:
         for path in self.paths.values():
             write(os.path.join(path, "cgroup.procs"), pid)
 
-    def release(self, pid: int) -> None:
-        """Move ``pid`` back to the cgroup pycontainer runs in."""
-        for path in self.paths.values():
-            write(os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs"), pid)
+    def releaser(self):
+        """What moves a pid back to the cgroup pycontainer runs in."""
+        return procs_writer([os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs")
+                             for path in self.paths.values()])
 
     def apply(self, limits) -> None:
         memory, cpu, cpuset, pids = (self.paths.get(c) for c in ("memory", "cpu", "cpuset", "pids"))

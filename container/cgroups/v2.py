@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 
-from . import (PARENT, ROOT, CgroupError, Stats, own_paths, read_int, read_keyed,
+from . import (PARENT, ROOT, CgroupError, Stats, own_paths, procs_writer, read_int, read_keyed,
                rmdir_patiently, write)
 
 CPU_PERIOD_US = 100_000
@@ -55,9 +55,10 @@ class CgroupV2:
     def add(self, pid: int) -> None:
         write(f"{self.path}/cgroup.procs", pid)
 
-    def release(self, pid: int) -> None:
-        """Move ``pid`` back to the cgroup pycontainer runs in."""
-        write(os.path.join(os.path.dirname(os.path.dirname(self.path)), "cgroup.procs"), pid)
+    def releaser(self):
+        """What moves a pid back to the cgroup pycontainer runs in."""
+        return procs_writer([os.path.join(os.path.dirname(os.path.dirname(self.path)),
+                                          "cgroup.procs")])
 
     def apply(self, limits) -> None:
         for name, value in limit_files(limits).items():
