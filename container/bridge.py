@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import secrets
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -35,6 +37,14 @@ def ensure_bridge(network: Network) -> None:
         ip.link("set", index=index, state="up")
     with open(f"/proc/sys/net/ipv4/conf/{network.bridge}/forwarding", "w") as f:
         f.write("0")
+
+
+def host_routes() -> list[ipaddress.IPv4Network]:
+    """The host's IPv4 routes to networks (not its default route)."""
+    with IPRoute() as ip:
+        return [ipaddress.IPv4Network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}")
+                for route in ip.get_routes(family=socket.AF_INET, table=254)
+                if route["dst_len"] and route.get_attr("RTA_DST")]
 
 
 def remove_bridge(network: Network) -> None:

@@ -272,6 +272,10 @@ def network() -> None:
 @_fail_cleanly
 def network_create(name: str, subnet: str) -> None:
     """Make a network; its bridge is made when a container first joins."""
+    net = networks.parse_subnet(subnet)
+    for route in bridge.host_routes():
+        if route.overlaps(net):
+            raise _Failure(f"subnet {net} overlaps the host's route to {route}")
     print(networks.create(name, subnet).name)
 
 

@@ -136,8 +136,12 @@ def stand_in_host():
         holder.wait()
 
 
+def stand_in_netns() -> str:
+    return IN_TEST_HOST[1].removeprefix("--net=")
+
+
 def stand_in_host_links() -> list[str]:
-    with IPRoute(netns=IN_TEST_HOST[1].removeprefix("--net=")) as ip:
+    with IPRoute(netns=stand_in_netns()) as ip:
         return sorted(link.get_attr("IFLA_IFNAME") for link in ip.get_links())
 
 

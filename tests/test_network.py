@@ -11,10 +11,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pyroute2 import IPRoute
 
-from conftest import IN_TEST_HOST, PYCONTAINER
+from conftest import IN_TEST_HOST, PYCONTAINER, stand_in_netns
 from container.ports import PortProxy, Published
-from helpers import wait_for
 
 DEFAULT_SUBNET = ipaddress.IPv4Network("10.213.0.0/24")
 ECHO_SERVER = ("nc", "-ll", "-p", "5000", "-e", "/bin/cat")
@@ -201,3 +201,18 @@ def test_an_address_in_use_is_refused(pyc):
     _, server = start_echo_server(pyc)
     done = pyc("run", "--rm", "--ip", server, "busybox", "true")
     assert done.returncode == 125 and f"address {server} is in use" in done.stderr
+
+
+def test_a_subnet_the_host_routes_already_is_refused(pyc):
+    with IPRoute(netns=stand_in_netns()) as ip:
+        ip.link("add", ifname="elsewhere", kind="bridge")
+        index = ip.link_lookup(ifname="elsewhere")[0]
+        try:
+            ip.addr("add", index=index, address="10.216.0.1", prefixlen=24)
+            ip.link("set", index=index, state="up")
+            done = pyc("network", "create", "x2", "--subnet", "10.216.0.0/16")
+        finally:
+            ip.link("del", index=index)
+    assert done.returncode == 125
+    assert done.stderr.strip() == ("Error: subnet 10.216.0.0/16 overlaps the host's route to "
+                                   "10.216.0.0/24")
