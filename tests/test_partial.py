@@ -1013,3 +1013,29 @@ def test_copyup_bogus_is_refused(tmp_path):
     assert "copyup" in done.stderr
     assert not mounted(mnt)
     assert os.listdir(up) == []
+
+
+def test_a_read_past_the_limit_inside_its_chunk_reads_zeros(tmp_path, unions):
+    """Extended without a write, the tail of the limit's chunk is a hole."""
+    low = build(tmp_path / "low", {})
+    data = random.Random(9).randbytes(70_000)
+    (low / "f").write_bytes(data)
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    os.truncate(mnt / "f", 200_000)  # a partial copy; no chunk brought up
+    fd = os.open(mnt / "f", os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.pread(fd, 4096, 73_728) == bytes(4096)
+    finally:
+        os.close(fd)
+    assert read_direct(mnt / "f") == data + bytes(130_000)
+
+
+def test_flatten_refuses_a_path_outside_the_mount(tmp_path, unions):
+    mnt, up, low, expected = partial_tree(tmp_path, unions)
+    outside = build(tmp_path / "outside", {"f": "x"})
+    for path in (str(outside), "../outside"):
+        assert_one_line_error(flatten(mnt, path))
+        assert "not inside" in flatten(mnt, path).stderr
+    assert os.listxattr(outside) == []
+

@@ -25,6 +25,7 @@ below; a 1-byte write copies 64 KiB (tens of microseconds); and the map of a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -86,19 +87,19 @@ class ChunkMap:
             raw = os.pread(fd, os.fstat(fd).st_size, 0)
             magic, header_len, limit = _FIXED.unpack_from(raw)
             if magic != _MAGIC:
-                raise ChunkMapError(f"chunk map {map_id} is not one")
+                raise ChunkMapError(errno.EIO, f"chunk map {map_id} is not one")
             bitmap_at = _FIXED.size + header_len
             header = json.loads(raw[_FIXED.size:bitmap_at])
-        except (struct.error, ValueError) as exc:
+            chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
+                            bytearray(raw[bitmap_at:]), bitmap_at)
+            # Recorded, so that a later extension cannot bring the data back.
+            chunk_map.shrink(file_size)
+        except (struct.error, ValueError, KeyError, TypeError) as exc:
             os.close(fd)
-            raise ChunkMapError(f"chunk map {map_id} is damaged: {exc}") from None
+            raise ChunkMapError(errno.EIO, f"chunk map {map_id} is damaged: {exc!r}") from None
         except BaseException:
             os.close(fd)
             raise
-        chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
-                        bytearray(raw[bitmap_at:]), bitmap_at)
-        # Recorded, so that a later extension cannot bring the data back.
-        chunk_map.shrink(file_size)
         return chunk_map
 
     @staticmethod
@@ -129,9 +130,6 @@ class ChunkMap:
 
     def absent(self, start: int, end: int) -> list[int]:
         return [i for i in self.chunks(start, end) if self.is_absent(i)]
-
-    def any_absent(self) -> bool:
-        return any(self.is_absent(i) for i in self.chunks(0, self.limit))
 
     def mark_present(self, indexes: list[int]) -> None:
         """Record the chunks as in the upper file: one write to the map."""

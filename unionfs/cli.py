@@ -86,7 +86,9 @@ def flatten(mountpoint: str, path: str | None) -> None:
     mnt = os.path.realpath(mountpoint)
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
-    target = os.path.join(mnt, path) if path else mnt
+    target = os.path.realpath(os.path.join(mnt, path)) if path else mnt
+    if os.path.commonpath([mnt, target]) != mnt:
+        raise click.ClickException(f"{path} is not inside {mnt}")
     try:
         os.setxattr(target, FLATTEN_XATTR, b"", follow_symlinks=False)
     except OSError as exc:

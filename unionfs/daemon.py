@@ -25,7 +25,8 @@ import pyfuse3
 import trio
 
 from . import mounts
-from .fs import PageCache, UnionOperations
+from .fs import UnionOperations
+from .handles import PageCache
 from .layer import Layer
 from .options import MountConfig
 from .upper import Upper
@@ -146,12 +147,11 @@ async def _stop_on_signal() -> None:
 
 def _widen_readahead(mountpoint: str) -> None:
     """Set the mount's readahead (root only; others keep the default)."""
-    found = mounts.find(mountpoint)
-    if found is None:
-        return
     with contextlib.suppress(OSError):
-        with open(f"/sys/class/bdi/{found.device}/read_ahead_kb", "w") as f:
-            f.write(str(READAHEAD_KB))
+        found = mounts.find(mountpoint)
+        if found is not None:
+            with open(f"/sys/class/bdi/{found.device}/read_ahead_kb", "w") as f:
+                f.write(str(READAHEAD_KB))
 
 
 class _ReadyPipe:

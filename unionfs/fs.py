@@ -23,7 +23,6 @@ Not handled, in one place:
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import functools
 import itertools
@@ -35,13 +34,14 @@ from typing import Callable
 
 import pyfuse3
 import trio
-from pyfuse3 import EntryAttributes, FileInfo, FUSEError
+from pyfuse3 import EntryAttributes, FUSEError
 
 from .changes import Changes
+from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache
 from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
 from .index import Index
 from .layer import ROOT, Layer
-from .partial import PartialFile, PartialFiles
+from .partial import PartialFiles
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import FLATTEN_XATTR, PREFIX, is_private_xattr, is_reserved
@@ -52,23 +52,6 @@ _STAT_FIELDS = (
     "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
-# What an open passes on to the real file: the kernel itself handles
-# O_APPEND (it sends the right offset) and O_CREAT/O_EXCL (via create).
-_OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
-
-
-@dataclass
-class _OpenFile:
-    """What an open file handle (a real descriptor) stands for."""
-
-    node: Node
-    #: set while the file is partially copied up: its data comes from here
-    partial: PartialFile | None = None
-    sync: bool = False
-    #: its data is all in a read-only branch (not copied up, even partly)
-    lower_only: bool = False
-
-
 @dataclass
 class _Listing:
     """An open directory: the names it had at opendir, in a fixed order.
@@ -79,24 +62,6 @@ class _Listing:
     ino: int
     entry: Entry
     names: list[tuple[str, Location | int]]
-
-
-class PageCache(enum.Enum):
-    """What the kernel keeps of a lower file read through the mount.
-
-    Reading it also fills the lower file's own cache, which every mount of
-    that branch shares; the mount's copy comes on top, once per mount.
-    """
-
-    KEEP = "keep"  #: the mount's copy stays: fastest re-reads, one copy per mount
-    DROP = "drop"  #: dropped at the last close: only the shared copy stays
-    DIRECT = "direct"  #: never made (direct I/O); MAP_SHARED maps fail with ENODEV
-
-
-async def _drop_cached_pages(ino: int) -> None:
-    """Off the loop: the kernel may wait for requests the loop must answer."""
-    with contextlib.suppress(OSError):
-        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
 
 
 def _fuse_errors(method):
@@ -130,7 +95,6 @@ class UnionOperations(pyfuse3.Operations):
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP):
         super().__init__()
         self.timeout = timeout
-        self.pagecache = pagecache
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
         index = Index(upper.layer, self.numbers) if upper else None
@@ -141,9 +105,9 @@ class UnionOperations(pyfuse3.Operations):
         if self._changes:
             self._changes.on_dir_copied = self.inodes.new_epoch
         self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
+        self._open_files = OpenFiles(self._partials, pagecache)
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
-        self._files: dict[int, _OpenFile] = {}
         self._locks: dict[int, trio.Lock] = {}
         #: run once the kernel has been answered its INIT
         self.after_init: Callable[[], None] = lambda: None
@@ -182,7 +146,7 @@ class UnionOperations(pyfuse3.Operations):
         entry = await self._copied_up(node, with_data=not truncating)
         layer, path = entry.top
         if fields.update_size:
-            self._truncate(entry, fh, attr.st_size)
+            self._open_files.truncate(entry, fh, attr.st_size)
         if fields.update_uid or fields.update_gid:
             os.chown(path, attr.st_uid if fields.update_uid else -1,
                      attr.st_gid if fields.update_gid else -1, dir_fd=layer.fd,
@@ -191,6 +155,8 @@ class UnionOperations(pyfuse3.Operations):
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
             os.chmod(path, stat.S_IMODE(attr.st_mode), dir_fd=layer.fd)
         if fields.update_atime or fields.update_mtime:
+            if entry.marks.partial is not None:
+                self._partials.times_set(entry.marks.partial)
             times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
                      attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
             os.utime(path, ns=times, dir_fd=layer.fd, follow_symlinks=False)
@@ -256,15 +222,15 @@ class UnionOperations(pyfuse3.Operations):
                                       dst[0] if dst else None, flags)
         moved = (old_parent_inode, old_name), (new_parent_inode, new_name)
         self._relink(src_ino, *moved)
-        copied_up = [(src_ino, src[0])]
+        renamed = [src_ino]
         if dst is not None:
             if flags & pyfuse3.RENAME_EXCHANGE:
                 self._relink(dst_ino, *reversed(moved))
-                copied_up.append((dst_ino, dst[0]))
+                renamed.append(dst_ino)
             elif (node := self.inodes.find(dst_ino)) is not None:
                 self.inodes.unlink(node, new_parent_inode, new_name)
-        for ino, before in copied_up:  # open handles read the copy from now on
-            if not before.in_upper and (node := self.inodes.find(ino)) and node.fds:
+        for ino in renamed:  # a rename copies up: open files follow
+            if (node := self.inodes.find(ino)) is not None and node.fds:
                 self._moved_up(node, self._entry(node))
         if any(stat.S_ISDIR(st.st_mode) for _, st in filter(None, (src, dst))):
             self.inodes.new_epoch()
@@ -278,62 +244,34 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
         else:
             entry = self._entry(node)
-        partial = entry.marks.partial is not None
-        kept = flags & _OPEN_FLAGS_KEPT
-        fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
-        handle = self._file_handle(node, fd, entry, flags)
-        if partial and flags & os.O_TRUNC:
-            self._files[fd].partial.truncate(0)
-        return handle
+        return self._open_files.open(node, entry, flags)
 
     @_fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent, name = self._new_name(parent_inode, name)
-        fd, entry = self._writer.create(parent, name, mode, flags & _OPEN_FLAGS_KEPT,
+        fd, entry = self._writer.create(parent, name, mode, flags & OPEN_FLAGS_KEPT,
                                         ctx.uid, ctx.gid)
         attrs = self._remember_new(parent_inode, name, entry)
-        return self._file_handle(self.inodes[attrs.st_ino], fd, entry, flags), attrs
+        return self._open_files.adopt(self.inodes[attrs.st_ino], fd, entry, flags), attrs
 
     @_fuse_errors
     async def read(self, fh, off, size):
-        """In a thread: a read may wait for the disk.  (Writes land in the
-        page cache and stay on the loop, where they run fastest.)"""
-        partial = self._files[fh].partial
-        if partial:
-            return await trio.to_thread.run_sync(partial.read, off, size)
-        return await trio.to_thread.run_sync(os.pread, fh, size, off)
+        return await self._open_files.read(fh, off, size)
 
     @_fuse_errors
     async def write(self, fh, off, buf):
-        open_file = self._files[fh]
-        if open_file.partial is None:
-            return os.pwrite(fh, buf, off)
-        written = open_file.partial.write(off, buf)
-        if open_file.sync:
-            open_file.partial.fsync(datasync=True)
-        return written
+        return self._open_files.write(fh, off, buf)
 
     async def flush(self, fh):
         pass  # writes go straight to the branch; nothing is buffered here
 
     @_fuse_errors
     async def fsync(self, fh, datasync):
-        partial = self._files[fh].partial
-        if partial is not None:
-            partial.fsync(datasync)
-        else:
-            (os.fdatasync if datasync else os.fsync)(fh)
+        self._open_files.fsync(fh, datasync)
 
     @_fuse_errors
     async def release(self, fh):
-        open_file = self._files.pop(fh)
-        open_file.node.fds.discard(fh)
-        if open_file.partial is not None:
-            self._partials.release(open_file.partial)
-        os.close(fh)
-        if (self.pagecache is PageCache.DROP and open_file.lower_only
-                and not open_file.node.fds):
-            trio.lowlevel.spawn_system_task(_drop_cached_pages, open_file.node.ino)
+        self._open_files.release(fh)
 
     # -- directories -----------------------------------------------------
 
@@ -501,36 +439,9 @@ class UnionOperations(pyfuse3.Operations):
             return entry
 
     def _moved_up(self, node: Node, entry: Entry) -> None:
-        """After a copy-up: cache the new entry, and let descriptors already
-        open on the lower file read the upper one from now on."""
+        """After a copy-up: cache the new entry; open files follow it."""
         self.inodes.cache_entry(node, entry)
-        for fd in node.fds:
-            open_file = self._files[fd]
-            if entry.marks.partial is not None:
-                # Reads go through the partial file from now on; one in
-                # flight keeps its lower descriptor and the old data.
-                if open_file.partial is None:
-                    open_file.partial = self._partials.acquire(entry.top, entry.marks)
-                continue
-            new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
-            os.dup2(new, fd)
-            os.close(new)
-
-    def _truncate(self, entry: Entry, fh: int | None, size: int) -> None:
-        if entry.marks.partial is not None:
-            partial = self._partials.acquire(entry.top, entry.marks)
-            try:
-                partial.truncate(size)
-            finally:
-                self._partials.release(partial)
-        elif fh is not None:
-            os.ftruncate(fh, size)
-        else:
-            fd = entry.top.layer.open(entry.top.path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
+        self._open_files.moved_up(node, entry)
 
     async def _change_xattr(self, inode: int, name: bytes, change) -> None:
         if is_private_xattr(os.fsdecode(name)):
@@ -547,18 +458,6 @@ class UnionOperations(pyfuse3.Operations):
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(ino, None)
-
-    def _file_handle(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
-        open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
-                              lower_only=not entry.top.layer.writable)
-        if entry.marks.partial is not None:
-            open_file.partial = self._partials.acquire(entry.top, entry.marks)
-        node.fds.add(fd)
-        self._files[fd] = open_file
-        # Data changes only through this mount, which keeps the kernel's
-        # cache in step, so pages may stay cached across opens.
-        direct = self.pagecache is PageCache.DIRECT and open_file.lower_only
-        return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
 
     def _remember(self, parent_inode: int, name: str, entry: Entry,
                   st: os.stat_result) -> EntryAttributes:
@@ -577,9 +476,7 @@ class UnionOperations(pyfuse3.Operations):
             if not node.fds:
                 raise
             # Unlinked but still open: what the open file says.
-            fd = next(iter(node.fds))
-            partial = self._files[fd].partial
-            st = os.fstat(partial.upper_fd if partial else fd)
+            st = self._open_files.stat(node)
             return self._attributes_from(st, node.ino, None)
         st = entry.top.layer.lstat(entry.top.path)
         return self._attributes_from(st, node.ino, entry)

@@ -83,8 +83,9 @@ class PartialFile:
             for first, last in runs:
                 start = max(self._map.span(first)[0], offset)
                 stop = min(self._map.span(last)[1], end)
-                below = os.pread(self._lower_fd, stop - start, start)
-                out[start - offset:start - offset + len(below)] = below
+                if start < stop:  # not so when reading past the limit in its chunk
+                    below = os.pread(self._lower_fd, stop - start, start)
+                    out[start - offset:start - offset + len(below)] = below
             return bytes(out)
 
     def write(self, offset: int, data: bytes) -> int:
@@ -112,6 +113,10 @@ class PartialFile:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return end - offset
 
+    def mark_changed(self) -> None:
+        with self._lock:
+            self.changed = True
+
     def truncate(self, size: int) -> None:
         with self._lock:
             self.changed = True
@@ -124,8 +129,9 @@ class PartialFile:
 
     def complete(self) -> None:
         """Copy every chunk still below into the upper file, and flush it."""
-        before = os.fstat(self.upper_fd)
-        self.changed = False
+        with self._lock:
+            before = os.fstat(self.upper_fd)
+            self.changed = False
         total = len(self._map.chunks(0, self._map.limit))
         for first in range(0, total, _COMPLETE_STEP):
             with self._lock:
@@ -162,11 +168,21 @@ def _partial_files(top: Location) -> list[tuple[Location, Marks]]:
     found: dict[str, tuple[Location, Marks]] = {}  # a file with two names, once
     for path in candidates:
         location = Location(layer, path)
-        if stat.S_ISREG(layer.lstat(path).st_mode):
-            marks = read_marks(location)
-            if marks.partial is not None:
-                found.setdefault(marks.partial, (location, marks))
+        marks = _marks_now(location)
+        if marks is not None and marks.partial is not None:
+            found.setdefault(marks.partial, (location, marks))
     return list(found.values())
+
+
+def _marks_now(location: Location) -> Marks | None:
+    """The marks of a regular file, or None if it is gone or is no file."""
+    st = location.layer.lstat_or_none(location.path)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        return read_marks(location)
+    except FileNotFoundError:
+        return None
 
 
 def _punch_hole(fd: int, start: int, stop: int) -> None:
@@ -210,6 +226,10 @@ class PartialFiles:
             return  # nothing of it was copied up
         found = await trio.to_thread.run_sync(_partial_files, entry.top)
         for location, marks in found:
+            # The walk ran while the mount served others: take the file only
+            # if it is still the one found (nothing awaits from here to open).
+            if _marks_now(location) != marks:
+                continue
             partial = self.acquire(location, marks)
             try:
                 await trio.to_thread.run_sync(partial.complete)
@@ -224,6 +244,13 @@ class PartialFiles:
             found = self._open[marks.partial] = self._load(top, marks)
         found.users += 1
         return found
+
+    def times_set(self, map_id: str) -> None:
+        """Before a partial file's times are set: a completion under way
+        must not put back the ones it found."""
+        partial = self._open.get(map_id)
+        if partial is not None:
+            partial.mark_changed()
 
     def release(self, partial: PartialFile) -> None:
         partial.users -= 1

@@ -1,0 +1,163 @@
+"""Open files: the real descriptor behind each FUSE file handle, where its
+data comes from (the real file, or a partial file's two halves), and what
+the kernel may cache of it.
+
+A handle's number is its real descriptor.  A handle opened on a lower file
+keeps reading it until the file is copied up; then it reads the copy
+(``moved_up``).  Handles of one partially copied-up file share one
+:class:`~unionfs.partial.PartialFile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+from pyfuse3 import FileInfo
+
+from .inodes import Node
+from .partial import PartialFile, PartialFiles
+from .tree import Entry
+
+# What an open passes on to the real file: the kernel itself handles
+# O_APPEND (it sends the right offset) and O_CREAT/O_EXCL (via create).
+OPEN_FLAGS_KEPT = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC
+
+
+class PageCache(enum.Enum):
+    """What the kernel keeps of a lower file read through the mount.
+
+    Reading it also fills the lower file's own cache, which every mount of
+    that branch shares; the mount's copy comes on top, once per mount.
+    """
+
+    KEEP = "keep"  #: the mount's copy stays: fastest re-reads, one copy per mount
+    DROP = "drop"  #: dropped at the last close: only the shared copy stays
+    DIRECT = "direct"  #: never made (direct I/O); MAP_SHARED maps fail with ENODEV
+
+
+@dataclass
+class _OpenFile:
+    node: Node
+    #: set while the file is partially copied up: its data comes from here
+    partial: PartialFile | None = None
+    sync: bool = False
+    #: its data is all in a read-only branch (not copied up, even partly)
+    lower_only: bool = False
+
+
+class OpenFiles:
+    def __init__(self, partials: PartialFiles | None, pagecache: PageCache):
+        self._partials = partials
+        self._pagecache = pagecache
+        self._files: dict[int, _OpenFile] = {}
+
+    def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
+        """Open ``entry``'s top file (copied up already if writing)."""
+        partial = entry.marks.partial is not None
+        kept = flags & OPEN_FLAGS_KEPT
+        fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
+        return self.adopt(node, fd, entry, flags)
+
+    def adopt(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
+        """Make the open descriptor ``fd`` a handle (closed on failure)."""
+        open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
+                              lower_only=not entry.top.layer.writable)
+        try:
+            if entry.marks.partial is not None:
+                open_file.partial = self._partials.acquire(entry.top, entry.marks)
+                if flags & os.O_TRUNC:
+                    open_file.partial.truncate(0)
+        except BaseException:
+            if open_file.partial is not None:
+                self._partials.release(open_file.partial)
+            os.close(fd)
+            raise
+        node.fds.add(fd)
+        self._files[fd] = open_file
+        # Data changes only through this mount, which keeps the kernel's
+        # cache in step, so pages may stay cached across opens.
+        direct = self._pagecache is PageCache.DIRECT and open_file.lower_only
+        return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """In a thread: a read may wait for the disk.  (Writes land in the
+        page cache and stay on the loop, where they run fastest.)"""
+        partial = self._files[fh].partial
+        if partial:
+            return await trio.to_thread.run_sync(partial.read, offset, size)
+        return await trio.to_thread.run_sync(os.pread, fh, size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        open_file = self._files[fh]
+        if open_file.partial is None:
+            return os.pwrite(fh, data, offset)
+        written = open_file.partial.write(offset, data)
+        if open_file.sync:
+            open_file.partial.fsync(datasync=True)
+        return written
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        partial = self._files[fh].partial
+        if partial is not None:
+            partial.fsync(datasync)
+        else:
+            (os.fdatasync if datasync else os.fsync)(fh)
+
+    def release(self, fh: int) -> None:
+        open_file = self._files.pop(fh)
+        open_file.node.fds.discard(fh)
+        if open_file.partial is not None:
+            self._partials.release(open_file.partial)
+        os.close(fh)
+        if (self._pagecache is PageCache.DROP and open_file.lower_only
+                and not open_file.node.fds):
+            trio.lowlevel.spawn_system_task(_drop_cached_pages, open_file.node.ino)
+
+    def truncate(self, entry: Entry, fh: int | None, size: int) -> None:
+        if entry.marks.partial is not None:
+            partial = self._partials.acquire(entry.top, entry.marks)
+            try:
+                partial.truncate(size)
+            finally:
+                self._partials.release(partial)
+        elif fh is not None:
+            os.ftruncate(fh, size)
+        else:
+            fd = entry.top.layer.open(entry.top.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+
+    def moved_up(self, node: Node, entry: Entry) -> None:
+        """After ``node`` was copied up to ``entry``: handles still on the
+        lower file read the copy from now on (one in flight keeps the old
+        data).  Handles already on the upper file stay as they are."""
+        for fd in node.fds:
+            open_file = self._files[fd]
+            if not open_file.lower_only:
+                continue
+            open_file.lower_only = False
+            if entry.marks.partial is not None:
+                open_file.partial = self._partials.acquire(entry.top, entry.marks)
+            else:
+                new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
+                os.dup2(new, fd)
+                os.close(new)
+
+    def stat(self, node: Node) -> os.stat_result:
+        """What one of ``node``'s open files says of it (unlinked but open)."""
+        fd = next(iter(node.fds))
+        partial = self._files[fd].partial
+        return os.fstat(partial.upper_fd if partial else fd)
+
+
+async def _drop_cached_pages(ino: int) -> None:
+    """Off the loop: the kernel may wait for requests the loop must answer."""
+    with contextlib.suppress(OSError):
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
