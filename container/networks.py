@@ -25,13 +25,13 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+from .spec import SPECIAL_NETWORKS
+
 NETWORK_DIR = "/var/lib/pycontainer/networks"
 LEASE_DIR = "/run/pycontainer/networks"
 DEFAULT = "bridge"
 DEFAULT_SUBNET = "10.213.0.0/24"
 DEFAULT_BRIDGE = "pyc0"
-#: names that are modes, not networks
-SPECIAL = ("none", "host")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -83,7 +83,7 @@ def all_networks() -> list[Network]:
 
 
 def create(name: str, subnet: str) -> Network:
-    if not _NAME.fullmatch(name) or name in (DEFAULT, *SPECIAL):
+    if not _NAME.fullmatch(name) or name in (DEFAULT, *SPECIAL_NETWORKS):
         raise NetworkError(f"bad network name {name!r}")
     net = parse_subnet(subnet)
     os.makedirs(NETWORK_DIR, exist_ok=True)
@@ -100,18 +100,15 @@ def create(name: str, subnet: str) -> Network:
     return network
 
 
-def remove(name: str) -> Network:
-    """Forget a network that no container uses; returns it (its bridge is
-    the caller's to remove)."""
-    if name == DEFAULT or name in SPECIAL:
-        raise NetworkError(f"{name} is built in and cannot be removed")
-    network = get(name)
-    with locked(name):
-        users = holders(network)
-        if users:
-            raise NetworkError(f"network {name} is in use by {', '.join(sorted(users))}")
-        os.unlink(_definition(name))
-    return network
+def remove(network: Network) -> None:
+    """Forget a network that no container uses.  The caller holds
+    :func:`locked` (and removes the bridge before letting go)."""
+    if network.name == DEFAULT:
+        raise NetworkError(f"{network.name} is built in and cannot be removed")
+    users = holders(network)
+    if users:
+        raise NetworkError(f"network {network.name} is in use by {', '.join(sorted(users))}")
+    os.unlink(_definition(network.name))
 
 
 def holders(network: Network) -> list[str]:
@@ -144,10 +141,15 @@ def lease(network: Network, owner: str, wanted: str | None = None) -> str:
     return str(address)
 
 
-def release(network: Network, address: str) -> None:
-    """The caller holds :func:`locked`."""
+def release(network: Network, address: str, owner: str) -> None:
+    """Give back ``owner``'s lease (not one another container took since).
+    The caller holds :func:`locked`."""
+    path = os.path.join(LEASE_DIR, network.name, address)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(LEASE_DIR, network.name, address))
+        with open(path) as f:
+            if f.read() != owner:
+                return
+        os.unlink(path)
 
 
 def _check_wanted(network: Network, wanted: str) -> ipaddress.IPv4Address:

@@ -68,7 +68,8 @@ class PortProxy:
     def _listen(self, port: Published) -> socket.socket:
         kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
         sock = socket.socket(socket.AF_INET, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:  # (for UDP it would let two bind one port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((_LOOPBACK, port.host_port))
         except OSError as exc:

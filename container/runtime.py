@@ -41,7 +41,7 @@ from unionfs import options as union_options
 from . import cgroups, images, init, networking, networks, ports, security, terminal
 from . import syscalls as sc
 from .networking import Attachment
-from .spec import ContainerSpec
+from .spec import SPECIAL_NETWORKS, ContainerSpec
 from .terminal import Console
 
 STATE_DIR = "/run/pycontainer"
@@ -181,7 +181,7 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
 
 
 def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
-    if spec.network in networks.SPECIAL:
+    if spec.network in SPECIAL_NETWORKS:
         return None
     try:
         attachment = networking.join(spec.network, state.name, spec.ip)
@@ -255,10 +255,11 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
             release = group.releaser()
             pid1 = os.fork()
             if pid1 == 0:
+                release.close()
                 os.close(pid_w)
                 init.run(spec, state.rootfs, etc_dir, errors_w,
                          console.theirs if console else None)
-            release(os.getpid())  # only the container is charged
+            release.move(os.getpid())  # only the container is charged
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
             _exit_as(pid1)
@@ -268,8 +269,8 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
     try:
         group.add(child)
         os.write(go_w, b"1")
-        os.read(unshared_r, 1)
-        if wire is not None:
+        # Not unshared: C failed, and says why on the errors pipe.
+        if os.read(unshared_r, 1) == b"1" and wire is not None:
             wire(child)
         os.write(go_w, b"1")
     finally:
@@ -348,7 +349,7 @@ def _write_etc_files(state: State, spec: ContainerSpec, attachment: Attachment |
         "hostname": f"{spec.hostname}\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  f"{own_address}\t{spec.hostname} {spec.name}\n",
-        "resolv.conf": servers or _host_resolv_conf(),
+        "resolv.conf": servers or _host_resolv_conf(keep_loopback=spec.network == "host"),
     }
     for name, text in files.items():
         with open(os.path.join(etc_dir, name), "w") as f:
@@ -356,15 +357,16 @@ def _write_etc_files(state: State, spec: ContainerSpec, attachment: Attachment |
     return etc_dir
 
 
-def _host_resolv_conf() -> str:
-    """The host's, less name servers on its loopback, which a container
+def _host_resolv_conf(keep_loopback: bool) -> str:
+    """The host's; less name servers on its loopback, which a container
     with a network of its own cannot reach (as docker does)."""
     try:
         with open("/etc/resolv.conf") as f:
             lines = f.read().splitlines(keepends=True)
     except OSError:
         return ""
-    return "".join(line for line in lines if not re.match(r"\s*nameserver\s+(127\.|::1)", line))
+    return "".join(line for line in lines if keep_loopback
+                   or not re.match(r"\s*nameserver\s+(127\.|::1)", line))
 
 
 def _detach(log: str) -> bool:
@@ -384,12 +386,12 @@ def _detach(log: str) -> bool:
 
 def cleanup(state: State, remove: bool) -> None:
     """Undo everything a container made, whatever state it was left in."""
-    if state.network:
-        networking.leave(Attachment.from_dict(state.network))
-        state.network = {}
     if state.cgroup_paths:
         cgroups.reopen(state.cgroup_paths).remove()
         state.cgroup_paths = {}
+    if state.network:  # its processes are gone: its address may go too
+        networking.leave(Attachment.from_dict(state.network), state.name)
+        state.network = {}
     _unmount(state.rootfs)
     _reap_children()
     if remove:

@@ -210,12 +210,16 @@ def parse_security_opts(options) -> bool:
     return seccomp
 
 
+#: network modes that are not networks of containers
+SPECIAL_NETWORKS = ("none", "host")
+
+
 def check_network(network: str, ip: str | None, publish: tuple[Published, ...]) -> str:
     """``none``, ``host`` or a network's name (the runtime finds it);
     ``--ip`` and ``-p`` need a network of containers."""
     if not _NAME.match(network):
         raise SpecError(f"--network: bad network name {network!r}")
-    if network in ("none", "host") and (ip or publish):
+    if network in SPECIAL_NETWORKS and (ip or publish):
         raise SpecError(f"{'--ip' if ip else '-p'} needs a network, not --network {network}")
     return network
 

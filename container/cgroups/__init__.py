@@ -77,18 +77,23 @@ def read_keyed(path: str) -> dict[str, int]:
         return {}
 
 
-def procs_writer(paths: list[str]):
-    """Open the ``cgroup.procs`` files ``paths`` now; the function returned
-    moves a pid into them later, even from a process whose mount namespace
-    no longer shows them."""
-    fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in paths]
+class ProcsWriter:
+    """``cgroup.procs`` files opened now, to move a pid into them later,
+    even from a process whose mount namespace no longer shows them."""
 
-    def move(pid: int) -> None:
-        for fd in fds:
+    def __init__(self, paths: list[str]):
+        self._fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in paths]
+
+    def move(self, pid: int) -> None:
+        for fd in self._fds:
             os.write(fd, str(pid).encode())
-            os.close(fd)
+        self.close()
 
-    return move
+    def close(self) -> None:
+        """A process that must not hold them (a container's init) drops them."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 def write(path: str, value) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from . import (PARENT, CgroupError, Stats, own_paths, procs_writer, read_int, read_keyed,
+from . import (PARENT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
                rmdir_patiently, write)
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
@@ -58,7 +58,7 @@ class CgroupV1:
 
     def releaser(self):
         """What moves a pid back to the cgroup pycontainer runs in."""
-        return procs_writer([os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs")
+        return ProcsWriter([os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs")
                              for path in self.paths.values()])
 
     def apply(self, limits) -> None:

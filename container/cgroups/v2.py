@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 
-from . import (PARENT, ROOT, CgroupError, Stats, own_paths, procs_writer, read_int, read_keyed,
+from . import (PARENT, ROOT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
                rmdir_patiently, write)
 
 CPU_PERIOD_US = 100_000
@@ -57,7 +57,7 @@ class CgroupV2:
 
     def releaser(self):
         """What moves a pid back to the cgroup pycontainer runs in."""
-        return procs_writer([os.path.join(os.path.dirname(os.path.dirname(self.path)),
+        return ProcsWriter([os.path.join(os.path.dirname(os.path.dirname(self.path)),
                                           "cgroup.procs")])
 
     def apply(self, limits) -> None:
