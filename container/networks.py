@@ -109,6 +109,8 @@ def remove(network: Network) -> None:
     if users:
         raise NetworkError(f"network {network.name} is in use by {', '.join(sorted(users))}")
     os.unlink(_definition(network.name))
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(os.path.join(LEASE_DIR, network.name))
 
 
 def holders(network: Network) -> list[str]:

@@ -150,6 +150,8 @@ def leftovers():
         mounts = [line.split()[4] for line in f if "pycontainer-" in line]
     groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
     leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*")]
+    leases += [str(p) for p in Path(networks.LEASE_DIR).glob("*")  # of removed networks
+               if p.is_dir() and p.name not in {n.name for n in networks.all_networks()}]
     return mounts, groups, leases, [n for n in stand_in_host_links() if n != "lo"]
 
 
