@@ -124,17 +124,21 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
     """Run a container to its end; returns its exit code (docker's codes)."""
     image_root = images.path_of(spec.image)
     state = _claim(spec)
+    background = None
     if detach:
         state.log = os.path.join(state.state_dir, "log")
-        if _detach(state.log):
-            print(state.name)
-            return 0
+        background = _Background(state.log)
+        if background.in_caller:
+            return background.wait_for_start(state.name)
         state.supervisor_pid = os.getpid()
         state.save()
     try:
-        return _supervise(spec, state, image_root)
+        return _supervise(spec, state, image_root,
+                          background.started if background else lambda: None)
     finally:
         cleanup(state, remove)
+        if background:
+            background.ended()
 
 
 def _claim(spec: ContainerSpec) -> State:
@@ -154,7 +158,8 @@ def _claim(spec: ContainerSpec) -> State:
     return state
 
 
-def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
+def _supervise(spec: ContainerSpec, state: State, image_root: str,
+               started: Callable[[], None]) -> int:
     upper = os.path.join(state.data_dir, "upper")
     os.makedirs(upper)
     os.makedirs(state.rootfs)
@@ -174,7 +179,7 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str) -> int:
     attachment = _join_network(spec, state)
     proxy = ports.PortProxy(spec.publish, attachment.address) if spec.publish else None
     try:
-        return _run_container(spec, state, group, attachment)
+        return _run_container(spec, state, group, attachment, started)
     finally:
         if proxy is not None:
             proxy.close()
@@ -192,7 +197,8 @@ def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
     return attachment
 
 
-def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachment | None) -> int:
+def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachment | None,
+                   started: Callable[[], None]) -> int:
     etc_dir = _write_etc_files(state, spec, attachment)
     errors_r, errors_w = os.pipe()
     console = Console() if spec.tty else None
@@ -207,6 +213,8 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
     os.close(errors_w)
     state.init_pid, state.status = init_pid, "running"
     state.save()
+    if init_pid is not None:
+        started()
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
             signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
@@ -369,19 +377,54 @@ def _host_resolv_conf(keep_loopback: bool) -> str:
                    or not re.match(r"\s*nameserver\s+(127\.|::1)", line))
 
 
-def _detach(log: str) -> bool:
-    """Fork into the background: True in the caller, which should return."""
-    if os.fork():
-        return True
-    os.setsid()
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(out)
-    os.close(devnull)
-    return False
+class _Background:
+    """A supervisor forked into the background for ``run -d``.  The caller
+    returns, as docker's does, only once the container runs, or with the
+    supervisor's own output and exit code when it could not start."""
+
+    def __init__(self, log: str):
+        self._log = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        start_r, self._start_w = os.pipe()
+        self._pid = os.fork()
+        self.in_caller = self._pid != 0
+        if self.in_caller:
+            os.close(self._start_w)
+            self._start = os.fdopen(start_r, "rb")
+            return
+        os.close(start_r)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(self._log, 1)
+        os.dup2(self._log, 2)
+        os.close(self._log)
+        os.close(devnull)
+
+    def started(self) -> None:
+        """In the supervisor: the container's init runs."""
+        self._tell(b"1")
+
+    def ended(self) -> None:
+        """In the supervisor: all is cleaned up (after a start or not)."""
+        self._tell(b"0")
+
+    def _tell(self, answer: bytes) -> None:
+        if self._start_w is not None:
+            os.write(self._start_w, answer)
+            os.close(self._start_w)
+            self._start_w = None
+
+    def wait_for_start(self, name: str) -> int:
+        """In the caller: print ``name`` once the container runs, or what
+        the supervisor printed when it did not start; the exit code."""
+        with self._start, os.fdopen(self._log, "rb") as log:
+            if self._start.read(1) == b"1":
+                print(name)
+                return 0
+            _, status = os.waitpid(self._pid, 0)
+            log.seek(0)  # the supervisor's writes moved the offset both share
+            sys.stderr.buffer.write(log.read())
+        return os.waitstatus_to_exitcode(status) or init.RUNTIME_ERROR
 
 
 def cleanup(state: State, remove: bool) -> None:

@@ -96,6 +96,16 @@ def test_bad_input_is_one_line_and_leaves_nothing(pyc, args, message):
     assert done.stderr.count("\n") == 1
 
 
+def test_detached_run_returns_once_the_container_runs(pyc):
+    name = pyc.name()
+    started = pyc("run", "-d", "--name", name, "busybox", "sleep", "60")
+    assert started.returncode == 0 and started.stdout == f"{name}\n"
+    assert pyc("exec", name, "true").returncode == 0  # no wait needed
+    refused = pyc("run", "-d", "--rm", "--ip", "10.213.0.1", "busybox", "true")
+    assert refused.returncode == 125 and refused.stdout == ""
+    assert refused.stderr.strip().endswith("is the gateway of network bridge")
+
+
 def test_name_in_use(pyc):
     name = pyc.name()
     assert pyc("run", "--name", name, "busybox", "true").returncode == 0
