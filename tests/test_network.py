@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,9 +26,14 @@ def address_of(pyc, name: str) -> str:
 
 
 def start_echo_server(pyc, *options: str) -> tuple[str, str]:
-    """A detached container echoing TCP on port 5000; (name, address)."""
+    """A detached container echoing TCP on port 5000, once it listens;
+    (name, address)."""
     name = pyc.name()
     pyc("run", "-d", "--name", name, *options, "busybox", *ECHO_SERVER, check=True)
+    deadline = time.monotonic() + 10
+    while ":5000 " not in pyc("exec", name, "netstat", "-ltn", check=True).stdout:
+        assert time.monotonic() < deadline, "the echo server did not start listening"
+        time.sleep(0.05)
     return name, address_of(pyc, name)
 
 
