@@ -220,14 +220,14 @@ def kill(name: str, signame: str) -> None:
 @click.option("-t", "--time", "timeout", default=10, help="Seconds before SIGKILL.")
 @_fail_cleanly
 def stop(name: str, timeout: int) -> None:
-    """Stop a container: SIGTERM, then SIGKILL after a timeout."""
+    """Stop a container: SIGTERM, then SIGKILL after a timeout; returns
+    once it has stopped and been cleaned up."""
     state = _running(name)
     os.kill(state.init_pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while state.supervisor_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if state.supervisor_alive():
+    if not state.supervisor_ended(timeout):
         os.kill(state.init_pid, signal.SIGKILL)
+        if not state.supervisor_ended(timeout=30):
+            raise runtime.ContainerError(f"{name} did not stop within 30 s of SIGKILL")
     click.echo(name)
 
 

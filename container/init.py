@@ -41,10 +41,16 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
+def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
         console: socket.socket | None) -> NoReturn:
     """Be the container's PID 1 (call in the child that is PID 1); with
-    ``console``, the command gets a terminal made in the container."""
+    ``console``, the command gets a terminal made in the container.
+    ``pipes``: errors, and began, whose write end the command's exec closes.
+
+    The signals to forward are blocked until there is a command to forward
+    them to: a PID 1 without a handler would lose them."""
+    errors, began = pipes
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _set_process_title(TITLE)
@@ -61,8 +67,10 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, errors: int,
     if command == 0:
         exec_command(spec, errors, seccomp)
     os.close(errors)
+    os.close(began)
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _: _forward(command, signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:
         pid, status = os.wait()
         if pid == command:
@@ -102,6 +110,7 @@ def exec_command(spec: ContainerSpec, errors: int,
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         os.makedirs(spec.workdir, exist_ok=True)
         os.chdir(spec.workdir)
         security.confine(spec.user.uid, spec.user.gid, seccomp)

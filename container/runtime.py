@@ -25,12 +25,14 @@ writable branch and mount point in ``/var/lib/pycontainer/containers/NAME``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
 import sys
+import termios
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -103,6 +105,16 @@ class State:
                 return b"pycontainer" in f.read()
         except FileNotFoundError:
             return False
+
+    def supervisor_ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the supervisor to end (it
+        has cleaned up by then); whether it did."""
+        deadline = time.monotonic() + timeout
+        while self.supervisor_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     @property
     def shown_status(self) -> str:
@@ -201,6 +213,7 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
                    started: Callable[[], None]) -> int:
     etc_dir = _write_etc_files(state, spec, attachment)
     errors_r, errors_w = os.pipe()
+    began_r, began_w = os.pipe()
     console = Console() if spec.tty else None
 
     def wire(pid: int) -> None:
@@ -208,12 +221,13 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
         state.network = asdict(attachment)
         state.save()
 
-    child, init_pid = _start(spec, state, group, etc_dir, errors_w, console,
+    child, init_pid = _start(spec, state, group, etc_dir, (errors_w, began_w), console,
                              wire if attachment else None)
     os.close(errors_w)
+    os.close(began_w)
     state.init_pid, state.status = init_pid, "running"
     state.save()
-    if init_pid is not None:
+    if _command_began(began_r, errors_r) and init_pid is not None:
         started()
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
@@ -237,10 +251,22 @@ def _wait(child: int, errors_r: int, console: Console | None) -> int:
     return init.exit_code(status)
 
 
-def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int,
+def _command_began(began_r: int, errors_r: int) -> bool:
+    """Wait until the user's command is exec'd or has failed before: the
+    last copy of ``began``'s write end closes on its exec, or when it exits;
+    a failure leaves its message waiting on ``errors``."""
+    with os.fdopen(began_r, "rb") as began:
+        began.read()
+    waiting = fcntl.ioctl(errors_r, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(waiting, sys.byteorder) == 0
+
+
+def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[int, int],
            console: Console | None, wire: Callable[[int], None] | None):
     """Fork C, put it in the cgroup, give its network namespace its
-    interfaces (``wire``), and get the PID of the container's init."""
+    interfaces (``wire``), and get the PID of the container's init.
+    ``pipes`` are the write ends of the errors and began pipes, for init."""
+    errors_w, began_w = pipes
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
     unshared_r, unshared_w = os.pipe()
@@ -265,8 +291,9 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, errors_w: int
             if pid1 == 0:
                 release.close()
                 os.close(pid_w)
-                init.run(spec, state.rootfs, etc_dir, errors_w,
+                init.run(spec, state.rootfs, etc_dir, pipes,
                          console.theirs if console else None)
+            os.close(began_w)
             release.move(os.getpid())  # only the container is charged
             os.write(pid_w, str(pid1).encode())
             os.close(pid_w)
@@ -452,19 +479,19 @@ def remove(name: str, force: bool = False) -> None:
         if not force:
             raise ContainerError(f"{name} is running: stop it first or use rm -f")
         _signal(state.supervisor_pid, signal.SIGKILL)
-        for _ in range(500):
-            if not state.supervisor_alive():
-                break
-            time.sleep(0.01)
+        state.supervisor_ended(timeout=5)
     cleanup(state, remove=True)
 
 
 def _unmount(path: str) -> None:
+    """Unmount a container's root, which its union daemon may be unmounting
+    too (it ends with a killed supervisor)."""
     if _is_mounted(path):
         try:
             sc.umount(path)
         except OSError:
-            sc.umount(path, sc.MNT_DETACH)
+            if _is_mounted(path):
+                sc.umount(path, sc.MNT_DETACH)
 
 
 def _is_mounted(path: str) -> bool:
