@@ -64,15 +64,19 @@ class Unions:
         self._mounts.append((mnt, {b: snapshot(b) for b in read_only_branches}))
 
     def unmount_all(self) -> None:
+        """Unmount every mount, then say what went wrong (one failure must
+        not leave the later mounts behind)."""
+        problems = []
         for mnt, before in self._mounts:
             if mounted(mnt):
                 pid = daemon.pid_of(str(mnt.resolve()))
                 pyunion("umount", str(mnt), check=False)
                 force_unmount(mnt)
-                if pid is not None:
-                    assert wait_for(lambda: process_gone(pid)), f"daemon {pid} outlived its mount"
-            for branch, snap in before.items():
-                assert snapshot(branch) == snap, f"read-only branch {branch} changed"
+                if pid is not None and not wait_for(lambda: process_gone(pid)):
+                    problems.append(f"daemon {pid} outlived its mount")
+            problems += [f"read-only branch {branch} changed"
+                         for branch, snap in before.items() if snapshot(branch) != snap]
+        assert not problems, problems
 
 
 @pytest.fixture

@@ -118,8 +118,11 @@ def wait_for(predicate, seconds: float = 10.0) -> bool:
 
 def force_unmount(mnt: Path | str) -> None:
     """Last resort for a test that failed half-way: detach whatever is there."""
-    while mounted(mnt):
+    for _ in range(100):
+        if not mounted(mnt):
+            return
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+    assert not mounted(mnt), f"{mnt} stays mounted"
 
 
 def process_gone(pid: int) -> bool:

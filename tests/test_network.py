@@ -107,9 +107,11 @@ def test_the_port_proxy_relays_both_protocols(protocol):
     echo.bind(("127.0.0.1", 0))
     target_port = echo.getsockname()[1]
 
+    if protocol == "tcp":
+        echo.listen(1)
+
     def serve():
         if protocol == "tcp":
-            echo.listen(1)
             conn, _ = echo.accept()
             conn.sendall(conn.recv(100).upper())
             conn.close()
