@@ -222,12 +222,7 @@ def kill(name: str, signame: str) -> None:
 def stop(name: str, timeout: int) -> None:
     """Stop a container: SIGTERM, then SIGKILL after a timeout; returns
     once it has stopped and been cleaned up."""
-    state = _running(name)
-    os.kill(state.init_pid, signal.SIGTERM)
-    if not state.supervisor_ended(timeout):
-        os.kill(state.init_pid, signal.SIGKILL)
-        if not state.supervisor_ended(timeout=30):
-            raise runtime.ContainerError(f"{name} did not stop within 30 s of SIGKILL")
+    runtime.stop(_running(name), timeout)
     click.echo(name)
 
 
@@ -242,14 +237,14 @@ def logs(name: str, follow: bool) -> None:
         raise runtime.ContainerError(f"{name} was not run with -d: its output went to its terminal")
     with open(state.log, "rb") as f:
         while True:
-            chunk = f.read(65536)
-            if chunk:
+            # Looked at before the read, so the last output before the end is read.
+            running = follow and runtime.State.load(name).shown_status == "running"
+            while chunk := f.read(65536):
                 sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            elif follow and runtime.State.load(name).shown_status == "running":
-                time.sleep(0.1)
-            else:
+            sys.stdout.flush()
+            if not running:
                 break
+            time.sleep(0.1)
 
 
 @cli.command()

@@ -47,10 +47,9 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
     ``console``, the command gets a terminal made in the container.
     ``pipes``: errors, and began, whose write end the command's exec closes.
 
-    The signals to forward are blocked until there is a command to forward
-    them to: a PID 1 without a handler would lose them."""
+    The signals to forward come blocked (from C) and stay so until there is
+    a command to forward them to: a PID 1 without a handler would lose them."""
     errors, began = pipes
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _set_process_title(TITLE)

@@ -323,6 +323,8 @@ def _helper_process(spec: ContainerSpec, errors_w: int, what: str):
     on ``errors_w`` with docker's 125.  The body must end the process."""
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The supervisor forwards these to the container; the command unblocks them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
         if not (spec.interactive or spec.tty):
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
@@ -367,6 +369,28 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     for fd in namespaces:
         os.close(fd)
     return _wait(child, errors_r, console)
+
+
+def stop(state: State, timeout: float) -> None:
+    """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds;
+    return once its supervisor has cleaned up."""
+    _signal(state.init_pid, signal.SIGTERM)
+    if state.supervisor_ended(timeout):
+        return
+    if _is_init(state.init_pid):  # not ended while the supervisor cleans up
+        _signal(state.init_pid, signal.SIGKILL)
+    if not state.supervisor_ended(timeout=30):
+        raise ContainerError(f"{state.name} did not stop within 30 s of SIGKILL")
+
+
+def _is_init(pid: int) -> bool:
+    """Whether ``pid`` is (still) a container's init, not a process that
+    took its number."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == init.TITLE[:15]
+    except FileNotFoundError:
+        return False
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -450,8 +474,12 @@ class _Background:
                 return 0
             _, status = os.waitpid(self._pid, 0)
             log.seek(0)  # the supervisor's writes moved the offset both share
-            sys.stderr.buffer.write(log.read())
-        return os.waitstatus_to_exitcode(status) or init.RUNTIME_ERROR
+            said = log.read()
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            said += f"pycontainer: the supervisor was killed by signal {-code}\n".encode()
+        sys.stderr.buffer.write(said)
+        return code if code > 0 else init.RUNTIME_ERROR
 
 
 def cleanup(state: State, remove: bool) -> None:
@@ -490,8 +518,10 @@ def _unmount(path: str) -> None:
         try:
             sc.umount(path)
         except OSError:
-            if _is_mounted(path):
+            with contextlib.suppress(OSError):
                 sc.umount(path, sc.MNT_DETACH)
+            if _is_mounted(path):
+                raise ContainerError(f"cannot unmount {path}") from None
 
 
 def _is_mounted(path: str) -> bool:
