@@ -180,7 +180,7 @@ def test_cpus_hold_a_busy_loop_near_the_quota(pyc):
     start, used_before = time.monotonic(), group.stats().cpu_usage_ns
     time.sleep(3)
     share = (group.stats().cpu_usage_ns - used_before) / 1e9 / (time.monotonic() - start)
-    assert 0.2 < share < 0.65, f"a busy loop used {share:.2f} of a core"
+    assert 0.3 < share < 0.65, f"a busy loop used {share:.2f} of a core"
 
 
 def test_kill_inspect_and_follow_logs(pyc):
@@ -280,7 +280,11 @@ def test_stop_kills_what_ignores_sigterm_and_stats_streams(pyc):
     shown = ""
     deadline = time.monotonic() + 30
     while shown.count(name) < 2 and time.monotonic() < deadline:  # refreshed at least once
-        shown += streaming.stdout.readline()
+        if select.select([streaming.stdout], [], [], 1)[0]:
+            more = os.read(streaming.stdout.fileno(), 65536).decode()
+            if not more:
+                break  # stats ended
+            shown += more
     streaming.terminate()
     streaming.communicate(timeout=10)
     assert shown.count(name) >= 2
