@@ -111,6 +111,26 @@ def test_detached_run_returns_once_the_container_runs(pyc):
     refused = pyc("run", "-d", "--rm", "--ip", "10.213.0.1", "busybox", "true")
     assert refused.returncode == 125 and refused.stdout == ""
     assert refused.stderr.strip().endswith("is the gateway of network bridge")
+    missing = pyc("run", "-d", "--rm", "busybox", "nothing-here")
+    assert missing.returncode == 127 and "'nothing-here': not found" in missing.stderr
+
+
+def test_ctrl_c_at_a_foreground_run_reaches_the_command_once(pyc):
+    """The terminal signals the whole process group: supervisor and its
+    helpers; only the command may act on it (through init)."""
+    proc = subprocess.Popen([*PYCONTAINER, "run", "--rm", "--name", pyc.name(), "busybox", "sh",
+                             "-c", "trap 'echo got INT; exit 3' INT; echo ready; "
+                             "while true; do sleep 0.1; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, out, err) == (3, "got INT\n", "")
 
 
 def test_name_in_use(pyc):
