@@ -10,7 +10,7 @@ import pytest
 from helpers import build, wait_for
 
 MiB = 1 << 20
-SIZE = 64 * MiB
+SIZE = 128 * MiB  # big enough that other page cache traffic is noise
 
 
 def cached_bytes() -> int:
