@@ -430,8 +430,9 @@ def _host_resolv_conf(keep_loopback: bool) -> str:
 
 class _Background:
     """A supervisor forked into the background for ``run -d``.  The caller
-    returns, as docker's does, only once the container runs, or with the
-    supervisor's own output and exit code when it could not start."""
+    returns, as docker's does, only once the container's command has
+    started, or with the supervisor's own output and exit code when it
+    could not start."""
 
     def __init__(self, log: str):
         self._log = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -452,7 +453,7 @@ class _Background:
         os.close(devnull)
 
     def started(self) -> None:
-        """In the supervisor: the container's init runs."""
+        """In the supervisor: the container's command has been exec'd."""
         self._tell(b"1")
 
     def ended(self) -> None:
@@ -466,7 +467,7 @@ class _Background:
             self._start_w = None
 
     def wait_for_start(self, name: str) -> int:
-        """In the caller: print ``name`` once the container runs, or what
+        """In the caller: print ``name`` once the command has started, or what
         the supervisor printed when it did not start; the exit code."""
         with self._start, os.fdopen(self._log, "rb") as log:
             if self._start.read(1) == b"1":
