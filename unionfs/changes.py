@@ -34,7 +34,7 @@ from .chunkmap import ChunkMap, Source
 from .copyup import Data
 from .index import Index
 from .inodes import InodeNumbers
-from .layer import child, split
+from .layer import ROOT, child, split
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import Marks
@@ -68,14 +68,21 @@ class Changes:
         if entry.in_upper:
             return entry
         if self.upper.layer.lstat_or_none(entry.path) is not None:
-            # Copied up by another request while this one waited.
+            # Copied up by an earlier step of this change (a rename's source
+            # brings up the parent it shares with the target).
             return self.tree.resolve(entry.path)
-        self.upper_dir(self.tree.resolve(split(entry.path)[0]))
-        st = entry.top.layer.lstat(entry.top.path)
-        marks = Marks(origin=self.numbers.of(entry, st))
-        self._install_copy(self._stage(entry, st, marks, Data.NONE), entry.path)
+        missing = [entry.path]  # it and its ancestors not yet up, deepest first
+        while (parent := split(missing[-1])[0]) != ROOT and \
+                self.upper.layer.lstat_or_none(parent) is None:
+            missing.append(parent)
+        parent = self.tree.resolve(split(missing[-1])[0])
+        for path in reversed(missing):
+            entry, st = self.tree.lookup(parent, split(path)[1])
+            marks = Marks(origin=self.numbers.of(entry, st))
+            self._install_copy(self._stage(entry, st, marks, Data.NONE), path)
+            entry = parent = Entry(path, (Location(self.upper.layer, path), *entry.lower), marks)
         self.on_dir_copied()
-        return Entry(entry.path, (Location(self.upper.layer, entry.path), *entry.lower), marks)
+        return entry
 
     async def copy_up(self, entry: Entry, with_data: bool = True) -> Entry:
         """``entry`` copied into the writable branch, if it is not there yet.

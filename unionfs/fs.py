@@ -22,7 +22,6 @@ Not handled, in one place:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -42,6 +41,7 @@ from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
 from .index import Index
 from .layer import ROOT, Layer
 from .partial import PartialFiles
+from .target import Target
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import FLATTEN_XATTR, PREFIX, is_private_xattr, is_reserved
@@ -85,11 +85,30 @@ def _fuse_errors(method):
     return wrapper
 
 
+def _changing(method):
+    """Run a handler that changes names or files holding the change lock
+    (see :class:`UnionOperations`)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args):
+        async with self._change_lock:
+            return await method(self, *args)
+
+    return wrapper
+
+
 class UnionOperations(pyfuse3.Operations):
     """Concurrency: all handlers run as tasks of one trio loop, so the
-    tables here are only touched from one thread at a time.  A handler
-    yields only while a file is copied up or read (in a thread); a
-    per-inode lock keeps other changes to that inode waiting meanwhile."""
+    tables here are only touched from one thread at a time, and a handler
+    can be overtaken only where it awaits: a copy-up copying data or a read
+    (in a thread), or a lock.
+
+    Every handler that changes the union holds one lock, ``_change_lock``,
+    and resolves the entries it acts on only once it holds it.  So a change
+    never acts on what it looked up before a wait: while a copy-up copies,
+    other changes wait for it, and then find its result.  Lookups, reads,
+    listings and writes to open files do not take it and keep going.
+    """
 
     def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 60.0,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP):
@@ -105,10 +124,10 @@ class UnionOperations(pyfuse3.Operations):
         if self._changes:
             self._changes.on_dir_copied = self.inodes.new_epoch
         self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
-        self._open_files = OpenFiles(self._partials, pagecache)
+        self._open_files = OpenFiles(upper, self._partials, pagecache)
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
-        self._locks: dict[int, trio.Lock] = {}
+        self._change_lock = trio.Lock()
         #: run once the kernel has been answered its INIT
         self.after_init: Callable[[], None] = lambda: None
 
@@ -140,26 +159,24 @@ class UnionOperations(pyfuse3.Operations):
         return self._attributes(self.inodes[inode])
 
     @_fuse_errors
+    @_changing
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.inodes[inode]
         truncating = fields.update_size and attr.st_size == 0
-        entry = await self._copied_up(node, with_data=not truncating)
-        layer, path = entry.top
+        target = await self._target(node, with_data=not truncating)
         if fields.update_size:
-            self._open_files.truncate(entry, fh, attr.st_size)
+            self._open_files.truncate(target.entry, fh, attr.st_size)
         if fields.update_uid or fields.update_gid:
-            os.chown(path, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1, dir_fd=layer.fd,
-                     follow_symlinks=False)
-        st = layer.lstat(path)
-        if fields.update_mode and not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, stat.S_IMODE(attr.st_mode), dir_fd=layer.fd)
+            target.chown(attr.st_uid if fields.update_uid else -1,
+                         attr.st_gid if fields.update_gid else -1)
+        if fields.update_mode:
+            target.chmod(stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
-            if entry.marks.partial is not None:
-                self._partials.times_set(entry.marks.partial)
-            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
-            os.utime(path, ns=times, dir_fd=layer.fd, follow_symlinks=False)
+            if target.entry is not None and target.entry.marks.partial is not None:
+                self._partials.times_set(target.entry.marks.partial)
+            st = target.lstat()
+            target.utime((attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                          attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
         return self._attributes(node)
 
     @_fuse_errors
@@ -168,41 +185,47 @@ class UnionOperations(pyfuse3.Operations):
         return os.fsencode(top.layer.readlink(top.path))
 
     @_fuse_errors
+    @_changing
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         parent, name = self._new_name(parent_inode, name)
         entry = self._writer.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
+    @_changing
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent, name = self._new_name(parent_inode, name)
         entry = self._writer.mkdir(parent, name, mode, ctx.uid, ctx.gid)
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
+    @_changing
     async def symlink(self, parent_inode, name, target, ctx):
         parent, name = self._new_name(parent_inode, name)
         entry = self._writer.symlink(parent, name, os.fsdecode(target), ctx.uid, ctx.gid)
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
+    @_changing
     async def link(self, inode, new_parent_inode, new_name, ctx):
         new_parent, new_name = self._new_name(new_parent_inode, new_name)
         node = self.inodes[inode]
-        async with self._lock(node.ino):
-            old, new = await self._writer.link(self._entry(node), new_parent, new_name)
-            self._moved_up(node, old)
+        old, new = await self._writer.link(self._entry(node), new_parent, new_name)
+        self._moved_up(node, old)
         return self._remember_new(new_parent_inode, new_name, new)
 
     @_fuse_errors
+    @_changing
     async def unlink(self, parent_inode, name, ctx):
         await self._remove(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
+    @_changing
     async def rmdir(self, parent_inode, name, ctx):
         await self._remove(parent_inode, os.fsdecode(name))
 
     @_fuse_errors
+    @_changing
     async def rename(self, old_parent_inode, old_name, new_parent_inode, new_name, flags, ctx):
         old_name, new_name = os.fsdecode(old_name), os.fsdecode(new_name)
         if is_reserved(new_name):
@@ -215,11 +238,8 @@ class UnionOperations(pyfuse3.Operations):
         dst_ino = self.numbers.of(*dst) if dst else None
         if src_ino == dst_ino and not flags & pyfuse3.RENAME_EXCHANGE:
             return  # two names of one file: rename(2) does nothing
-        async with contextlib.AsyncExitStack() as locks:
-            for ino in sorted(i for i in (src_ino, dst_ino) if i is not None):
-                await locks.enter_async_context(self._lock(ino))
-            await self._writer.rename(old_parent, old_name, src[0], new_parent, new_name,
-                                      dst[0] if dst else None, flags)
+        await self._writer.rename(old_parent, old_name, src[0], new_parent, new_name,
+                                  dst[0] if dst else None, flags)
         moved = (old_parent_inode, old_name), (new_parent_inode, new_name)
         self._relink(src_ino, *moved)
         renamed = [src_ino]
@@ -228,7 +248,7 @@ class UnionOperations(pyfuse3.Operations):
                 self._relink(dst_ino, *reversed(moved))
                 renamed.append(dst_ino)
             elif (node := self.inodes.find(dst_ino)) is not None:
-                self.inodes.unlink(node, new_parent_inode, new_name)
+                self.inodes.unlink(node, new_parent_inode, new_name, self._if_last_name(*dst))
         for ino in renamed:  # a rename copies up: open files follow
             if (node := self.inodes.find(ino)) is not None and node.fds:
                 self._moved_up(node, self._entry(node))
@@ -240,13 +260,14 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode, flags, ctx):
         node = self.inodes[inode]
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+        if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
+            return self._open_files.open(node, self._entry(node), flags)
+        async with self._change_lock:
             entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
-        else:
-            entry = self._entry(node)
-        return self._open_files.open(node, entry, flags)
+            return self._open_files.open(node, entry, flags)
 
     @_fuse_errors
+    @_changing
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent, name = self._new_name(parent_inode, name)
         fd, entry = self._writer.create(parent, name, mode, flags & OPEN_FLAGS_KEPT,
@@ -287,16 +308,24 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
-        """Entries come from the snapshot taken at opendir, so an offset
+        """Names come from the snapshot taken at opendir, so an offset
         always means the same place: a continued listing neither repeats
-        nor skips."""
+        nor skips.  Each name is looked up in the directory the listing
+        was opened on, wherever it has moved since; a directory removed
+        since lists nothing more."""
         listing = self._dir_listings[fh]
+        try:
+            directory = self._entry(self.inodes[listing.ino])
+        except OSError:
+            return  # removed
+        moved = directory != listing.entry
         for index in range(start_id, len(listing.names)):
             name, where = listing.names[index]
             if isinstance(where, int):  # "." or ".."
                 attrs, entry = self._attributes(self.inodes[where]), None
             else:
-                found = self.tree.entry_at(listing.entry, name, where)
+                found = (self.tree.lookup(directory, name) if moved
+                         else self.tree.entry_at(directory, name, where))
                 if found is None:
                     continue  # removed since opendir
                 entry, st = found
@@ -341,13 +370,21 @@ class UnionOperations(pyfuse3.Operations):
         name = os.fsdecode(name)
         if is_private_xattr(name):
             raise FUSEError(pyfuse3.ENOATTR)
-        top = self._entry(self.inodes[inode]).top
+        node = self.inodes[inode]
+        if self._unnamed(node):
+            return os.getxattr(self._open_files.descriptor(node), name)
+        top = self._entry(node).top
         return top.layer.getxattr(top.path, name)
 
     @_fuse_errors
     async def listxattr(self, inode, ctx):
-        top = self._entry(self.inodes[inode]).top
-        return [os.fsencode(n) for n in top.layer.listxattr(top.path) if not is_private_xattr(n)]
+        node = self.inodes[inode]
+        if self._unnamed(node):
+            names = os.listxattr(self._open_files.descriptor(node))
+        else:
+            top = self._entry(node).top
+            names = top.layer.listxattr(top.path)
+        return [os.fsencode(n) for n in names if not is_private_xattr(n)]
 
     @_fuse_errors
     async def setxattr(self, inode, name, value, ctx):
@@ -356,14 +393,16 @@ class UnionOperations(pyfuse3.Operations):
             self._writer  # noqa: B018 - EROFS on a read-only union
             await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch)
             return
-        await self._change_xattr(inode, name, lambda path: os.setxattr(
-            path, os.fsdecode(name), value, follow_symlinks=False))
+        async with self._change_lock:
+            await self._change_xattr(inode, name,
+                                     lambda target: target.setxattr(os.fsdecode(name), value))
 
     @_fuse_errors
+    @_changing
     async def removexattr(self, inode, name, ctx):
         await self.getxattr(inode, name, ctx)  # no copy-up to remove nothing
-        await self._change_xattr(inode, name, lambda path: os.removexattr(
-            path, os.fsdecode(name), follow_symlinks=False))
+        await self._change_xattr(inode, name,
+                                 lambda target: target.removexattr(os.fsdecode(name)))
 
     async def flatten_all(self) -> None:
         """Complete every partial copy (at unmount, with ``-o flatten``)."""
@@ -379,14 +418,22 @@ class UnionOperations(pyfuse3.Operations):
         return self._changes
 
     def _entry(self, node: Node) -> Entry:
-        """Where ``node`` lives, resolved from its parent when not cached."""
+        """Where ``node`` lives: resolved down from its nearest ancestor
+        whose entry is cached (without recursion: trees may be deep)."""
+        below: list[tuple[Node, str]] = []
         entry = self.inodes.cached_entry(node)
+        while entry is None and node.ino != ROOT_INODE:
+            parent, name = self.inodes.parent_link(node)
+            below.append((node, name))
+            if len(below) > len(self.inodes):
+                raise OSError(errno.ESTALE, "inode is its own ancestor")
+            node = parent
+            entry = self.inodes.cached_entry(node)
         if entry is None:
-            if node.ino == ROOT_INODE:
-                entry = self.tree.root()
-            else:
-                parent, name = self.inodes.parent_link(node)
-                entry = self._child_or_enoent(self._entry(parent), name)[0]
+            entry = self.tree.root()
+            self.inodes.cache_entry(node, entry)
+        for node, name in reversed(below):
+            entry = self._child_or_enoent(entry, name)[0]
             self.inodes.cache_entry(node, entry)
         return entry
 
@@ -398,7 +445,7 @@ class UnionOperations(pyfuse3.Operations):
     def _child_or_enoent(self, parent: Entry, name: str):
         found = self.tree.lookup(parent, name)
         if found is None:
-            raise FUSEError(errno.ENOENT)
+            raise OSError(errno.ENOENT, "no such name")
         return found
 
     def _new_name(self, parent_inode: int, name: bytes) -> tuple[Entry, str]:
@@ -418,10 +465,15 @@ class UnionOperations(pyfuse3.Operations):
         parent = self._entry(self.inodes[parent_inode])
         entry, st = self._child_or_enoent(parent, name)
         ino = self.numbers.of(entry, st)
-        async with self._lock(ino):
-            await self._writer.remove(parent, name, entry)
+        removed = self._if_last_name(entry, st)
+        await self._writer.remove(parent, name, entry)
         if (node := self.inodes.find(ino)) is not None:
-            self.inodes.unlink(node, parent_inode, name)
+            self.inodes.unlink(node, parent_inode, name, removed)
+
+    def _if_last_name(self, entry: Entry, st: os.stat_result) -> os.stat_result | None:
+        """``st`` if ``entry``'s name is the last its file has in the union."""
+        last = stat.S_ISDIR(st.st_mode) or self._link_count(entry, st) <= 1
+        return st if last else None
 
     def _relink(self, ino: int, old: tuple[int, str], new: tuple[int, str]) -> None:
         node = self.inodes.find(ino)
@@ -430,13 +482,13 @@ class UnionOperations(pyfuse3.Operations):
             self.inodes.link(node, *new)
 
     async def _copied_up(self, node: Node, with_data: bool = True) -> Entry:
-        """``node``'s entry, copied into the writable branch first if needed."""
-        async with self._lock(node.ino):
-            entry = self._entry(node)
-            if not entry.in_upper:
-                entry = await self._writer.copy_up(entry, with_data)
-                self._moved_up(node, entry)
-            return entry
+        """``node``'s entry, copied into the writable branch first if needed
+        (the caller holds the change lock)."""
+        entry = self._entry(node)
+        if not entry.in_upper:
+            entry = await self._writer.copy_up(entry, with_data)
+            self._moved_up(node, entry)
+        return entry
 
     def _moved_up(self, node: Node, entry: Entry) -> None:
         """After a copy-up: cache the new entry; open files follow it."""
@@ -446,18 +498,19 @@ class UnionOperations(pyfuse3.Operations):
     async def _change_xattr(self, inode: int, name: bytes, change) -> None:
         if is_private_xattr(os.fsdecode(name)):
             raise FUSEError(errno.EPERM)
-        entry = await self._copied_up(self.inodes[inode])
-        change(entry.top.layer.proc_path(entry.top.path))
+        change(await self._target(self.inodes[inode]))
 
-    @contextlib.asynccontextmanager
-    async def _lock(self, ino: int):
-        lock = self._locks.setdefault(ino, trio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._locks.pop(ino, None)
+    async def _target(self, node: Node, with_data: bool = True) -> Target:
+        """What a change to ``node``'s attributes acts on: its entry, copied
+        up first; or, for an open file with no name left, a descriptor."""
+        if self._unnamed(node):
+            return Target(None, self._open_files.unnamed(node))
+        return Target(await self._copied_up(node, with_data))
+
+    @staticmethod
+    def _unnamed(node: Node) -> bool:
+        """Open, but unlinked from every name since."""
+        return bool(node.fds) and not node.links
 
     def _remember(self, parent_inode: int, name: str, entry: Entry,
                   st: os.stat_result) -> EntryAttributes:
@@ -470,14 +523,15 @@ class UnionOperations(pyfuse3.Operations):
         return self._remember(parent_inode, name, entry, entry.top.layer.lstat(entry.top.path))
 
     def _attributes(self, node: Node) -> EntryAttributes:
-        try:
-            entry = self._entry(node)
-        except OSError:
-            if not node.fds:
-                raise
-            # Unlinked but still open: what the open file says.
-            st = self._open_files.stat(node)
-            return self._attributes_from(st, node.ino, None)
+        if not node.links and node.ino != ROOT_INODE:
+            # Removed, but still open or someone's cwd: as it was, with no names.
+            st = self._open_files.stat(node) if node.fds else node.removed
+            if st is not None:
+                attrs = self._attributes_from(st, node.ino, None)
+                if node.removed is not None:
+                    attrs.st_nlink = 0
+                return attrs
+        entry = self._entry(node)
         st = entry.top.layer.lstat(entry.top.path)
         return self._attributes_from(st, node.ino, entry)
 
@@ -487,13 +541,19 @@ class UnionOperations(pyfuse3.Operations):
         for field in _STAT_FIELDS:
             setattr(attrs, field, getattr(st, field))
         attrs.st_ino = ino
+        attrs.generation = self.inodes.generation(ino)
         attrs.entry_timeout = self.timeout
         attrs.attr_timeout = self.timeout
-        if entry is not None and entry.merged and stat.S_ISDIR(st.st_mode):
-            attrs.st_nlink = 1  # as overlayfs: a merged directory's count is unknown
-        elif entry is not None and entry.marks.nlink is not None:
-            attrs.st_nlink = read_marks(entry.top).nlink or st.st_nlink  # kept by the index
+        if entry is not None:
+            attrs.st_nlink = self._link_count(entry, st)
         return attrs
+
+    def _link_count(self, entry: Entry, st: os.stat_result) -> int:
+        if entry.merged and stat.S_ISDIR(st.st_mode):
+            return 1  # as overlayfs: a merged directory's count is unknown
+        if entry.marks.nlink is not None:
+            return read_marks(entry.top).nlink or st.st_nlink  # kept by the index
+        return st.st_nlink
 
     def _negative_entry(self) -> EntryAttributes:
         """A 'no such name' answer the kernel may cache for ``timeout``."""

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 from pyfuse3 import FileInfo
 
+from .copyup import copy_data
 from .inodes import Node
 from .partial import PartialFile, PartialFiles
 from .tree import Entry
+from .upper import Upper
+from .whiteout import is_private_xattr
 
 # What an open passes on to the real file: the kernel itself handles
 # O_APPEND (it sends the right offset) and O_CREAT/O_EXCL (via create).
@@ -51,7 +56,9 @@ class _OpenFile:
 
 
 class OpenFiles:
-    def __init__(self, partials: PartialFiles | None, pagecache: PageCache):
+    def __init__(self, upper: Upper | None, partials: PartialFiles | None,
+                 pagecache: PageCache):
+        self._upper = upper
         self._partials = partials
         self._pagecache = pagecache
         self._files: dict[int, _OpenFile] = {}
@@ -118,15 +125,21 @@ class OpenFiles:
                 and not open_file.node.fds):
             trio.lowlevel.spawn_system_task(_drop_cached_pages, open_file.node.ino)
 
-    def truncate(self, entry: Entry, fh: int | None, size: int) -> None:
-        if entry.marks.partial is not None:
+    def truncate(self, entry: Entry | None, fh: int | None, size: int) -> None:
+        """Truncate through the handle ``fh`` if given (``ftruncate``: the
+        file may have no name left), else ``entry``'s file."""
+        if fh is not None:
+            partial = self._files[fh].partial
+            if partial is not None:
+                partial.truncate(size)
+            else:
+                os.ftruncate(fh, size)
+        elif entry.marks.partial is not None:
             partial = self._partials.acquire(entry.top, entry.marks)
             try:
                 partial.truncate(size)
             finally:
                 self._partials.release(partial)
-        elif fh is not None:
-            os.ftruncate(fh, size)
         else:
             fd = entry.top.layer.open(entry.top.path, os.O_WRONLY)
             try:
@@ -150,11 +163,57 @@ class OpenFiles:
                 os.dup2(new, fd)
                 os.close(new)
 
-    def stat(self, node: Node) -> os.stat_result:
-        """What one of ``node``'s open files says of it (unlinked but open)."""
+    def descriptor(self, node: Node) -> int:
+        """A descriptor of ``node``'s file, to read its attributes when it
+        has no name left."""
         fd = next(iter(node.fds))
         partial = self._files[fd].partial
-        return os.fstat(partial.upper_fd if partial else fd)
+        return partial.upper_fd if partial else fd
+
+    def stat(self, node: Node) -> os.stat_result:
+        return os.fstat(self.descriptor(node))
+
+    def unnamed(self, node: Node) -> int:
+        """A descriptor to change ``node``'s file through, when it has no
+        name left: the writable copy its handles use.  A file whose handles
+        all read a read-only branch first gets a private copy, which they
+        read from then on (a read-only branch is never changed)."""
+        for fd in node.fds:
+            open_file = self._files[fd]
+            if not open_file.lower_only:
+                return open_file.partial.upper_fd if open_file.partial else fd
+        if self._upper is None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        copy = _nameless_copy(next(iter(node.fds)), self._upper)
+        try:
+            for fd in node.fds:
+                os.dup2(copy, fd)
+                self._files[fd].lower_only = False
+        finally:
+            os.close(copy)
+        return next(iter(node.fds))
+
+
+def _nameless_copy(src: int, upper: Upper) -> int:
+    """A copy of the open file ``src`` in the work directory, unlinked at
+    once: it lives as long as descriptors of it do."""
+    name = upper.staging_name()
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                 dir_fd=upper.work_fd)
+    os.unlink(name, dir_fd=upper.work_fd)
+    try:
+        st = os.fstat(src)
+        copy_data(src, fd, st.st_size)
+        for attr in os.listxattr(src):
+            if not is_private_xattr(attr):
+                os.setxattr(fd, attr, os.getxattr(src, attr))
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def _drop_cached_pages(ino: int) -> None:

@@ -12,6 +12,15 @@ number must be stable and unique among live files:
   so memory follows what the kernel caches, not what was ever seen.  A node
   records the names it was reached by, (parent number, name), never a full
   path, so renaming a directory later needs no walk over its subtree.
+
+A file system reuses the inode numbers of removed files, so a number the
+kernel still holds for a removed file (a removed directory that is some
+process's cwd, say) may come back for a new one.  The new file then gets
+the next FUSE *generation* of that number: the kernel sees the old inode is
+stale and makes a new one, instead of binding the new name to the old
+inode (which fails later lookups in it with ENOENT or ESTALE).  The kernel
+counts lookups per number, old and new inode together, and so does the
+table.
 """
 
 from __future__ import annotations
@@ -61,11 +70,15 @@ class InodeNumbers:
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
-    __slots__ = ("ino", "lookups", "links", "entry", "epoch", "fds")
+    __slots__ = ("ino", "generation", "removed", "lookups", "links", "entry", "epoch", "fds")
 
-    def __init__(self, ino: int):
+    def __init__(self, ino: int, generation: int = 0, lookups: int = 0):
         self.ino = ino
-        self.lookups = 0
+        self.generation = generation
+        #: set when its last name was removed, to its attributes then; the
+        #: number, if seen again, is another file's
+        self.removed: os.stat_result | None = None
+        self.lookups = lookups
         #: the (parent inode, name) pairs this inode was reached by
         self.links: set[tuple[int, str]] = set()
         #: where the inode lives, once resolved, and the table's epoch then
@@ -100,6 +113,8 @@ class InodeTable:
         node = self._nodes.get(ino)
         if node is None:
             node = self._nodes[ino] = Node(ino)
+        elif node.removed is not None:  # the number now stands for another file
+            node = self._nodes[ino] = Node(ino, node.generation + 1, node.lookups)
         node.lookups += 1
         if parent is not None:
             node.links.add((parent, name))
@@ -107,6 +122,13 @@ class InodeTable:
 
     def find(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
+
+    def generation(self, ino: int) -> int:
+        """The generation ``ino`` gets when handed to the kernel now."""
+        node = self._nodes.get(ino)
+        if node is None:
+            return 0
+        return node.generation + (node.removed is not None)
 
     def new_epoch(self) -> None:
         self.epoch += 1
@@ -120,9 +142,13 @@ class InodeTable:
     def link(self, node: Node, parent: int, name: str) -> None:
         node.links.add((parent, name))
 
-    def unlink(self, node: Node, parent: int, name: str) -> None:
+    def unlink(self, node: Node, parent: int, name: str,
+               removed: os.stat_result | None = None) -> None:
+        """``parent/name`` no longer leads to ``node``; ``removed`` gives its
+        attributes if that was the file's last name in the union."""
         node.links.discard((parent, name))
         node.entry = None
+        node.removed = removed
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
