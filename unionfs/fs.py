@@ -8,8 +8,11 @@ Not handled, in one place:
 * Branches must not be changed underneath the mount (overlayfs asks the
   same): the names of read-only directories are read once (``layer.py``),
   and the kernel keeps names and attributes for ``timeout`` seconds.
-* With ``copyup=full``, a directory renamed while a file inside it is being
-  copied up (the copy runs in a thread) may leave the copy at the old path.
+* A file opened read-only from a read-only branch, then unlinked from the
+  name it was opened by while it keeps another: a change through the
+  descriptor (``fchmod``...) goes to a private copy, not to the other name.
+* Changes wait for each other (one lock): while a big file is copied up
+  with ``copyup=full``, other changes wait; lookups, reads and writes go on.
 * No writeback cache: with it the kernel would turn write-only opens into
   read-write ones and send writes late, past the per-write ordering that
   partial copies rely on for crash safety.
@@ -62,6 +65,11 @@ class _Listing:
     ino: int
     entry: Entry
     names: list[tuple[str, Location | int]]
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _fuse_errors(method):
@@ -238,8 +246,14 @@ class UnionOperations(pyfuse3.Operations):
         dst_ino = self.numbers.of(*dst) if dst else None
         if src_ino == dst_ino and not flags & pyfuse3.RENAME_EXCHANGE:
             return  # two names of one file: rename(2) does nothing
-        await self._writer.rename(old_parent, old_name, src[0], new_parent, new_name,
-                                  dst[0] if dst else None, flags)
+        replaced = None if dst is None or flags & pyfuse3.RENAME_EXCHANGE \
+            else self._hold_if_last(dst_ino, *dst)
+        try:
+            await self._writer.rename(old_parent, old_name, src[0], new_parent, new_name,
+                                      dst[0] if dst else None, flags)
+        except BaseException:
+            _close(replaced)
+            raise
         moved = (old_parent_inode, old_name), (new_parent_inode, new_name)
         self._relink(src_ino, *moved)
         renamed = [src_ino]
@@ -248,7 +262,7 @@ class UnionOperations(pyfuse3.Operations):
                 self._relink(dst_ino, *reversed(moved))
                 renamed.append(dst_ino)
             elif (node := self.inodes.find(dst_ino)) is not None:
-                self.inodes.unlink(node, new_parent_inode, new_name, self._if_last_name(*dst))
+                self.inodes.unlink(node, new_parent_inode, new_name, replaced)
         for ino in renamed:  # a rename copies up: open files follow
             if (node := self.inodes.find(ino)) is not None and node.fds:
                 self._moved_up(node, self._entry(node))
@@ -465,15 +479,23 @@ class UnionOperations(pyfuse3.Operations):
         parent = self._entry(self.inodes[parent_inode])
         entry, st = self._child_or_enoent(parent, name)
         ino = self.numbers.of(entry, st)
-        removed = self._if_last_name(entry, st)
-        await self._writer.remove(parent, name, entry)
+        removed = self._hold_if_last(ino, entry, st)
+        try:
+            await self._writer.remove(parent, name, entry)
+        except BaseException:
+            _close(removed)
+            raise
         if (node := self.inodes.find(ino)) is not None:
             self.inodes.unlink(node, parent_inode, name, removed)
 
-    def _if_last_name(self, entry: Entry, st: os.stat_result) -> os.stat_result | None:
-        """``st`` if ``entry``'s name is the last its file has in the union."""
-        last = stat.S_ISDIR(st.st_mode) or self._link_count(entry, st) <= 1
-        return st if last else None
+    def _hold_if_last(self, ino: int, entry: Entry, st: os.stat_result) -> int | None:
+        """Before a name is removed: if it is the last of a file the kernel
+        holds, a descriptor of the file for the inode table (see ``inodes``)."""
+        if self.inodes.find(ino) is None:
+            return None
+        if not stat.S_ISDIR(st.st_mode) and self._link_count(entry, st) > 1:
+            return None
+        return entry.top.layer.open(entry.top.path, os.O_PATH)
 
     def _relink(self, ino: int, old: tuple[int, str], new: tuple[int, str]) -> None:
         node = self.inodes.find(ino)
@@ -524,9 +546,9 @@ class UnionOperations(pyfuse3.Operations):
 
     def _attributes(self, node: Node) -> EntryAttributes:
         if not node.links and node.ino != ROOT_INODE:
-            # Removed, but still open or someone's cwd: as it was, with no names.
-            st = self._open_files.stat(node) if node.fds else node.removed
-            if st is not None:
+            # Removed, but still open or someone's cwd: as it is, with no names.
+            if node.fds or node.removed is not None:
+                st = os.fstat(self._open_files.descriptor(node) if node.fds else node.removed)
                 attrs = self._attributes_from(st, node.ino, None)
                 if node.removed is not None:
                     attrs.st_nlink = 0
@@ -541,7 +563,6 @@ class UnionOperations(pyfuse3.Operations):
         for field in _STAT_FIELDS:
             setattr(attrs, field, getattr(st, field))
         attrs.st_ino = ino
-        attrs.generation = self.inodes.generation(ino)
         attrs.entry_timeout = self.timeout
         attrs.attr_timeout = self.timeout
         if entry is not None:

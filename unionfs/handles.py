@@ -170,9 +170,6 @@ class OpenFiles:
         partial = self._files[fd].partial
         return partial.upper_fd if partial else fd
 
-    def stat(self, node: Node) -> os.stat_result:
-        return os.fstat(self.descriptor(node))
-
     def unnamed(self, node: Node) -> int:
         """A descriptor to change ``node``'s file through, when it has no
         name left: the writable copy its handles use.  A file whose handles

@@ -13,14 +13,13 @@ number must be stable and unique among live files:
   records the names it was reached by, (parent number, name), never a full
   path, so renaming a directory later needs no walk over its subtree.
 
-A file system reuses the inode numbers of removed files, so a number the
-kernel still holds for a removed file (a removed directory that is some
-process's cwd, say) may come back for a new one.  The new file then gets
-the next FUSE *generation* of that number: the kernel sees the old inode is
-stale and makes a new one, instead of binding the new name to the old
-inode (which fails later lookups in it with ENOENT or ESTALE).  The kernel
-counts lookups per number, old and new inode together, and so does the
-table.
+A file system reuses the inode numbers of removed files.  Were a number
+the kernel still holds for a removed file (a removed directory that is some
+process's cwd, say) to come back for a new file, the kernel would bind the
+new name to the old inode (lookups in it then fail with ENOENT or ESTALE).
+So a node whose last name is removed keeps a descriptor of its file until
+the kernel forgets it: the number stays taken, and the removed file's
+attributes stay readable, as on a local file system.
 """
 
 from __future__ import annotations
@@ -70,15 +69,13 @@ class InodeNumbers:
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
-    __slots__ = ("ino", "generation", "removed", "lookups", "links", "entry", "epoch", "fds")
+    __slots__ = ("ino", "removed", "lookups", "links", "entry", "epoch", "fds")
 
-    def __init__(self, ino: int, generation: int = 0, lookups: int = 0):
+    def __init__(self, ino: int):
         self.ino = ino
-        self.generation = generation
-        #: set when its last name was removed, to its attributes then; the
-        #: number, if seen again, is another file's
-        self.removed: os.stat_result | None = None
-        self.lookups = lookups
+        #: once its last name is removed: an ``O_PATH`` descriptor of its file
+        self.removed: int | None = None
+        self.lookups = 0
         #: the (parent inode, name) pairs this inode was reached by
         self.links: set[tuple[int, str]] = set()
         #: where the inode lives, once resolved, and the table's epoch then
@@ -113,8 +110,6 @@ class InodeTable:
         node = self._nodes.get(ino)
         if node is None:
             node = self._nodes[ino] = Node(ino)
-        elif node.removed is not None:  # the number now stands for another file
-            node = self._nodes[ino] = Node(ino, node.generation + 1, node.lookups)
         node.lookups += 1
         if parent is not None:
             node.links.add((parent, name))
@@ -122,13 +117,6 @@ class InodeTable:
 
     def find(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
-
-    def generation(self, ino: int) -> int:
-        """The generation ``ino`` gets when handed to the kernel now."""
-        node = self._nodes.get(ino)
-        if node is None:
-            return 0
-        return node.generation + (node.removed is not None)
 
     def new_epoch(self) -> None:
         self.epoch += 1
@@ -142,13 +130,14 @@ class InodeTable:
     def link(self, node: Node, parent: int, name: str) -> None:
         node.links.add((parent, name))
 
-    def unlink(self, node: Node, parent: int, name: str,
-               removed: os.stat_result | None = None) -> None:
-        """``parent/name`` no longer leads to ``node``; ``removed`` gives its
-        attributes if that was the file's last name in the union."""
+    def unlink(self, node: Node, parent: int, name: str, removed: int | None = None) -> None:
+        """``parent/name`` no longer leads to ``node``; ``removed`` is a
+        descriptor of its file if that was the file's last name, which
+        the table now owns."""
         node.links.discard((parent, name))
         node.entry = None
-        node.removed = removed
+        if removed is not None:
+            node.removed = removed
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)
@@ -157,6 +146,8 @@ class InodeTable:
         node.lookups -= count
         if node.lookups <= 0:
             del self._nodes[ino]
+            if node.removed is not None:
+                os.close(node.removed)
 
     def parent_link(self, node: Node) -> tuple[Node, str]:
         """A (parent node, name) pair by which ``node`` can be reached now."""
