@@ -105,7 +105,7 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
             os._exit(status)
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready_pipe:
-        answer = ready_pipe.read().decode(errors="replace").strip()
+        answer = os.fsdecode(ready_pipe.read()).strip()
     if answer != "ok":
         os.waitpid(pid, 0)
         raise MountError(answer or "the daemon exited before the mount was ready")
@@ -164,7 +164,7 @@ class _ReadyPipe:
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
-            os.write(self._fd, message.encode())
+            os.write(self._fd, os.fsencode(message))
         os.close(self._fd)
         self._fd = None
 
@@ -202,7 +202,8 @@ def _detach(keep_stderr: bool) -> None:
 
 def pidfile_path(mountpoint: str) -> str:
     """Where the daemon serving ``mountpoint`` records its PID."""
-    return os.path.join(PID_DIR, urllib.parse.quote(mountpoint, safe="") + ".pid")
+    name = urllib.parse.quote(os.fsencode(mountpoint), safe="")
+    return os.path.join(PID_DIR, name + ".pid")
 
 
 @contextlib.contextmanager
