@@ -110,6 +110,7 @@ def test_umount_of_something_else_is_refused(tmp_path):
     ["-o", "br={up}=rw:{low}=ro", "{low}/d"],
     ["-o", "br={up}=rw:{low}=ro", "{tmp}"],
     ["-o", "br={low},max_read=lots", "{mnt}"],
+    ["-o", "lowerdir={low},upperdir={up},workdir={mnt}", "{mnt}"],
     ["{mnt}"],
 ])
 def test_bad_input_is_one_line_and_changes_nothing(branches, tmp_path, args):

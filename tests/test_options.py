@@ -70,3 +70,22 @@ def test_bad_mountpoints(stack, mnt, message):
     (stack / "low/sub").mkdir()
     with pytest.raises(BranchError, match=message):
         parse([f"br={stack}/up=rw:{stack}/low=ro"], str(stack / mnt))
+
+
+@pytest.mark.parametrize("mnt, workdir, message", [
+    ("work", "work", "mount point .*/work is inside workdir .*/work$"),
+    ("work/sub", "work", "is inside workdir"),
+    ("mnt", "mnt/work", "would hide workdir .*/mnt/work$"),
+    ("mnt", "link-to-mnt/work", "would hide workdir .*/mnt/work$"),
+    ("link-to-work", "work", "is inside workdir"),
+])
+def test_workdir_and_mountpoint_must_not_overlap(stack, mnt, workdir, message):
+    """A daemon whose work dir is reached through its own mount waits on
+    itself for ever (in D state): refused before anything is mounted."""
+    (stack / "work/sub").mkdir()
+    (stack / "mnt/work").mkdir()
+    (stack / "link-to-mnt").symlink_to(stack / "mnt")
+    (stack / "link-to-work").symlink_to(stack / "work")
+    with pytest.raises(BranchError, match=message):
+        parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/{workdir}"],
+              str(stack / mnt))
