@@ -46,17 +46,14 @@ def cli(debug: bool) -> None:
 @click.option("--source", help="Branch list or name shown in the mount table (mount.fuse3 form).")
 def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, source: str | None) -> None:
     """Mount a union of branches on MOUNTPOINT."""
-    try:
-        config = options.parse(list(option_args), mountpoint, source)
-    except BranchError as exc:
-        raise click.ClickException(str(exc)) from None
     debugging = logging.getLogger().isEnabledFor(logging.DEBUG)
     try:
+        config = options.parse(list(option_args), mountpoint, source)
         if foreground:
             daemon.serve(config)
         else:
             daemon.spawn(config, keep_stderr=debugging)
-    except daemon.MountError as exc:
+    except (BranchError, daemon.MountError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -5,6 +5,8 @@ returns only once the mount is ready (or with the daemon's one-line error).
 SIGTERM, SIGINT and SIGHUP end the daemon with a clean unmount; an unmount
 from outside (``umount``, ``fusermount3 -u``) ends it too.
 
+The daemon holds its writable branch for its whole life (``upperlock``).
+
 Each daemon records its PID in ``/run/pyunion/`` under its mount point's
 name, so ``pyunion umount`` can wait for it to be gone; the records of
 daemons that were killed are removed by the next daemon that starts.
@@ -24,7 +26,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from . import mounts
+from . import mounts, upperlock
 from .fs import UnionOperations
 from .handles import PageCache
 from .layer import Layer
@@ -48,36 +50,41 @@ class MountError(RuntimeError):
 
 
 def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount and answer requests until unmounted or signalled."""
+    """Mount and answer requests until unmounted or signalled.
+
+    Raises :class:`~unionfs.branches.BranchError` if the writable branch is
+    in use, :class:`MountError` if the mount fails.
+    """
     # The kernel has applied the caller's umask already.
     os.umask(0)
-    layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
-    upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
-    try:
-        operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
-                                     pagecache=PageCache(config.pagecache))
-        with _stderr_captured() as complaint:
-            try:
-                pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
-            except RuntimeError as exc:
-                reason = complaint() or str(exc)
-                raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
-        # The kernel sets the readahead when the daemon answers its INIT.
-        operations.after_init = lambda: _widen_readahead(config.mountpoint)
+    with upperlock.held(config.stack):
+        layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
+        upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
         try:
-            if upper is not None:
-                upper.prepare()
-            with _pidfile(config.mountpoint):
-                trio.run(_main_loop, on_ready)
+            operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
+                                         pagecache=PageCache(config.pagecache))
+            with _stderr_captured() as complaint:
+                try:
+                    pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
+                except RuntimeError as exc:
+                    reason = complaint() or str(exc)
+                    raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
+            # The kernel sets the readahead when the daemon answers its INIT.
+            operations.after_init = lambda: _widen_readahead(config.mountpoint)
+            try:
+                if upper is not None:
+                    upper.prepare()
+                with _pidfile(config.mountpoint):
+                    trio.run(_main_loop, on_ready)
+            finally:
+                pyfuse3.close(unmount=True)
+            if config.flatten_at_umount:
+                trio.run(operations.flatten_all)
         finally:
-            pyfuse3.close(unmount=True)
-        if config.flatten_at_umount:
-            trio.run(operations.flatten_all)
-    finally:
-        if upper is not None:
-            upper.close()
-        for layer in layers:
-            layer.close()
+            if upper is not None:
+                upper.close()
+            for layer in layers:
+                layer.close()
 
 
 def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool = False) -> int:
