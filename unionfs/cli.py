@@ -53,7 +53,7 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
             daemon.serve(config)
         else:
             daemon.spawn(config, keep_stderr=debugging)
-    except (BranchError, daemon.MountError) as exc:
+    except (BranchError, daemon.MountError, daemon.FlattenError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -69,8 +69,13 @@ def umount(mountpoint: str) -> None:
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise click.ClickException(message[0])
-    if pid is not None and not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
+    if pid is None:
+        return
+    if not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
         raise click.ClickException(f"unmounted, but daemon {pid} is still running")
+    failure = daemon.failure_of(mnt, pid)
+    if failure:
+        raise click.ClickException(f"unmounted, but the daemon failed: {failure}")
 
 
 @cli.command()
