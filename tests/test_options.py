@@ -89,3 +89,26 @@ def test_workdir_and_mountpoint_must_not_overlap(stack, mnt, workdir, message):
     with pytest.raises(BranchError, match=message):
         parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/{workdir}"],
               str(stack / mnt))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["br={s}/a,b=rw:{s}/low=ro"], r"a comma cannot appear in a branch path given in -o "
+                                   r"\(br=.*/a,b=rw:.*/low=ro\): commas separate options$"),
+    (["br={s}/up=rw:{s}/a,b=ro"], "a comma cannot appear in a branch path"),
+    (["lowerdir={s}/a,b"], r"a comma cannot appear .* \(lowerdir=.*/a,b\)"),
+    (["lowerdir={s}/low,upperdir={s}/a,b,workdir={s}/work"], r"\(upperdir=.*/a,b\)"),
+    (["br={s}/low,allow_othr"], "^unknown mount option 'allow_othr'$"),
+    (["br={s}/low=ro,b"], "^unknown mount option 'b'$"),
+    (["br={s}/low,blkdev"], r"^blkdev is not supported by pyunion \(it needs fuseblk"),
+])
+def test_commas_in_paths_and_blkdev_say_what_is_wrong(stack, options, message):
+    (stack / "a,b").mkdir()
+    with pytest.raises(BranchError, match=message):
+        parse([o.format(s=stack) for o in options], str(stack / "mnt"))
+
+
+def test_a_comma_in_the_source_reaches_libfuse_escaped(stack):
+    (stack / "a,b").mkdir()
+    config = parse([], str(stack / "mnt"), f"{stack}/a,b=rw:{stack}/low=ro")
+    assert config.stack.upper.path == f"{stack}/a,b"
+    assert f"fsname={stack}/a\\,b=rw:{stack}/low=ro" in config.fuse_options
