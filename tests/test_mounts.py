@@ -108,6 +108,10 @@ def test_mount_write_flatten_umount_with_non_utf8_bytes_in_the_mount_table(
 
     done = private_mounts.pyunion("flatten", str(mnt))
     assert (done.returncode, done.stderr) == (0, b"")
+    with open(seen / "f"):
+        done = private_mounts.pyunion("umount", str(mnt))
+        assert done.returncode == 1 and done.stderr.endswith(b"Device or resource busy\n")
+        assert done.stderr.count(b"\n") == 1 and os.fsencode(mnt) in done.stderr
     done = private_mounts.pyunion("umount", str(mnt))
     assert (done.returncode, done.stderr) == (0, b"")
     assert process_gone(pid)

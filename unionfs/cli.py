@@ -65,7 +65,9 @@ def umount(mountpoint: str) -> None:
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
     pid = daemon.pid_of(mnt)
-    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    # Its messages name the mount point, whose bytes need not be UTF-8.
+    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True,
+                          errors="surrogateescape")
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise click.ClickException(message[0])
@@ -116,6 +118,8 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 
 
 def main() -> None:
+    # Messages name paths as their bytes, UTF-8 or not.
+    sys.stderr.reconfigure(errors="surrogateescape")
     args = sys.argv[1:]
     if args and not args[0].startswith("-") and args[0] not in cli.commands:
         args = ["mount", "--source", *args]
