@@ -117,3 +117,10 @@ def test_mount_write_flatten_umount_with_non_utf8_bytes_in_the_mount_table(
     assert process_gone(pid)
     assert private_mounts.find(mnt) is None
     assert (up / "g").read_text() == "new" and (up / "f").read_text() == "LOWer"
+
+    # The mount.fuse3 form: the branch list is the source (and fsname=).
+    done = private_mounts.pyunion(f"{up}=rw:{low}=ro", str(mnt))
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert (seen / "g").read_text() == "new"
+    done = private_mounts.pyunion("umount", str(mnt))
+    assert (done.returncode, done.stderr) == (0, b"")

@@ -1,5 +1,7 @@
 """Mount options into a config (no mount needed)."""
 
+import os
+
 import pytest
 
 from unionfs.branches import BranchError
@@ -112,3 +114,13 @@ def test_a_comma_in_the_source_reaches_libfuse_escaped(stack):
     config = parse([], str(stack / "mnt"), f"{stack}/a,b=rw:{stack}/low=ro")
     assert config.stack.upper.path == f"{stack}/a,b"
     assert f"fsname={stack}/a\\,b=rw:{stack}/low=ro" in config.fuse_options
+
+
+def test_the_source_as_fsname_is_ascii_for_libfuse(stack):
+    (stack / "a,b").mkdir()
+    up = stack / os.fsdecode(b"up\xff\\")
+    up.mkdir()
+    config = parse([], str(stack / "mnt"), f"{up}=rw:{stack}/a,b=ro")
+    assert f"fsname={stack}/up\\\\xff\\\\=rw:{stack}/a\\,b=ro" in config.fuse_options
+    with pytest.raises(BranchError, match="FUSE takes only ASCII options"):
+        parse([f"br={stack}/low,fsname=\u00e9"], str(stack / "mnt"))

@@ -73,6 +73,8 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 raise BranchError("blkdev is not supported by pyunion (it needs fuseblk, "
                                   "a file system on a block device)")
             elif (key in _FUSE_FLAGS and not sep) or (key in _FUSE_KEYS and sep):
+                if not option.isascii():
+                    raise BranchError(f"mount option {option!r}: FUSE takes only ASCII options")
                 fuse.add(option)
             elif key in _MOUNT8_ONLY or key.startswith("x-"):
                 pass
@@ -90,6 +92,14 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial", flatten_at_umount=flatten,
                        pagecache=pagecache)
+
+
+def _fsname(source: str) -> str:
+    """``source`` as the value of a FUSE option: those are ASCII (pyfuse3),
+    so other bytes are spelled ``\\xNN``; and libfuse splits them at every
+    comma no backslash escapes."""
+    text = os.fsencode(source).decode("ascii", "backslashreplace")
+    return text.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _rest_of_a_path(path_option: str, option: str) -> bool:
@@ -129,9 +139,7 @@ def _fuse_options(given: set[str], stack: BranchStack, source: str | None) -> se
     options.add("default_permissions")
     options.add(f"subtype={FSTYPE}")
     if not any(o.startswith("fsname=") for o in given):
-        # libfuse splits its options at commas that no backslash escapes.
-        name = (source or FSTYPE).replace("\\", "\\\\").replace(",", "\\,")
-        options.add(f"fsname={name}")
+        options.add(f"fsname={_fsname(source or FSTYPE)}")
     if stack.upper is None:
         # With nothing writable the mount is read-only, as overlayfs does.
         options.discard("rw")
