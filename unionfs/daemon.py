@@ -120,8 +120,8 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
             serve(config, on_ready=lambda: ready.send("ok"))
             status = 0
         except BaseException as exc:  # noqa: BLE001 - the parent must hear of it
-            ready.send(one_line(exc))
-            log.error("%s", one_line(exc))
+            ready.send(_one_line(exc))
+            log.error("%s", _one_line(exc))
             log.debug("daemon failed", exc_info=True)
         finally:
             os._exit(status)
@@ -154,7 +154,7 @@ def failure_of(mountpoint: str, pid: int) -> str | None:
     return message.strip()
 
 
-def one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
     """What a daemon that ended with ``exc`` says of it."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -301,7 +301,7 @@ def _records(mountpoint: str):
     except BaseException as exc:
         if path:
             with contextlib.suppress(OSError):
-                _write_record(_failure_path(mountpoint), f"{os.getpid()}\n{one_line(exc)}\n")
+                _write_record(_failure_path(mountpoint), f"{os.getpid()}\n{_one_line(exc)}\n")
         raise
     finally:
         if path:
