@@ -83,6 +83,17 @@ def test_mount_fuse_helper_and_fstab_form(branches, unions):
     assert (mnt / "hello").read_text() == "world"
 
 
+def test_the_mount_fuse_form_takes_a_comma_in_a_branch_path(branches, unions, tmp_path):
+    """``-o`` cannot hold one (commas separate options) but the source can."""
+    up, low, mnt = branches
+    upper = build(tmp_path / "a,b", {})
+    unions.track(mnt, [low])
+    pyunion(f"{upper}=rw:{low}=ro", str(mnt))
+    (mnt / "new").write_text("new")
+    assert (upper / "new").read_text() == "new"
+    assert daemon.pid_of(str(mnt)) is not None
+
+
 def test_overlay_style_options(branches, unions, tmp_path):
     up, low, mnt = branches
     (tmp_path / "work").mkdir()
@@ -110,6 +121,9 @@ def test_umount_of_something_else_is_refused(tmp_path):
     ["-o", "br={up}=rw:{low}=ro", "{low}/d"],
     ["-o", "br={up}=rw:{low}=ro", "{tmp}"],
     ["-o", "br={low},max_read=lots", "{mnt}"],
+    ["-o", "lowerdir={low},upperdir={up},workdir={mnt}", "{mnt}"],
+    ["-o", "br={up}=rw:{low}/d,x=ro", "{mnt}"],
+    ["-o", "br={low},blkdev", "{mnt}"],
     ["{mnt}"],
 ])
 def test_bad_input_is_one_line_and_changes_nothing(branches, tmp_path, args):

@@ -1,5 +1,7 @@
 """Mount options into a config (no mount needed)."""
 
+import os
+
 import pytest
 
 from unionfs.branches import BranchError
@@ -70,3 +72,55 @@ def test_bad_mountpoints(stack, mnt, message):
     (stack / "low/sub").mkdir()
     with pytest.raises(BranchError, match=message):
         parse([f"br={stack}/up=rw:{stack}/low=ro"], str(stack / mnt))
+
+
+@pytest.mark.parametrize("mnt, workdir, message", [
+    ("work", "work", "mount point .*/work is inside workdir .*/work$"),
+    ("work/sub", "work", "is inside workdir"),
+    ("mnt", "mnt/work", "would hide workdir .*/mnt/work$"),
+    ("mnt", "link-to-mnt/work", "would hide workdir .*/mnt/work$"),
+    ("link-to-work", "work", "is inside workdir"),
+])
+def test_workdir_and_mountpoint_must_not_overlap(stack, mnt, workdir, message):
+    """A daemon whose work dir is reached through its own mount waits on
+    itself for ever (in D state): refused before anything is mounted."""
+    (stack / "work/sub").mkdir()
+    (stack / "mnt/work").mkdir()
+    (stack / "link-to-mnt").symlink_to(stack / "mnt")
+    (stack / "link-to-work").symlink_to(stack / "work")
+    with pytest.raises(BranchError, match=message):
+        parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/{workdir}"],
+              str(stack / mnt))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["br={s}/a,b=rw:{s}/low=ro"], r"a comma cannot appear in a branch path given in -o "
+                                   r"\(br=.*/a,b=rw:.*/low=ro\): commas separate options$"),
+    (["br={s}/up=rw:{s}/a,b=ro"], "a comma cannot appear in a branch path"),
+    (["lowerdir={s}/a,b"], r"a comma cannot appear .* \(lowerdir=.*/a,b\)"),
+    (["lowerdir={s}/low,upperdir={s}/a,b,workdir={s}/work"], r"\(upperdir=.*/a,b\)"),
+    (["br={s}/low,allow_othr"], "^unknown mount option 'allow_othr'$"),
+    (["br={s}/low=ro,b"], "^unknown mount option 'b'$"),
+    (["br={s}/low,blkdev"], r"^blkdev is not supported by pyunion \(it needs fuseblk"),
+])
+def test_commas_in_paths_and_blkdev_say_what_is_wrong(stack, options, message):
+    (stack / "a,b").mkdir()
+    with pytest.raises(BranchError, match=message):
+        parse([o.format(s=stack) for o in options], str(stack / "mnt"))
+
+
+def test_a_comma_in_the_source_reaches_libfuse_escaped(stack):
+    (stack / "a,b").mkdir()
+    config = parse([], str(stack / "mnt"), f"{stack}/a,b=rw:{stack}/low=ro")
+    assert config.stack.upper.path == f"{stack}/a,b"
+    assert f"fsname={stack}/a\\,b=rw:{stack}/low=ro" in config.fuse_options
+
+
+def test_the_source_as_fsname_is_ascii_for_libfuse(stack):
+    (stack / "a,b").mkdir()
+    up = stack / os.fsdecode(b"up\xff\\")
+    up.mkdir()
+    config = parse([], str(stack / "mnt"), f"{up}=rw:{stack}/a,b=ro")
+    assert f"fsname={stack}/up\\\\xff\\\\=rw:{stack}/a\\,b=ro" in config.fuse_options
+    with pytest.raises(BranchError, match="FUSE takes only ASCII options"):
+        parse([f"br={stack}/low,fsname=\u00e9"], str(stack / "mnt"))

@@ -113,15 +113,19 @@ def check_mountpoint(mountpoint: str, stack: BranchStack) -> str:
     """Refuse a mount point that is missing or that would hide a branch.
 
     A FUSE daemon that reaches its own mount point waits on itself, so the
-    mount point may be neither a branch, nor inside one, nor above one.
+    mount point may be neither a branch nor the work directory, nor inside
+    one, nor above one.
     """
     _require_directory(mountpoint, "mount point")
     mnt = os.path.realpath(mountpoint)
-    for branch in stack.branches:
-        if mnt == branch.path or _inside(mnt, branch.path):
-            raise BranchError(f"mount point {mnt} is inside branch {branch.path}")
-        if _inside(branch.path, mnt):
-            raise BranchError(f"mount point {mnt} would hide branch {branch.path}")
+    used = [(f"branch {b.path}", b.path) for b in stack.branches]
+    if stack.workdir is not None:
+        used.append((f"workdir {stack.workdir}", stack.workdir))
+    for what, path in used:
+        if mnt == path or _inside(mnt, path):
+            raise BranchError(f"mount point {mnt} is inside {what}")
+        if _inside(path, mnt):
+            raise BranchError(f"mount point {mnt} would hide {what}")
     return mnt
 
 

@@ -46,17 +46,14 @@ def cli(debug: bool) -> None:
 @click.option("--source", help="Branch list or name shown in the mount table (mount.fuse3 form).")
 def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, source: str | None) -> None:
     """Mount a union of branches on MOUNTPOINT."""
-    try:
-        config = options.parse(list(option_args), mountpoint, source)
-    except BranchError as exc:
-        raise click.ClickException(str(exc)) from None
     debugging = logging.getLogger().isEnabledFor(logging.DEBUG)
     try:
+        config = options.parse(list(option_args), mountpoint, source)
         if foreground:
             daemon.serve(config)
         else:
             daemon.spawn(config, keep_stderr=debugging)
-    except daemon.MountError as exc:
+    except (BranchError, daemon.MountError, daemon.FlattenError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -68,12 +65,19 @@ def umount(mountpoint: str) -> None:
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
     pid = daemon.pid_of(mnt)
-    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    # Its messages name the mount point, whose bytes need not be UTF-8.
+    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True,
+                          errors="surrogateescape")
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise click.ClickException(message[0])
-    if pid is not None and not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
+    if pid is None:
+        return
+    if not _wait_gone(pid, _UMOUNT_WAIT_SECONDS):
         raise click.ClickException(f"unmounted, but daemon {pid} is still running")
+    failure = daemon.failure_of(mnt, pid)
+    if failure:
+        raise click.ClickException(f"unmounted, but the daemon failed: {failure}")
 
 
 @cli.command()
@@ -114,6 +118,8 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 
 
 def main() -> None:
+    # Messages name paths as their bytes, UTF-8 or not.
+    sys.stderr.reconfigure(errors="surrogateescape")
     args = sys.argv[1:]
     if args and not args[0].startswith("-") and args[0] not in cli.commands:
         args = ["mount", "--source", *args]

@@ -5,9 +5,15 @@ returns only once the mount is ready (or with the daemon's one-line error).
 SIGTERM, SIGINT and SIGHUP end the daemon with a clean unmount; an unmount
 from outside (``umount``, ``fusermount3 -u``) ends it too.
 
+The daemon holds its writable branch for its whole life (``upperlock``), and
+serves with its soft limit of open files raised to the hard one.
+
 Each daemon records its PID in ``/run/pyunion/`` under its mount point's
 name, so ``pyunion umount`` can wait for it to be gone; the records of
-daemons that were killed are removed by the next daemon that starts.
+daemons that were killed are removed by the next daemon that starts.  A
+daemon that fails after its mount was ready (a flatten at unmount that runs
+out of space, say) logs one line and leaves that line in a failure record
+beside, for ``pyunion umount`` to report.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import logging.handlers
 import os
+import resource
 import signal
 import tempfile
 import urllib.parse
@@ -24,7 +32,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from . import mounts
+from . import mounts, upperlock
 from .fs import UnionOperations
 from .handles import PageCache
 from .layer import Layer
@@ -41,43 +49,56 @@ READAHEAD_KB = 1024
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_SYSLOG = "/dev/log"
 
 
 class MountError(RuntimeError):
     """The daemon could not mount; the message is one line."""
 
 
+class FlattenError(RuntimeError):
+    """``-o flatten`` could not complete the partial copies at unmount;
+    the message is one line.  The branch keeps them, as it was."""
+
+
 def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount and answer requests until unmounted or signalled."""
+    """Mount and answer requests until unmounted or signalled.
+
+    Raises :class:`~unionfs.branches.BranchError` if the writable branch is
+    in use, :class:`MountError` if the mount fails, :class:`FlattenError` if
+    ``-o flatten`` fails at unmount.
+    """
     # The kernel has applied the caller's umask already.
     os.umask(0)
-    layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
-    upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
-    try:
-        operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
-                                     pagecache=PageCache(config.pagecache))
-        with _stderr_captured() as complaint:
-            try:
-                pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
-            except RuntimeError as exc:
-                reason = complaint() or str(exc)
-                raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
-        # The kernel sets the readahead when the daemon answers its INIT.
-        operations.after_init = lambda: _widen_readahead(config.mountpoint)
+    _raise_open_file_limit()
+    with upperlock.held(config.stack):
+        layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
+        upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
         try:
-            if upper is not None:
-                upper.prepare()
-            with _pidfile(config.mountpoint):
-                trio.run(_main_loop, on_ready)
+            operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
+                                         pagecache=PageCache(config.pagecache))
+            with _stderr_captured() as complaint:
+                try:
+                    pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
+                except RuntimeError as exc:
+                    reason = complaint() or str(exc)
+                    raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
+            # The kernel sets the readahead when the daemon answers its INIT.
+            operations.after_init = lambda: _widen_readahead(config.mountpoint)
+            with _records(config.mountpoint):
+                try:
+                    if upper is not None:
+                        upper.prepare()
+                    trio.run(_main_loop, on_ready)
+                finally:
+                    pyfuse3.close(unmount=True)
+                if config.flatten_at_umount:
+                    _flatten(operations, config.mountpoint)
         finally:
-            pyfuse3.close(unmount=True)
-        if config.flatten_at_umount:
-            trio.run(operations.flatten_all)
-    finally:
-        if upper is not None:
-            upper.close()
-        for layer in layers:
-            layer.close()
+            if upper is not None:
+                upper.close()
+            for layer in layers:
+                layer.close()
 
 
 def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool = False) -> int:
@@ -99,13 +120,14 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
             serve(config, on_ready=lambda: ready.send("ok"))
             status = 0
         except BaseException as exc:  # noqa: BLE001 - the parent must hear of it
-            ready.send(str(exc) or type(exc).__name__)
-            log.exception("daemon failed")
+            ready.send(_one_line(exc))
+            log.error("%s", _one_line(exc))
+            log.debug("daemon failed", exc_info=True)
         finally:
             os._exit(status)
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready_pipe:
-        answer = ready_pipe.read().decode(errors="replace").strip()
+        answer = os.fsdecode(ready_pipe.read()).strip()
     if answer != "ok":
         os.waitpid(pid, 0)
         raise MountError(answer or "the daemon exited before the mount was ready")
@@ -115,6 +137,26 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
 def pid_of(mountpoint: str) -> int | None:
     """The PID of the daemon serving ``mountpoint``, if it is still running."""
     return _live_pid(pidfile_path(mountpoint))
+
+
+def failure_of(mountpoint: str, pid: int) -> str | None:
+    """Why the daemon ``pid`` of ``mountpoint`` failed at its end, if it
+    did; the record is removed once read."""
+    path = _failure_path(mountpoint)
+    try:
+        with open(path, errors="surrogateescape") as f:
+            recorded_pid, _, message = f.read().partition("\n")
+        if int(recorded_pid) != pid:
+            return None
+        os.unlink(path)
+    except (OSError, ValueError):
+        return None
+    return message.strip()
+
+
+def _one_line(exc: BaseException) -> str:
+    """What a daemon that ended with ``exc`` says of it."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _live_pid(pidfile: str) -> int | None:
@@ -145,6 +187,23 @@ async def _stop_on_signal() -> None:
             return
 
 
+def _raise_open_file_limit() -> None:
+    """Serve as many open files as the hard limit allows: the soft limit
+    inherited is often 1,024, for every file open through the mount."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _flatten(operations: UnionOperations, mountpoint: str) -> None:
+    try:
+        trio.run(operations.flatten_all)
+    except OSError as exc:
+        raise FlattenError(f"flatten of {mountpoint} at unmount failed: {exc.strerror} "
+                           "(its partial copies stay; mount it again to retry)") from None
+
+
 def _widen_readahead(mountpoint: str) -> None:
     """Set the mount's readahead (root only; others keep the default)."""
     with contextlib.suppress(OSError):
@@ -164,7 +223,7 @@ class _ReadyPipe:
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
-            os.write(self._fd, message.encode())
+            os.write(self._fd, os.fsencode(message))
         os.close(self._fd)
         self._fd = None
 
@@ -192,37 +251,65 @@ def _stderr_captured():
 
 
 def _detach(keep_stderr: bool) -> None:
+    """Leave the caller's session and terminal; without ``keep_stderr``
+    the daemon's errors go to syslog (when there is one) instead."""
     os.setsid()
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    if not keep_stderr and os.path.exists(_SYSLOG):
+        handler = logging.handlers.SysLogHandler(_SYSLOG)
+        handler.setFormatter(logging.Formatter("pyunion[%(process)d]: %(message)s"))
+        logging.getLogger().addHandler(handler)
 
 
 def pidfile_path(mountpoint: str) -> str:
     """Where the daemon serving ``mountpoint`` records its PID."""
-    return os.path.join(PID_DIR, urllib.parse.quote(mountpoint, safe="") + ".pid")
+    return _record_path(mountpoint, ".pid")
+
+
+def _failure_path(mountpoint: str) -> str:
+    return _record_path(mountpoint, ".failed")
+
+
+def _record_path(mountpoint: str, suffix: str) -> str:
+    name = urllib.parse.quote(os.fsencode(mountpoint), safe="")
+    return os.path.join(PID_DIR, name + suffix)
 
 
 @contextlib.contextmanager
-def _pidfile(mountpoint: str):
+def _records(mountpoint: str):
+    """The PID record while the daemon serves, and the failure record it
+    leaves if it ends with an error (not root: neither)."""
     path = pidfile_path(mountpoint)
     try:
         # Modes are explicit: the daemon runs with umask 0 (see serve).
         os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
         for name in os.listdir(PID_DIR):  # left by daemons that were killed
-            if _live_pid(os.path.join(PID_DIR, name)) is None:
+            if name.endswith(".pid") and _live_pid(os.path.join(PID_DIR, name)) is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(PID_DIR, name))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        with contextlib.suppress(FileNotFoundError):  # of an earlier daemon here
+            os.unlink(_failure_path(mountpoint))
+        _write_record(path, f"{os.getpid()}\n")
     except OSError:
-        path = None  # not root: run without a PID file
+        path = None
     try:
         yield
+    except BaseException as exc:
+        if path:
+            with contextlib.suppress(OSError):
+                _write_record(_failure_path(mountpoint), f"{os.getpid()}\n{_one_line(exc)}\n")
+        raise
     finally:
         if path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _write_record(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", errors="surrogateescape") as f:
+        f.write(text)

@@ -1,7 +1,14 @@
-"""What the kernel's mount table says of a mount point."""
+"""What the kernel's mount table says of a mount point.
+
+The table is bytes, as mount points are: any mount on the system may have
+a name that is not UTF-8, so ``/proc/self/mountinfo`` is read as bytes and
+compared with the bytes of the path asked about (``os.fsencode``; a ``str``
+path holding surrogate escapes stands for the bytes it was decoded from).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import NamedTuple
 
@@ -13,15 +20,18 @@ class Mount(NamedTuple):
 
 def find(mountpoint: str) -> Mount | None:
     """The mount on ``mountpoint`` (the topmost, if several are stacked)."""
+    target = os.fsencode(mountpoint)
     found = None
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == mountpoint:
-                found = Mount(fields[2], fields[fields.index("-") + 1])
+            # Fields are separated by single spaces; the kernel escapes the
+            # spaces, tabs, newlines and backslashes inside a field.
+            fields = line.rstrip(b"\n").split(b" ")
+            if _unescape(fields[4]) == target:
+                found = Mount(os.fsdecode(fields[2]), os.fsdecode(fields[fields.index(b"-") + 1]))
     return found
 
 
-def _unescape(field: str) -> str:
+def _unescape(field: bytes) -> bytes:
     """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, \\)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)

@@ -17,6 +17,7 @@ Anything else is refused with a one-line error, before anything is mounted.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from . import branches
@@ -24,10 +25,11 @@ from .branches import BranchError, BranchStack
 
 FSTYPE = "pyunion"
 
-_UNION_KEYS = {"br", "lowerdir", "upperdir", "workdir", "copyup", "pagecache"}
+_PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
+_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct")}
 _FUSE_FLAGS = {
-    "allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
+    "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
     "async", "sync", "dirsync", "atime", "noatime", "nodiratime", "relatime",
     "strictatime", "lazytime", "nolazytime",
@@ -58,6 +60,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     fuse: set[str] = set()
     flatten = False
     for arg in option_args:
+        path_before = None  # the path-valued option just before, if any
         for option in filter(None, arg.split(",")):
             key, sep, value = option.partition("=")
             if key in _UNION_KEYS and sep:
@@ -66,12 +69,21 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 union[key] = value
             elif option == "flatten":
                 flatten = True
+            elif option == "blkdev":
+                raise BranchError("blkdev is not supported by pyunion (it needs fuseblk, "
+                                  "a file system on a block device)")
             elif (key in _FUSE_FLAGS and not sep) or (key in _FUSE_KEYS and sep):
+                if not option.isascii():
+                    raise BranchError(f"mount option {option!r}: FUSE takes only ASCII options")
                 fuse.add(option)
             elif key in _MOUNT8_ONLY or key.startswith("x-"):
-                continue
+                pass
+            elif path_before is not None and _rest_of_a_path(path_before, option):
+                raise BranchError(f"a comma cannot appear in a branch path given in -o "
+                                  f"({path_before},{option}): commas separate options")
             else:
                 raise BranchError(f"unknown mount option {option!r}")
+            path_before = option if key in _PATH_KEYS and sep else None
     copyup, pagecache = (_choice(union, key) for key in ("copyup", "pagecache"))
     stack = _stack(union, source)
     if flatten and stack.upper is None:
@@ -80,6 +92,22 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial", flatten_at_umount=flatten,
                        pagecache=pagecache)
+
+
+def _fsname(source: str) -> str:
+    """``source`` as the value of a FUSE option: those are ASCII (pyfuse3),
+    so other bytes are spelled ``\\xNN``; and libfuse splits them at every
+    comma no backslash escapes."""
+    text = os.fsencode(source).decode("ascii", "backslashreplace")
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _rest_of_a_path(path_option: str, option: str) -> bool:
+    """Whether ``option``, not an option, is the rest of the path before it
+    (split off at a comma): it holds a ``/``, or the path with it exists."""
+    last_path = path_option.partition("=")[2].rpartition(":")[2]
+    rest = option.partition(":")[0].removesuffix("=rw").removesuffix("=ro")
+    return "/" in option or os.path.lexists(f"{last_path},{rest}")
 
 
 def _choice(union: dict[str, str], key: str) -> str:
@@ -111,7 +139,7 @@ def _fuse_options(given: set[str], stack: BranchStack, source: str | None) -> se
     options.add("default_permissions")
     options.add(f"subtype={FSTYPE}")
     if not any(o.startswith("fsname=") for o in given):
-        options.add(f"fsname={source or FSTYPE}")
+        options.add(f"fsname={_fsname(source or FSTYPE)}")
     if stack.upper is None:
         # With nothing writable the mount is read-only, as overlayfs does.
         options.discard("rw")
