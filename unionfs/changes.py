@@ -32,12 +32,12 @@ import trio
 from . import copyup
 from .chunkmap import ChunkMap, Source
 from .copyup import Data
-from .index import Index
+from .index import INDEX_DIR, Index
 from .inodes import InodeNumbers
 from .layer import ROOT, child, split
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
-from .whiteout import Marks
+from .whiteout import META_DIR, Marks
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -172,6 +172,25 @@ class Changes:
         st = self.upper.layer.lstat(parent)
         yield
         os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self._fd)
+
+    def flush_names(self, entry: Entry) -> None:
+        """Flush the directories a copy-up of ``entry`` added names to: every
+        one on the way to it, and its chunk map's or index entry's, so that
+        what a later fsync of the file acknowledged survives a power loss."""
+        paths = [ROOT]
+        parent = split(entry.path)[0]
+        for name in parent.split("/") if parent != ROOT else ():
+            paths.append(child(paths[-1], name))
+        if entry.marks.nlink is not None:
+            paths += [META_DIR, INDEX_DIR]
+        for path in paths:
+            fd = self.upper.layer.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if entry.marks.partial is not None:
+            os.fsync(self.upper.chunks_fd)
 
     # -- link counts of indexed files ---------------------------------------
 

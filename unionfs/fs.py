@@ -303,6 +303,11 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh, datasync):
         self._open_files.fsync(fh, datasync)
+        node = self._open_files.node(fh)
+        if node.names_unflushed and not self._unnamed(node):
+            # A copy-up is the daemon's doing: so is making its names durable.
+            self._writer.flush_names(self._entry(node))
+            node.names_unflushed = False
 
     @_fuse_errors
     async def release(self, fh):
@@ -515,6 +520,7 @@ class UnionOperations(pyfuse3.Operations):
     def _moved_up(self, node: Node, entry: Entry) -> None:
         """After a copy-up: cache the new entry; open files follow it."""
         self.inodes.cache_entry(node, entry)
+        node.names_unflushed = True
         self._open_files.moved_up(node, entry)
 
     async def _change_xattr(self, inode: int, name: bytes, change) -> None:

@@ -108,6 +108,9 @@ class OpenFiles:
             open_file.partial.fsync(datasync=True)
         return written
 
+    def node(self, fh: int) -> Node:
+        return self._files[fh].node
+
     def fsync(self, fh: int, datasync: bool) -> None:
         partial = self._files[fh].partial
         if partial is not None:

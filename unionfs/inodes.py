@@ -69,7 +69,7 @@ class InodeNumbers:
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
-    __slots__ = ("ino", "removed", "lookups", "links", "entry", "epoch", "fds")
+    __slots__ = ("ino", "removed", "lookups", "links", "entry", "epoch", "fds", "names_unflushed")
 
     def __init__(self, ino: int):
         self.ino = ino
@@ -83,6 +83,8 @@ class Node:
         self.epoch = 0
         #: descriptors open on it for the kernel's file handles
         self.fds: set[int] = set()
+        #: copied up, and the directories that got its new names not yet flushed
+        self.names_unflushed = False
 
 
 class InodeTable:
