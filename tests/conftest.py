@@ -46,6 +46,10 @@ class Unions:
         assert mounted(mnt, "fuse.pyunion")
         return mnt
 
+    def unmount(self, mnt: Path) -> None:
+        """Unmount one mount now (a writable branch serves one mount at a time)."""
+        pyunion("umount", str(mnt))
+
     def mount_overlay_style(self, lower: list[Path], upper: Path, work: Path) -> Path:
         mnt = self.new_mountpoint()
         self.track(mnt, lower)

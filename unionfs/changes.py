@@ -33,6 +33,7 @@ from . import copyup
 from .chunkmap import ChunkMap, Source
 from .copyup import Data
 from .index import INDEX_DIR, Index
+from .intents import Intents
 from .inodes import InodeNumbers
 from .layer import ROOT, child, split
 from .tree import Entry, Location, Tree, read_marks
@@ -55,6 +56,7 @@ class Changes:
         self.numbers = numbers
         self.index = index
         self.partial_copies = partial_copies
+        self.intents = Intents(upper)
         self._fd = upper.layer.fd
         #: called when a directory gets a copy in the writable branch, which
         #: changes the locations of everything below it
@@ -105,16 +107,14 @@ class Changes:
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
             data = self._data_to_copy(st, marks, with_data)
             if data is Data.LATER:
-                marks = dataclasses.replace(marks, partial=self._new_chunk_map(entry.top, st))
-            try:
+                marks = dataclasses.replace(marks, partial=ChunkMap.new_id())
+            with self._chunk_map_kept(marks.partial, entry.path):  # gone if this fails
+                if data is Data.LATER:
+                    self._new_chunk_map(marks.partial, entry.top, st)
                 staged = await self._stage_off_loop(entry, st, marks, data)
                 if marks.nlink is not None:
                     self._index(staged, marks.origin)
                 self._install_copy(staged, entry.path)
-            except BaseException:
-                if marks.partial is not None:
-                    ChunkMap.remove(self.upper.chunks_fd, marks.partial)
-                raise
             entry = Entry(entry.path, entry.locations, marks)
         return Entry(entry.path, (Location(self.upper.layer, entry.path),), entry.marks)
 
@@ -126,16 +126,28 @@ class Changes:
             return Data.LATER
         return Data.ALL
 
-    def _new_chunk_map(self, source: Location, st: os.stat_result) -> str:
-        map_id = ChunkMap.new_id()
+    def _new_chunk_map(self, map_id: str, source: Location, st: os.stat_result) -> None:
         ChunkMap.create(self.upper.chunks_fd, map_id, Source(source.layer.index, source.path),
                         st.st_size).close()
-        return map_id
 
-    def _forget_data(self, entry: Entry, st: os.stat_result) -> None:
-        """After an upper file lost a name: a partial file's chunk map goes
-        with its last name (open handles keep theirs)."""
-        if entry.marks.partial is not None and st.st_nlink == 1:
+    def _chunk_map_kept(self, map_id: str | None, path: str):
+        """Around the steps that make or unlink the partial file at
+        ``path``: a kill in between keeps the chunk map ``map_id`` only if
+        the file there uses it (an intent record)."""
+        if map_id is None:
+            return contextlib.nullcontext()
+        return self.intents.recorded(self._settle, kind="map", id=map_id, path=path)
+
+    @contextlib.contextmanager
+    def _data_forgotten(self, entry: Entry, st: os.stat_result):
+        """Around the step that takes a name of the upper file ``entry``
+        away: a partial file's chunk map goes with its last name (open
+        handles keep theirs)."""
+        if entry.marks.partial is None or st.st_nlink != 1:
+            yield
+            return
+        with self._chunk_map_kept(entry.marks.partial, entry.path):
+            yield
             ChunkMap.remove(self.upper.chunks_fd, entry.marks.partial)
 
     async def _stage_off_loop(self, entry: Entry, st: os.stat_result, marks: Marks,
@@ -194,29 +206,79 @@ class Changes:
 
     # -- link counts of indexed files ---------------------------------------
 
-    def _count_name(self, location: Location, delta: int) -> Marks:
-        """Add ``delta`` to the union link count of an indexed file."""
-        marks = read_marks(location)
-        if marks.nlink is None:
-            return marks
-        marks = dataclasses.replace(marks, nlink=marks.nlink + delta)
-        if marks.nlink > 0:
-            self.upper.set_marks(location.path, marks)
-        else:
-            self.index.remove(marks.origin)
+    async def _counted_before_removal(self, entry: Entry, st: os.stat_result) -> Marks | None:
+        """Before a name of a non-directory goes away: the marks that keep
+        its file's union link count, if it has one.  A lower file with
+        other names gets its index copy first (same count), which keeps
+        the count of the names that stay."""
+        if entry.top.layer.writable:
+            return entry.marks if entry.marks.nlink is not None else None
+        if st.st_nlink == 1:
+            return None
+        marks = Marks(origin=self.numbers.of(entry, st), nlink=st.st_nlink)
+        staged = await self._stage_off_loop(entry, st, marks, Data.ALL)
+        self._index(staged, marks.origin)
+        self.upper.discard(staged)
         return marks
 
-    async def _drop_name(self, entry: Entry, st: os.stat_result) -> None:
-        """Before a name of a non-directory goes away: keep the count of
-        the names that stay right."""
-        if entry.top.layer.writable:
-            self._count_name(entry.top, -1)
-        elif st.st_nlink > 1:
-            # Its other names stay below; the index copy keeps their count.
-            marks = Marks(origin=self.numbers.of(entry, st), nlink=st.st_nlink - 1)
-            staged = await self._stage_off_loop(entry, st, marks, Data.ALL)
-            self._index(staged, marks.origin)
-            self.upper.discard(staged)
+    def _with_count(self, counted: Marks | None, path: str, delta: int,
+                    step: Callable[[], None]) -> Marks | None:
+        """Run ``step``, which makes (``delta`` +1) or removes (-1) the
+        union name ``path`` of a file whose count ``counted`` keeps, and
+        change the count with it: an intent record keeps the two
+        old-or-new whenever the daemon dies.  Returns the new marks."""
+        if counted is None:
+            step()
+            return None
+        old = read_marks(self.index.location(counted.origin)).nlink
+        new = old + delta
+        with self.intents.recorded(self._settle, kind="count", number=counted.origin, path=path,
+                                   named=max(old, new), unnamed=min(old, new)):
+            step()
+            self._set_count(counted.origin, new)
+        return dataclasses.replace(counted, nlink=new)
+
+    def _set_count(self, number: int, count: int) -> None:
+        if count <= 0:
+            self.index.remove(number)
+            return
+        location = self.index.location(number)
+        self.upper.set_marks(location.path, dataclasses.replace(read_marks(location), nlink=count))
+
+    def replay_intents(self) -> None:
+        """Finish or undo the changes a killed daemon left half done (at
+        mount, before any request; see ``intents.py``)."""
+        for name, record in self.intents.left():
+            self._settle(record)
+            self.intents.done(name)
+
+    def _settle(self, record: dict) -> None:
+        """Finish or undo the change an intent record describes, by what
+        is on disk."""
+        if record["kind"] == "count":
+            found = self._lookup(record["path"])
+            named = found is not None and self.numbers.of(*found) == record["number"]
+            self._set_count(record["number"], record["named" if named else "unnamed"])
+        elif record["kind"] == "map":
+            if self._partial_map_at(record["path"]) != record["id"]:
+                ChunkMap.remove(self.upper.chunks_fd, record["id"])
+        else:
+            st = self.upper.layer.lstat_or_none(record["path"])
+            if st is not None and st.st_ino == record["ino"]:
+                self.upper.retire(record["path"])
+
+    def _partial_map_at(self, path: str) -> str | None:
+        st = self.upper.layer.lstat_or_none(path)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        return read_marks(Location(self.upper.layer, path)).partial
+
+    def _lookup(self, path: str):
+        parent, name = split(path)
+        try:
+            return self.tree.lookup(self.tree.resolve(parent), name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     # -- new names --------------------------------------------------------
 
@@ -255,10 +317,11 @@ class Changes:
         entry = await self.copy_up(entry)
         parent = self.upper_dir(parent)
         path = child(parent.path, name)
-        os.link(entry.top.path, path, src_dir_fd=self._fd, dst_dir_fd=self._fd,
-                follow_symlinks=False)
+        counted = entry.marks if entry.marks.nlink is not None else None
+        marks = self._with_count(counted, path, +1, lambda: os.link(
+            entry.top.path, path, src_dir_fd=self._fd, dst_dir_fd=self._fd,
+            follow_symlinks=False)) or entry.marks
         self.upper.remove_whiteout(parent.path, name)
-        marks = self._count_name(entry.top, +1)
         return (Entry(entry.path, entry.locations, marks),
                 Entry(path, (Location(self.upper.layer, path),), marks))
 
@@ -297,17 +360,19 @@ class Changes:
         is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir and self.tree.listdir(entry):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        if not is_dir:
-            await self._drop_name(entry, st)
-        if self.tree.lookup_below(parent, name) is not None:
-            parent = self.upper_dir(parent)
-            self.upper.add_whiteout(parent.path, name)
-        if entry.in_upper:
-            if is_dir:
-                self.upper.retire(entry.top.path)  # it may still hold whiteouts
-            else:
-                os.unlink(entry.top.path, dir_fd=self._fd)
-                self._forget_data(entry, st)
+        counted = None if is_dir else await self._counted_before_removal(entry, st)
+
+        def remove_name() -> None:
+            if self.tree.lookup_below(parent, name) is not None:
+                self.upper.add_whiteout(self.upper_dir(parent).path, name)
+            if entry.in_upper:
+                if is_dir:
+                    self.upper.retire(entry.top.path)  # it may still hold whiteouts
+                else:
+                    with self._data_forgotten(entry, st):
+                        os.unlink(entry.top.path, dir_fd=self._fd)
+
+        self._with_count(counted, entry.path, -1, remove_name)
 
     # -- rename -----------------------------------------------------------
 
@@ -318,6 +383,7 @@ class Changes:
                 raise OSError(errno.ENOENT, "nothing to exchange with")
             return await self._exchange(src, new_parent, new_name, dst, old_parent, old_name)
         src_is_dir = _is_dir(src)
+        counted = None  # the count of the file whose name dst is, if kept
         if dst is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists")
@@ -328,7 +394,7 @@ class Changes:
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
             dst_st = dst.top.layer.lstat(dst.top.path)
             if not src_is_dir:
-                await self._drop_name(dst, dst_st)
+                counted = await self._counted_before_removal(dst, dst_st)
         src = await self.copy_up(src)
         new_parent = self.upper_dir(new_parent)
         if src_is_dir:
@@ -339,12 +405,17 @@ class Changes:
         if dst is not None and dst.in_upper and src_is_dir:
             # The directory replaced may still hold whiteouts, which
             # rename(2) would take for contents: swap, then retire it.
-            _renameat2(self._fd, src.path, self._fd, new_path, RENAME_EXCHANGE)
-            self.upper.retire(src.path)
+            replaced = self.upper.layer.lstat(new_path).st_ino
+            with self.intents.recorded(self._settle, kind="retire", path=src.path, ino=replaced):
+                _renameat2(self._fd, src.path, self._fd, new_path, RENAME_EXCHANGE)
+                self.upper.retire(src.path)
         else:
-            os.rename(src.path, new_path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
-            if dst is not None and dst.in_upper:
-                self._forget_data(dst, dst_st)
+            def move() -> None:
+                with (self._data_forgotten(dst, dst_st) if dst is not None and dst.in_upper
+                      else contextlib.nullcontext()):
+                    os.rename(src.path, new_path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+
+            self._with_count(counted, new_path, -1, move)
         self.upper.remove_whiteout(new_parent.path, new_name)
 
     async def _exchange(self, a: Entry, b_parent: Entry, b_name: str, b: Entry,

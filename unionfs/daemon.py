@@ -89,6 +89,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                 try:
                     if upper is not None:
                         upper.prepare()
+                        operations.recover()
                     trio.run(_main_loop, on_ready)
                 finally:
                     pyfuse3.close(unmount=True)

@@ -142,6 +142,12 @@ class UnionOperations(pyfuse3.Operations):
     def init(self):
         trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
+    def recover(self) -> None:
+        """Before the first request: finish or undo the changes a killed
+        daemon left half done."""
+        if self._changes is not None:
+            self._changes.replay_intents()
+
     # -- names -----------------------------------------------------------
 
     @_fuse_errors

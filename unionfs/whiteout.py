@@ -3,6 +3,10 @@ use too) and pyunion's own xattr.
 
 * ``.wh.NAME`` in a branch hides ``NAME`` in every branch below it.
 * ``.wh..wh..opq`` in a directory hides everything below that directory.
+* A whiteout hides nothing in its own branch (as in aufs and OCI layers).
+  A change killed at its very last step, removing the whiteout of a name
+  it has just made, leaves one beside the new entry: harmless, since that
+  entry (a non-directory, or a directory made opaque) hides all below.
 * Every name that starts with ``.wh.`` is reserved: it never shows through
   the mount and cannot be made through it.  pyunion keeps its own
   bookkeeping (the work directory) under ``.wh..wh.pyunion`` at the top of
