@@ -99,13 +99,21 @@ def test_an_open_unlinked_file_can_still_be_changed(union, which):
     assert not (union / name).exists()
 
 
-def test_an_open_removed_directory_lists_nothing_and_can_be_looked_at(union):
-    fd = os.open(union / "e", os.O_RDONLY | os.O_DIRECTORY)
+@pytest.mark.parametrize("name", ["e", "made"])
+def test_an_open_removed_directory_lists_nothing_and_can_be_changed(union, name):
+    if name == "made":
+        (union / name).mkdir()
+    fd = os.open(union / name, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.rmdir(union / "e")
+        os.rmdir(union / name)
         assert os.listdir(fd) == []
         assert stat.S_ISDIR(os.fstat(fd).st_mode)
         assert os.fstat(fd).st_nlink == 0
+        os.fchmod(fd, 0o701)
+        os.setxattr(fd, "user.kept", b"yes")
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o701
+        assert os.getxattr(fd, "user.kept") == b"yes"
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -25,13 +25,13 @@ Not handled, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import itertools
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from typing import Callable
 
 import pyfuse3
@@ -39,8 +39,8 @@ import trio
 from pyfuse3 import EntryAttributes, FUSEError
 
 from .changes import Changes
-from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache
-from .inodes import ROOT_INODE, InodeNumbers, InodeTable, Node
+from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache, private_copy
+from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
 from .layer import ROOT, Layer
 from .partial import PartialFiles
@@ -55,21 +55,22 @@ _STAT_FIELDS = (
     "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
-@dataclass
+@dataclasses.dataclass
 class _Listing:
-    """An open directory: the names it had at opendir, in a fixed order.
+    """An open directory: the names it had when last read from the start
+    (after opendir or rewinddir), in a fixed order, and its entry then.
 
     Each name maps to its top location, or, for "." and "..", an inode.
     """
 
     ino: int
-    entry: Entry
-    names: list[tuple[str, Location | int]]
+    entry: Entry | None = None
+    names: list[tuple[str, Location | int]] = dataclasses.field(default_factory=list)
 
 
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
+def _close(held: Held | None) -> None:
+    if held is not None:
+        os.close(held.fd)
 
 
 def _fuse_errors(method):
@@ -310,7 +311,7 @@ class UnionOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         self._open_files.fsync(fh, datasync)
         node = self._open_files.node(fh)
-        if node.names_unflushed and not self._unnamed(node):
+        if node.names_unflushed and self._nameless(node) is None:
             # A copy-up is the daemon's doing: so is making its names durable.
             self._writer.flush_names(self._entry(node))
             node.names_unflushed = False
@@ -324,25 +325,28 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def opendir(self, inode, ctx):
         node = self.inodes[inode]
-        entry = self._entry(node)
-        names = [(".", node.ino), ("..", self._parent_of(node).ino)]
-        names += list(self.tree.listdir(entry).items())
+        self._entry(node)  # it must still exist
         fh = next(self._handles)
-        self._dir_listings[fh] = _Listing(node.ino, entry, names)
+        self._dir_listings[fh] = _Listing(node.ino)
         return fh
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
-        """Names come from the snapshot taken at opendir, so an offset
-        always means the same place: a continued listing neither repeats
-        nor skips.  Each name is looked up in the directory the listing
-        was opened on, wherever it has moved since; a directory removed
-        since lists nothing more."""
+        """Names come from a snapshot taken when reading starts at offset 0
+        (after opendir or rewinddir), so an offset always means the same
+        place: a continued listing neither repeats nor skips.  Each name is
+        looked up in the directory the listing was opened on, wherever it
+        has moved since; a directory removed since lists nothing more."""
         listing = self._dir_listings[fh]
+        node = self.inodes[listing.ino]
         try:
-            directory = self._entry(self.inodes[listing.ino])
+            directory = self._entry(node)
         except OSError:
             return  # removed
+        if start_id == 0:
+            listing.entry = directory
+            listing.names = [(".", node.ino), ("..", self._parent_of(node).ino),
+                             *self.tree.listdir(directory).items()]
         moved = directory != listing.entry
         for index in range(start_id, len(listing.names)):
             name, where = listing.names[index]
@@ -367,7 +371,10 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsyncdir(self, fh, datasync):
-        top = self._dir_listings[fh].entry.top
+        try:
+            top = self._entry(self.inodes[self._dir_listings[fh].ino]).top
+        except OSError:
+            return  # removed: nothing of it is left to flush
         if top.layer.writable:
             fd = top.layer.open(top.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -396,16 +403,16 @@ class UnionOperations(pyfuse3.Operations):
         if is_private_xattr(name):
             raise FUSEError(pyfuse3.ENOATTR)
         node = self.inodes[inode]
-        if self._unnamed(node):
-            return os.getxattr(self._open_files.descriptor(node), name)
+        if (fd := self._nameless(node)) is not None:
+            return os.getxattr(f"/proc/self/fd/{fd}", name)
         top = self._entry(node).top
         return top.layer.getxattr(top.path, name)
 
     @_fuse_errors
     async def listxattr(self, inode, ctx):
         node = self.inodes[inode]
-        if self._unnamed(node):
-            names = os.listxattr(self._open_files.descriptor(node))
+        if (fd := self._nameless(node)) is not None:
+            names = os.listxattr(f"/proc/self/fd/{fd}")
         else:
             top = self._entry(node).top
             names = top.layer.listxattr(top.path)
@@ -499,14 +506,14 @@ class UnionOperations(pyfuse3.Operations):
         if (node := self.inodes.find(ino)) is not None:
             self.inodes.unlink(node, parent_inode, name, removed)
 
-    def _hold_if_last(self, ino: int, entry: Entry, st: os.stat_result) -> int | None:
+    def _hold_if_last(self, ino: int, entry: Entry, st: os.stat_result) -> Held | None:
         """Before a name is removed: if it is the last of a file the kernel
         holds, a descriptor of the file for the inode table (see ``inodes``)."""
         if self.inodes.find(ino) is None:
             return None
         if not stat.S_ISDIR(st.st_mode) and self._link_count(entry, st) > 1:
             return None
-        return entry.top.layer.open(entry.top.path, os.O_PATH)
+        return Held(entry.top.layer.open(entry.top.path, os.O_PATH), entry.top.layer.writable)
 
     def _relink(self, ino: int, old: tuple[int, str], new: tuple[int, str]) -> None:
         node = self.inodes.find(ino)
@@ -537,14 +544,24 @@ class UnionOperations(pyfuse3.Operations):
     async def _target(self, node: Node, with_data: bool = True) -> Target:
         """What a change to ``node``'s attributes acts on: its entry, copied
         up first; or, for an open file with no name left, a descriptor."""
-        if self._unnamed(node):
+        if self._nameless(node) is None:
+            return Target(await self._copied_up(node, with_data))
+        if node.fds:
             return Target(None, self._open_files.unnamed(node))
-        return Target(await self._copied_up(node, with_data))
+        if not node.removed.writable:  # a removed directory, still open
+            copy = Held(private_copy(node.removed.fd, self._writer.upper), True)
+            os.close(node.removed.fd)
+            node.removed = copy
+        return Target(None, node.removed.fd)
 
-    @staticmethod
-    def _unnamed(node: Node) -> bool:
-        """Open, but unlinked from every name since."""
-        return bool(node.fds) and not node.links
+    def _nameless(self, node: Node) -> int | None:
+        """For a file with no name left (open, then unlinked; a removed
+        directory still open or someone's cwd): a descriptor to read it by."""
+        if node.links or node.ino == ROOT_INODE:
+            return None
+        if node.fds:
+            return self._open_files.descriptor(node)
+        return node.removed.fd if node.removed is not None else None
 
     def _remember(self, parent_inode: int, name: str, entry: Entry,
                   st: os.stat_result) -> EntryAttributes:
@@ -557,14 +574,12 @@ class UnionOperations(pyfuse3.Operations):
         return self._remember(parent_inode, name, entry, entry.top.layer.lstat(entry.top.path))
 
     def _attributes(self, node: Node) -> EntryAttributes:
-        if not node.links and node.ino != ROOT_INODE:
+        if (fd := self._nameless(node)) is not None:
             # Removed, but still open or someone's cwd: as it is, with no names.
-            if node.fds or node.removed is not None:
-                st = os.fstat(self._open_files.descriptor(node) if node.fds else node.removed)
-                attrs = self._attributes_from(st, node.ino, None)
-                if node.removed is not None:
-                    attrs.st_nlink = 0
-                return attrs
+            attrs = self._attributes_from(os.fstat(fd), node.ino, None)
+            if node.removed is not None:
+                attrs.st_nlink = 0
+            return attrs
         entry = self._entry(node)
         st = entry.top.layer.lstat(entry.top.path)
         return self._attributes_from(st, node.ino, entry)

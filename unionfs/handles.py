@@ -184,7 +184,7 @@ class OpenFiles:
                 return open_file.partial.upper_fd if open_file.partial else fd
         if self._upper is None:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        copy = _nameless_copy(next(iter(node.fds)), self._upper)
+        copy = private_copy(next(iter(node.fds)), self._upper)
         try:
             for fd in node.fds:
                 os.dup2(copy, fd)
@@ -194,22 +194,32 @@ class OpenFiles:
         return next(iter(node.fds))
 
 
-def _nameless_copy(src: int, upper: Upper) -> int:
-    """A copy of the open file ``src`` in the work directory, unlinked at
-    once: it lives as long as descriptors of it do."""
+def private_copy(src: int, upper: Upper) -> int:
+    """A copy in the work directory of the file or directory ``src`` (a
+    descriptor), for changes to a file of a read-only branch that has no
+    union name left: it takes them instead.  A file's copy is unlinked at
+    once and lives as long as descriptors of it; a directory's stays until
+    the next mount empties the work directory.  Returns a descriptor of
+    the copy (``O_PATH`` for a directory)."""
+    st = os.fstat(src)
     name = upper.staging_name()
-    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                 dir_fd=upper.work_fd)
-    os.unlink(name, dir_fd=upper.work_fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.mkdir(name, 0o700, dir_fd=upper.work_fd)
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=upper.work_fd)
+    else:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                     dir_fd=upper.work_fd)
+        os.unlink(name, dir_fd=upper.work_fd)
     try:
-        st = os.fstat(src)
-        copy_data(src, fd, st.st_size)
-        for attr in os.listxattr(src):
+        if stat.S_ISREG(st.st_mode):
+            copy_data(src, fd, st.st_size)
+        source, copy = f"/proc/self/fd/{src}", f"/proc/self/fd/{fd}"
+        for attr in os.listxattr(source):
             if not is_private_xattr(attr):
-                os.setxattr(fd, attr, os.getxattr(src, attr))
-        os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.setxattr(copy, attr, os.getxattr(source, attr))
+        os.chown(copy, st.st_uid, st.st_gid)
+        os.chmod(copy, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
     except BaseException:
         os.close(fd)
         raise

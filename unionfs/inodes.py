@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import NamedTuple
 
 import pyfuse3
 
@@ -66,6 +67,13 @@ class InodeNumbers:
         return index << _FS_SHIFT | st.st_ino
 
 
+class Held(NamedTuple):
+    """A removed file's descriptor, kept for its node."""
+
+    fd: int  #: ``O_PATH``
+    writable: bool  #: the file is in the writable branch (else: read-only)
+
+
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
@@ -73,8 +81,8 @@ class Node:
 
     def __init__(self, ino: int):
         self.ino = ino
-        #: once its last name is removed: an ``O_PATH`` descriptor of its file
-        self.removed: int | None = None
+        #: once its last name is removed: its file, held
+        self.removed: Held | None = None
         self.lookups = 0
         #: the (parent inode, name) pairs this inode was reached by
         self.links: set[tuple[int, str]] = set()
@@ -132,7 +140,7 @@ class InodeTable:
     def link(self, node: Node, parent: int, name: str) -> None:
         node.links.add((parent, name))
 
-    def unlink(self, node: Node, parent: int, name: str, removed: int | None = None) -> None:
+    def unlink(self, node: Node, parent: int, name: str, removed: Held | None = None) -> None:
         """``parent/name`` no longer leads to ``node``; ``removed`` is a
         descriptor of its file if that was the file's last name, which
         the table now owns."""
@@ -149,7 +157,7 @@ class InodeTable:
         if node.lookups <= 0:
             del self._nodes[ino]
             if node.removed is not None:
-                os.close(node.removed)
+                os.close(node.removed.fd)
 
     def parent_link(self, node: Node) -> tuple[Node, str]:
         """A (parent node, name) pair by which ``node`` can be reached now."""

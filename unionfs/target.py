@@ -1,6 +1,7 @@
 """What a change to one file's attributes (owner, mode, times, xattrs) acts
 on: its name in the writable branch, or, for a file that has no name left
-in the union (opened, then unlinked), a read-write descriptor of its copy.
+in the union (opened, then unlinked; a removed directory that is still
+open), a descriptor of its copy in the writable branch.
 
 POSIX lets a process change an open file whatever became of its names
 (``fchmod``, ``futimens``, ``fsetxattr``...); a :class:`Target` lets the
@@ -20,46 +21,50 @@ from .tree import Entry
 class Target:
     #: the file's entry, its top in the writable branch; None when it has no name
     entry: Entry | None
-    #: a read-write descriptor of the nameless file (unused when ``entry`` is set)
+    #: a descriptor of the nameless file (unused when ``entry`` is set);
+    #: ``O_PATH`` ones too, so calls go through its ``/proc/self/fd`` link
     fd: int = -1
 
     def lstat(self) -> os.stat_result:
         if self.entry is None:
-            return os.fstat(self.fd)
+            return os.stat(self._fd_path())
         return self.entry.top.layer.lstat(self.entry.top.path)
 
     def chown(self, uid: int, gid: int) -> None:
         if self.entry is None:
-            os.fchown(self.fd, uid, gid)
+            os.chown(self._fd_path(), uid, gid)
         else:
             layer, path = self.entry.top
             os.chown(path, uid, gid, dir_fd=layer.fd, follow_symlinks=False)
 
     def chmod(self, mode: int) -> None:
         if self.entry is None:
-            os.fchmod(self.fd, mode)
+            os.chmod(self._fd_path(), mode)
         elif not stat.S_ISLNK(self.lstat().st_mode):  # a link's mode never changes
             layer, path = self.entry.top
             os.chmod(path, mode, dir_fd=layer.fd)
 
     def utime(self, times_ns: tuple[int, int]) -> None:
         if self.entry is None:
-            os.utime(self.fd, ns=times_ns)
+            os.utime(self._fd_path(), ns=times_ns)
         else:
             layer, path = self.entry.top
             os.utime(path, ns=times_ns, dir_fd=layer.fd, follow_symlinks=False)
 
     def setxattr(self, name: str, value: bytes) -> None:
         if self.entry is None:
-            os.setxattr(self.fd, name, value)
+            os.setxattr(self._fd_path(), name, value)
         else:
             os.setxattr(self._proc_path(), name, value, follow_symlinks=False)
 
     def removexattr(self, name: str) -> None:
         if self.entry is None:
-            os.removexattr(self.fd, name)
+            os.removexattr(self._fd_path(), name)
         else:
             os.removexattr(self._proc_path(), name, follow_symlinks=False)
+
+    def _fd_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
 
     def _proc_path(self) -> str:
         return self.entry.top.layer.proc_path(self.entry.top.path)
