@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from unionfs import daemon as union_daemon
+from unionfs import mounts
 from unionfs import options as union_options
 
 from . import cgroups, images, init, networking, networks, ports, security, terminal
@@ -526,8 +527,7 @@ def _unmount(path: str) -> None:
 
 
 def _is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
+    return mounts.find(path) is not None
 
 
 def _reap_children() -> None:

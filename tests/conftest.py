@@ -154,8 +154,8 @@ def stand_in_host_links() -> list[str]:
 
 
 def leftovers():
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if "pycontainer-" in line]
+    with open("/proc/self/mountinfo", errors="surrogateescape") as f:  # names are bytes
+        mounts = [line.split(" ")[4] for line in f if "pycontainer-" in line]
     groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
     leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*")]
     leases += [str(p) for p in Path(networks.LEASE_DIR).glob("*")  # of removed networks

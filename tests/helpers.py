@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from unionfs import mounts
+
 BIN = Path(sys.executable).parent
 PYUNION = str(BIN / "pyunion")
 
@@ -98,13 +100,8 @@ def pyunion(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedPro
 
 
 def mounted(mnt: Path | str, fstype: str | None = None) -> bool:
-    target = os.path.realpath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target and (fstype is None or fields[fields.index("-") + 1] == fstype):
-                return True
-    return False
+    found = mounts.find(os.path.realpath(mnt))
+    return found is not None and fstype in (None, found.fstype)
 
 
 def wait_for(predicate, seconds: float = 10.0) -> bool:
