@@ -1,0 +1,204 @@
+"""Flatten makes a former writable branch a plain aufs-format layer: stacked
+read-only over the same lower branches, honouring none of pyunion's marks,
+it shows what the live union showed (renamed directories, hard links,
+partial copies and deletions included), also after a kill mid-flatten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import DIR, PYUNION, Symlink, build, force_unmount, process_gone, pyunion, wait_for
+from unionfs import daemon
+
+MiB = 1 << 20
+META = ".wh..wh.pyunion"
+XATTR = "trusted.pyunion"
+
+
+def view(root: Path) -> dict[str, tuple]:
+    """What a union shows: names, types, data and link counts of files."""
+    seen = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    what = ("file", hashlib.sha256(f.read()).hexdigest(), st.st_nlink)
+            elif stat.S_ISLNK(st.st_mode):
+                what = ("symlink", os.readlink(path))
+            else:
+                what = (stat.S_IFMT(st.st_mode),)
+            seen[os.path.relpath(path, root)] = what
+    return seen
+
+
+def all_marks(up: Path) -> dict[str, dict]:
+    """The pyunion marks in a branch, outside its own directory."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(up):
+        if dirpath == str(up) and META in dirnames:
+            dirnames.remove(META)
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                found[os.path.relpath(path, up)] = json.loads(
+                    os.getxattr(path, XATTR, follow_symlinks=False))
+            except OSError:
+                pass
+    return found
+
+
+def flatten(mnt: Path, *path: str) -> None:
+    done = pyunion("flatten", str(mnt), *path, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def as_layer(tmp_path: Path, unions, up: Path, low: Path) -> Path:
+    """``up`` mounted read-only under a fresh writable branch, over ``low``."""
+    top = build(tmp_path / f"top{len(list(tmp_path.glob('top*')))}", {})
+    return unions.mount([top, up, low], rw=True)
+
+
+def lower_tree(low: Path) -> Path:
+    build(low, {
+        "a/f": "in a", "a/gone": "deleted later", "a/link": Symlink("f"),
+        "a/sub/g": "in a/sub", "a/sub/deep/h": "deep", "a/sub/empty": DIR,
+        "a/keep/k": "kept", "c/x": "in c", "d/inner/y": "in d/inner", "d/z": "in d",
+        "plain/p": "plain", "plain/q": "removed", "links": DIR,
+    })
+    (low / "a/big").write_bytes(random.Random(1).randbytes(MiB))
+    (low / "h1").write_text("linked")
+    os.link(low / "h1", low / "h2")
+    os.link(low / "h1", low / "links/h3")
+    (low / "k1").write_text("linked too")
+    os.link(low / "k1", low / "k2")
+    (low / "a/sub/g1").write_text("linked into a renamed dir")
+    os.link(low / "a/sub/g1", low / "g2")
+    return low
+
+
+def changes_in(mnt: Path) -> None:
+    """Renames of lower directories (nested too), hard links, partial
+    writes and deletions, through the union."""
+    os.rename(mnt / "a", mnt / "b")
+    os.rename(mnt / "b/sub", mnt / "b/sub2")  # a renamed directory inside one
+    os.rename(mnt / "b/sub2/deep", mnt / "b/deep2")
+    os.unlink(mnt / "b/gone")
+    (mnt / "b/new").write_text("made in b")
+    with open(mnt / "b/big", "r+b") as f:  # a partial copy in a renamed dir
+        f.seek(100_000)
+        f.write(b"patched")
+    os.mkdir(mnt / "fresh")
+    os.rename(mnt / "c", mnt / "fresh/c")  # a redirect under a new directory
+    os.rename(mnt / "d", mnt / "e")
+    os.rename(mnt / "e/inner", mnt / "inner")  # out of a renamed directory
+    with open(mnt / "h1", "r+") as f:  # into the index; h2, links/h3 follow
+        f.write("LINKED")
+    os.unlink(mnt / "h2")
+    os.link(mnt / "k1", mnt / "k3")
+    os.unlink(mnt / "plain/q")
+
+
+def test_a_flattened_branch_is_a_layer_with_the_same_view(tmp_path, unions):
+    low = lower_tree(tmp_path / "low")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    changes_in(mnt)
+    live = view(mnt)
+    assert live["b/sub2/g"] == ("file", hashlib.sha256(b"in a/sub").hexdigest(), 1)
+    assert live["links/h3"][1] == hashlib.sha256(b"LINKED").hexdigest()
+    assert [live[n][2] for n in ("h1", "links/h3", "k1", "k3", "b/sub2/g1")] == [2, 2, 3, 3, 2]
+    flatten(mnt)
+    assert view(mnt) == live
+    pyunion("umount", str(mnt))
+    assert not [m for m in all_marks(up).values() if "redirect" in m or "partial" in m]
+    assert os.listdir(up / META / "chunks") == []
+    assert os.listdir(up / META / "index") == []
+    assert view(as_layer(tmp_path, unions, up, low)) == live
+    assert view(unions.mount([up, low], rw=True)) == live  # and still a writable branch
+
+
+def test_flatten_option_makes_the_layer_at_unmount(tmp_path, unions):
+    low = lower_tree(tmp_path / "low")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], "flatten", rw=True)
+    changes_in(mnt)
+    live = view(mnt)
+    pyunion("umount", str(mnt))
+    assert view(as_layer(tmp_path, unions, up, low)) == live
+
+
+def test_flatten_of_a_path_resolves_the_renames_below_it(tmp_path, unions):
+    low = lower_tree(tmp_path / "low")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    changes_in(mnt)
+    live = view(mnt)
+    flatten(mnt, "fresh")
+    assert "redirect" not in all_marks(up)["fresh/c"]
+    assert "redirect" in all_marks(up)["b"]
+    assert view(mnt) == live
+    flatten(mnt, "b")
+    assert view(mnt) == live
+    flatten(mnt, "links/h3")  # a name that shows the index copy: now a link to it
+    assert os.stat(up / "links/h3").st_ino == os.stat(up / "h1").st_ino
+    assert view(mnt) == live
+    pyunion("umount", str(mnt))
+    layer = view(as_layer(tmp_path, unions, up, low))
+    assert {k: v for k, v in layer.items() if k.startswith(("b", "fresh"))} == \
+        {k: v for k, v in live.items() if k.startswith(("b", "fresh"))}
+
+
+def moved_state(up: Path) -> tuple[bool, int]:
+    """Whether ``moved`` still has its redirect, and how many partial copies
+    the branch holds (a kill may leave a map that no file names: harmless)."""
+    marks = all_marks(up)
+    return "redirect" in marks.get("moved", {}), sum("partial" in m for m in marks.values())
+
+
+@pytest.mark.parametrize("when", ["copying up", "completing"])
+def test_a_daemon_killed_mid_flatten_leaves_the_view_and_a_rerun_finishes(tmp_path, unions,
+                                                                         when):
+    low = build(tmp_path / "low", {"keep": "kept"})
+    rng = random.Random(7)
+    for n in range(40):
+        build(low, {f"tree/d{n % 5}/f{n}": rng.randbytes(4 * MiB + n)})
+    build(low, {f"tree/d{n % 5}/small{n}": f"small {n}" for n in range(200)})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    os.rename(mnt / "tree", mnt / "moved")
+    os.rename(mnt / "moved/d1", mnt / "moved/d1b")
+    live = view(mnt)
+    pid = daemon.pid_of(str(mnt))
+    flattening = subprocess.Popen([PYUNION, "flatten", str(mnt)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if when == "copying up":
+            assert wait_for(lambda: len(list((up / "moved").glob("*/f*"))) >= 3, 60)
+        else:
+            assert wait_for(lambda: moved_state(up)[0] is False, 60)
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        flattening.wait(30)
+    assert wait_for(lambda: process_gone(pid))
+    force_unmount(mnt)
+    redirect, partial_copies = moved_state(up)
+    assert partial_copies > 0 and redirect == (when == "copying up"), "killed too late"
+    again = unions.mount([up, low], rw=True)
+    assert view(again) == live
+    flatten(again)
+    assert view(again) == live
+    pyunion("umount", str(again))
+    assert moved_state(up) == (False, 0)
+    assert view(as_layer(tmp_path, unions, up, low)) == live

@@ -1,0 +1,169 @@
+"""Flattening: the writable branch made a plain aufs-format layer.
+
+Stacked read-only above the same lower branches, by pyunion or any tool
+that reads aufs's whiteouts and opaque directories and nothing of
+pyunion's own, a flattened branch shows what the union showed:
+
+* a renamed directory (a redirect, ``changes.py``) gets every entry its
+  union subtree shows from below copied up into it (nested redirects and
+  whiteouts included), is made opaque, and then loses its redirect;
+* every name of a lower file whose data lives in the hard-link index
+  (``index.py``) becomes a hard link to the index copy, and an index entry
+  all of whose names are such links goes, so the file's real link count
+  is the union's;
+* every partial copy is completed (``partial.py``).
+
+Each step is a copy-up the union would make anyway, or a change that
+shows nothing new once the steps before it are done: a daemon killed at
+any point leaves the view as it was, and a second flatten finishes the job.
+It runs while the mount serves: every name is resolved afresh and changed
+on the event loop with no wait in between (data is copied in threads), so
+requests see each step whole.
+
+Not handled: a flatten of a path leaves a renamed ancestor of that path
+(and index entries with names elsewhere) as they are; names renamed or
+linked while a flatten runs may need another one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import TYPE_CHECKING, Callable
+
+import trio
+
+from .changes import Changes
+from .copyup import copy_entry
+from .index import Index
+from .inodes import InodeNumbers
+from .layer import ROOT, Layer, child, split
+from .tree import Entry, Tree, read_marks
+from .upper import Upper
+from .whiteout import Marks
+
+if TYPE_CHECKING:
+    from .partial import PartialFiles
+
+
+class Flattening:
+    """Resolves names with a tree and changes of its own: they keep no
+    state beyond the branches, so they see what the mount's own see."""
+
+    def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers,
+                 partials: PartialFiles):
+        self._index = Index(upper.layer, numbers)
+        self._tree = Tree(layers, self._index)
+        # Partial copies, so that no copy-up waits between its check and
+        # its rename; their data comes up after.
+        self._changes = Changes(self._tree, upper, numbers, self._index, partial_copies=True)
+        self._upper = upper
+        self._numbers = numbers
+        self._partials = partials
+
+    async def run(self, entry: Entry, on_changed: Callable[[], None]) -> None:
+        """Flatten what is at or below ``entry``; ``on_changed`` runs after
+        each change that moves where a name's data lives."""
+        self._changes.on_dir_copied = on_changed
+        await self._resolve_redirects(entry.path, on_changed)
+        if self._index.numbers():
+            await self._link_indexed_names(entry.path, on_changed)
+        self._index.remove_spent()
+        found = self._lookup(entry.path)
+        if found is not None and found[0].in_upper:
+            await self._partials.complete_below(found[0].top, on_changed)
+
+    async def _resolve_redirects(self, path: str, on_changed: Callable[[], None]) -> None:
+        """Copy up the union subtree of every renamed directory at or below
+        ``path``, then seal the directory.  Depth-first with a stack of
+        ``(path, inside a renamed directory, seal)``: a directory's seal
+        comes off after its subtree, and no recursion limits the depth."""
+        stack = [(path, False, False)]
+        while stack:
+            path, inside, seal = stack.pop()
+            found = await self._copy_up(path, on_changed) if inside else self._lookup(path)
+            if found is None or not found[0].in_upper or not stat.S_ISDIR(found[1].st_mode):
+                continue
+            entry = found[0]
+            if seal:
+                self._seal(entry, on_changed)
+                continue
+            if entry.marks.redirect is not None:
+                inside = True
+                stack.append((path, True, True))
+            stack += [(child(path, name), inside, False) for name in self._tree.listdir(entry)]
+            await trio.lowlevel.checkpoint()
+
+    async def _link_indexed_names(self, path: str, on_changed: Callable[[], None]) -> None:
+        """Copy up (a link) every name at or below ``path`` that shows an
+        index entry, looking into every directory that has parts below."""
+        stack = [path]
+        while stack:
+            path = stack.pop()
+            found = self._lookup(path)
+            if found is None:
+                continue
+            entry, st = found
+            if not stat.S_ISDIR(st.st_mode):
+                if entry.top.layer.writable and not entry.in_upper:
+                    await self._copy_up(path, on_changed)
+            elif entry.lower:
+                stack += [child(path, name) for name in self._tree.listdir(entry)]
+                await trio.lowlevel.checkpoint()
+
+    async def _copy_up(self, path: str, on_changed: Callable[[], None]):
+        """The name at ``path``, copied into the writable branch if it is
+        not there; ``(entry, stat)``, or None if it went away."""
+        found = self._lookup(path)
+        if found is None or found[0].in_upper:
+            return found
+        entry, st = found
+        if not entry.top.layer.writable and not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            await self._index_copy(entry, st)
+            found = self._lookup(path)  # looked up again after the wait
+            if found is None or found[0].in_upper:
+                return found
+            entry = found[0]
+        await self._changes.copy_up(entry)
+        on_changed()
+        return self._lookup(path)
+
+    async def _index_copy(self, entry: Entry, st: os.stat_result) -> None:
+        """Put a lower file with several names into the hard-link index, as
+        its first copy-up would: its names then resolve there, to the same
+        data and link count, and each one's copy-up is a link."""
+        marks = Marks(origin=self._numbers.of(entry, st), nlink=st.st_nlink)
+        staged = self._upper.staging_name()
+        await trio.to_thread.run_sync(copy_entry, entry.top, st, self._upper.work_fd, staged,
+                                      marks)
+        try:
+            if self._index.find(st) is None:  # not put there while this copied
+                self._index.add(self._upper.work_fd, staged, marks.origin)
+        finally:
+            self._upper.discard(staged)
+
+    def _seal(self, directory: Entry, on_changed: Callable[[], None]) -> None:
+        """A renamed directory whose union subtree is all in the writable
+        branch: made opaque, then its redirect goes (each step hides only
+        what no longer shows)."""
+        if directory.marks.redirect is None:
+            return
+        st = directory.top.layer.lstat(directory.path)
+        self._upper.mark_opaque(directory.path)
+        os.utime(directory.path, ns=(st.st_atime_ns, st.st_mtime_ns),
+                 dir_fd=directory.top.layer.fd)
+        marks = read_marks(directory.top)
+        self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
+        on_changed()
+
+    def _lookup(self, path: str):
+        """``(entry, stat)`` of a union path now, or None if it is gone."""
+        try:
+            if path == ROOT:
+                entry = self._tree.root()
+                return entry, entry.top.layer.lstat(entry.top.path)
+            parent, name = split(path)
+            return self._tree.lookup(self._tree.resolve(parent), name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
