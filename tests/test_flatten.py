@@ -13,6 +13,7 @@ import random
 import signal
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,61 @@ def test_a_daemon_killed_mid_flatten_leaves_the_view_and_a_rerun_finishes(tmp_pa
     pyunion("umount", str(again))
     assert moved_state(up) == (False, 0)
     assert view(as_layer(tmp_path, unions, up, low)) == live
+
+
+def test_flatten_while_the_renamed_tree_is_changed(tmp_path, unions):
+    low = build(tmp_path / "low", {})
+    rng = random.Random(9)
+    for n in range(300):
+        build(low, {f"tree/d{n % 7}/f{n}": rng.randbytes(rng.choice([10, 70_000, MiB]))})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    os.rename(mnt / "tree", mnt / "moved")
+    names = sorted(os.path.relpath(p, mnt) for p in (mnt / "moved").glob("*/*"))
+    model = {name: (mnt / name).read_bytes() for name in names}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    done = [0]
+
+    def change():
+        """Writes, appends and deletions in the renamed tree, one at a time."""
+        try:
+            while not stop.is_set() and len(model) > 10:
+                name = rng.choice(sorted(model))
+                how = rng.randrange(3)
+                if how == 0:
+                    os.unlink(mnt / name)
+                    del model[name]
+                    done[0] += 1
+                    continue
+                with open(mnt / name, "r+b" if how == 1 else "ab") as f:
+                    f.write(b"changed during flatten")
+                data = bytearray(model[name])
+                if how == 1:
+                    data[:22] = b"changed during flatten"
+                else:
+                    data += b"changed during flatten"
+                model[name] = bytes(data)
+                done[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=change)
+    thread.start()
+    try:
+        assert wait_for(lambda: done[0] > 0)
+        before = done[0]
+        flatten(mnt)
+        during = done[0] - before
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert during > 20, "nothing changed while flatten ran"
+    expected = {name: ("file", hashlib.sha256(data).hexdigest(), 1) for name, data in model.items()}
+    files = {k: v for k, v in view(mnt).items() if v[0] == "file"}
+    assert files == expected
+    flatten(mnt)  # what the changes meanwhile left to do
+    pyunion("umount", str(mnt))
+    files = {k: v for k, v in view(as_layer(tmp_path, unions, up, low)).items() if v[0] == "file"}
+    assert files == expected

@@ -39,7 +39,7 @@ from .copyup import copy_entry
 from .index import Index
 from .inodes import InodeNumbers
 from .layer import ROOT, Layer, child, split
-from .tree import Entry, Tree, read_marks
+from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import Marks
 
@@ -92,25 +92,37 @@ class Flattening:
             if entry.marks.redirect is not None:
                 inside = True
                 stack.append((path, True, True))
-            stack += [(child(path, name), inside, False) for name in self._tree.listdir(entry)]
+            stack += [(child(path, name), inside, False)
+                      for name, top in self._tree.listdir(entry).items()
+                      if inside or top.layer.writable and _is_dir(top)]
             await trio.lowlevel.checkpoint()
 
     async def _link_indexed_names(self, path: str, on_changed: Callable[[], None]) -> None:
         """Copy up (a link) every name at or below ``path`` that shows an
         index entry, looking into every directory that has parts below."""
+        found = self._lookup(path)
+        if found is not None and not stat.S_ISDIR(found[1].st_mode):
+            if _shows_index(found[0]):
+                await self._copy_up(path, on_changed)
+            return
         stack = [path]
         while stack:
             path = stack.pop()
             found = self._lookup(path)
-            if found is None:
+            if found is None or not stat.S_ISDIR(found[1].st_mode):
                 continue
-            entry, st = found
-            if not stat.S_ISDIR(st.st_mode):
-                if entry.top.layer.writable and not entry.in_upper:
-                    await self._copy_up(path, on_changed)
-            elif entry.lower:
-                stack += [child(path, name) for name in self._tree.listdir(entry)]
-                await trio.lowlevel.checkpoint()
+            names = [(name, self._tree.lookup(found[0], name))
+                     for name in self._tree.listdir(found[0])]
+            for name, named in names:
+                if named is None:
+                    continue
+                entry, st = named
+                if stat.S_ISDIR(st.st_mode):
+                    if entry.lower:
+                        stack.append(child(path, name))
+                elif _shows_index(entry):
+                    await self._copy_up(child(path, name), on_changed)  # looked up anew
+            await trio.lowlevel.checkpoint()
 
     async def _copy_up(self, path: str, on_changed: Callable[[], None]):
         """The name at ``path``, copied into the writable branch if it is
@@ -167,3 +179,13 @@ class Flattening:
             return self._tree.lookup(self._tree.resolve(parent), name)
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+
+def _is_dir(location: Location) -> bool:
+    st = location.layer.lstat_or_none(location.path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _shows_index(entry: Entry) -> bool:
+    """True for a name whose data is in the index but not the name itself."""
+    return entry.top.layer.writable and not entry.in_upper
