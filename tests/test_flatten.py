@@ -17,9 +17,16 @@ import threading
 from pathlib import Path
 
 import pytest
+import trio
 
 from helpers import DIR, PYUNION, Symlink, build, force_unmount, process_gone, pyunion, wait_for
 from unionfs import daemon
+from unionfs.branches import parse_br
+from unionfs.inodes import InodeNumbers
+from unionfs.layer import ROOT, Layer
+from unionfs.partial import PartialFiles
+from unionfs.tree import Tree
+from unionfs.upper import Upper
 
 MiB = 1 << 20
 META = ".wh..wh.pyunion"
@@ -261,3 +268,46 @@ def test_flatten_while_the_renamed_tree_is_changed(tmp_path, unions):
     pyunion("umount", str(mnt))
     files = {k: v for k, v in view(as_layer(tmp_path, unions, up, low)).items() if v[0] == "file"}
     assert files == expected
+
+
+def test_flatten_reports_each_copy_up_with_its_union_inode_number(tmp_path, unions):
+    """What the mount needs so that files open on a lower file follow its
+    copy, as after any copy-up."""
+    low = lower_tree(tmp_path / "low")
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    changes_in(mnt)
+    numbers = {os.path.relpath(os.path.join(d, n), mnt): os.lstat(os.path.join(d, n)).st_ino
+               for d, dirs, files in os.walk(mnt) for n in dirs + files}
+    pyunion("umount", str(mnt))
+    layers = [Layer(branch, i) for i, branch in enumerate(parse_br(f"{up}=rw:{low}=ro"))]
+    upper = Upper(layers[0], None)
+    reported: dict[str, int] = {}
+    try:
+        upper.prepare()
+        partials = PartialFiles(layers, upper, InodeNumbers(
+            layers[0].lstat(ROOT), [layer.lstat(ROOT).st_dev for layer in layers]))
+        trio.run(partials.flatten, Tree(layers).root(), lambda: None,
+                 lambda ino, entry: reported.setdefault(entry.path, ino))
+    finally:
+        upper.close()
+        for layer in layers:
+            layer.close()
+    assert {"b/f", "b/sub2/g", "b/deep2/h", "fresh/c/x", "links/h3", "g2"} <= set(reported)
+    assert reported == {path: numbers[path] for path in reported}
+
+
+@pytest.mark.xfail(strict=True, reason="fs.py must pass on_copied_up to flatten (issue 11.5)")
+def test_a_file_open_before_flatten_reads_what_is_written_after(tmp_path, unions):
+    low = build(tmp_path / "low", {"a/f": b"old data".ljust(4096, b".")})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    os.rename(mnt / "a", mnt / "b")
+    reader = os.open(mnt / "b/f", os.O_RDONLY | os.O_DIRECT)
+    try:
+        flatten(mnt)
+        with open(mnt / "b/f", "r+b") as f:
+            f.write(b"new")
+        assert os.pread(reader, 4096, 0)[:8] == b"new data"
+    finally:
+        os.close(reader)

@@ -48,33 +48,39 @@ if TYPE_CHECKING:
 
 
 class Flattening:
-    """Resolves names with a tree and changes of its own: they keep no
-    state beyond the branches, so they see what the mount's own see."""
+    """One flatten.  It resolves names with a tree and changes of its own:
+    they keep no state beyond the branches, so they see what the mount's
+    own see.  ``on_changed`` runs after each change that moves where a
+    name's data lives (cached entries may be stale); ``on_copied_up`` after
+    each copy-up, with the entry's union inode number and new entry (open
+    files on the lower file may follow it)."""
 
     def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers,
-                 partials: PartialFiles):
+                 partials: PartialFiles, on_changed: Callable[[], None],
+                 on_copied_up: Callable[[int, Entry], None]):
         self._index = Index(upper.layer, numbers)
         self._tree = Tree(layers, self._index)
         # Partial copies, so that no copy-up waits between its check and
         # its rename; their data comes up after.
         self._changes = Changes(self._tree, upper, numbers, self._index, partial_copies=True)
+        self._changes.on_dir_copied = on_changed
         self._upper = upper
         self._numbers = numbers
         self._partials = partials
+        self._on_changed = on_changed
+        self._on_copied_up = on_copied_up
 
-    async def run(self, entry: Entry, on_changed: Callable[[], None]) -> None:
-        """Flatten what is at or below ``entry``; ``on_changed`` runs after
-        each change that moves where a name's data lives."""
-        self._changes.on_dir_copied = on_changed
-        await self._resolve_redirects(entry.path, on_changed)
+    async def run(self, entry: Entry) -> None:
+        """Flatten what is at or below ``entry``."""
+        await self._resolve_redirects(entry.path)
         if self._index.numbers():
-            await self._link_indexed_names(entry.path, on_changed)
+            await self._link_indexed_names(entry.path)
         self._index.remove_spent()
         found = self._lookup(entry.path)
         if found is not None and found[0].in_upper:
-            await self._partials.complete_below(found[0].top, on_changed)
+            await self._partials.complete_below(found[0].top, self._on_changed)
 
-    async def _resolve_redirects(self, path: str, on_changed: Callable[[], None]) -> None:
+    async def _resolve_redirects(self, path: str) -> None:
         """Copy up the union subtree of every renamed directory at or below
         ``path``, then seal the directory.  Depth-first with a stack of
         ``(path, inside a renamed directory, seal)``: a directory's seal
@@ -82,12 +88,12 @@ class Flattening:
         stack = [(path, False, False)]
         while stack:
             path, inside, seal = stack.pop()
-            found = await self._copy_up(path, on_changed) if inside else self._lookup(path)
+            found = await self._copy_up(path) if inside else self._lookup(path)
             if found is None or not found[0].in_upper or not stat.S_ISDIR(found[1].st_mode):
                 continue
             entry = found[0]
             if seal:
-                self._seal(entry, on_changed)
+                self._seal(entry)
                 continue
             if entry.marks.redirect is not None:
                 inside = True
@@ -97,13 +103,13 @@ class Flattening:
                       if inside or top.layer.writable and _is_dir(top)]
             await trio.lowlevel.checkpoint()
 
-    async def _link_indexed_names(self, path: str, on_changed: Callable[[], None]) -> None:
+    async def _link_indexed_names(self, path: str) -> None:
         """Copy up (a link) every name at or below ``path`` that shows an
         index entry, looking into every directory that has parts below."""
         found = self._lookup(path)
         if found is not None and not stat.S_ISDIR(found[1].st_mode):
             if _shows_index(found[0]):
-                await self._copy_up(path, on_changed)
+                await self._copy_up(path)
             return
         stack = [path]
         while stack:
@@ -121,10 +127,10 @@ class Flattening:
                     if entry.lower:
                         stack.append(child(path, name))
                 elif _shows_index(entry):
-                    await self._copy_up(child(path, name), on_changed)  # looked up anew
+                    await self._copy_up(child(path, name))  # looked up anew
             await trio.lowlevel.checkpoint()
 
-    async def _copy_up(self, path: str, on_changed: Callable[[], None]):
+    async def _copy_up(self, path: str):
         """The name at ``path``, copied into the writable branch if it is
         not there; ``(entry, stat)``, or None if it went away."""
         found = self._lookup(path)
@@ -136,9 +142,10 @@ class Flattening:
             found = self._lookup(path)  # looked up again after the wait
             if found is None or found[0].in_upper:
                 return found
-            entry = found[0]
-        await self._changes.copy_up(entry)
-        on_changed()
+            entry, st = found
+        copied = await self._changes.copy_up(entry)
+        self._on_changed()
+        self._on_copied_up(self._numbers.of(copied, st), copied)
         return self._lookup(path)
 
     async def _index_copy(self, entry: Entry, st: os.stat_result) -> None:
@@ -155,7 +162,7 @@ class Flattening:
         finally:
             self._upper.discard(staged)
 
-    def _seal(self, directory: Entry, on_changed: Callable[[], None]) -> None:
+    def _seal(self, directory: Entry) -> None:
         """A renamed directory whose union subtree is all in the writable
         branch: made opaque, then its redirect goes (each step hides only
         what no longer shows)."""
@@ -167,7 +174,7 @@ class Flattening:
                  dir_fd=directory.top.layer.fd)
         marks = read_marks(directory.top)
         self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
-        on_changed()
+        self._on_changed()
 
     def _lookup(self, path: str):
         """``(entry, stat)`` of a union path now, or None if it is gone."""

@@ -219,11 +219,13 @@ class PartialFiles:
         self._numbers = numbers
         self._open: dict[str, PartialFile] = {}
 
-    async def flatten(self, entry: Entry, on_changed: Callable[[], None]) -> None:
+    async def flatten(self, entry: Entry, on_changed: Callable[[], None],
+                      on_copied_up: Callable[[int, Entry], None] = lambda ino, entry: None
+                      ) -> None:
         """Make the writable branch at or below ``entry`` a plain layer
-        (:mod:`unionfs.flatten`); ``on_changed`` runs after each change
-        that moves where a name's data lives."""
-        await Flattening(self._layers, self._upper, self._numbers, self).run(entry, on_changed)
+        (:class:`unionfs.flatten.Flattening`, which says what the callbacks get)."""
+        await Flattening(self._layers, self._upper, self._numbers, self, on_changed,
+                         on_copied_up).run(entry)
 
     async def complete_below(self, top: Location, on_finished: Callable[[], None]) -> None:
         """Complete every partial copy at or below ``top`` (writable
