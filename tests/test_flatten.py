@@ -311,3 +311,36 @@ def test_a_file_open_before_flatten_reads_what_is_written_after(tmp_path, unions
         assert os.pread(reader, 4096, 0)[:8] == b"new data"
     finally:
         os.close(reader)
+
+
+def test_a_renamed_directory_moved_away_and_back_during_flatten_keeps_its_tree(tmp_path,
+                                                                              unions):
+    low = build(tmp_path / "low", {f"tree/s{n % 40}/t{n % 3}/f{n}": f"file {n}"
+                                   for n in range(600)})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    os.mkdir(mnt / "in")  # flatten's setxattr locks the root: the moves are in here
+    os.rename(mnt / "tree", mnt / "in/moved")
+    live = view(mnt)
+    stop = threading.Event()
+    moves = [0]
+
+    def move_away_and_back():
+        while not stop.is_set():
+            os.rename(mnt / "in/moved", mnt / "in/away")
+            os.rename(mnt / "in/away", mnt / "in/moved")
+            moves[0] += 1
+
+    thread = threading.Thread(target=move_away_and_back)
+    thread.start()
+    try:
+        assert wait_for(lambda: moves[0] > 0)
+        flatten(mnt)
+    finally:
+        stop.set()
+        thread.join()
+    assert view(mnt) == live
+    flatten(mnt)
+    assert view(mnt) == live
+    pyunion("umount", str(mnt))
+    assert view(as_layer(tmp_path, unions, up, low)) == live

@@ -82,25 +82,31 @@ class Flattening:
 
     async def _resolve_redirects(self, path: str) -> None:
         """Copy up the union subtree of every renamed directory at or below
-        ``path``, then seal the directory.  Depth-first with a stack of
-        ``(path, inside a renamed directory, seal)``: a directory's seal
-        comes off after its subtree, and no recursion limits the depth."""
-        stack = [(path, False, False)]
+        ``path``, then seal the directory.  Depth-first, with a stack of
+        ``(path, its parent's inode in the branch, the renamed directory it
+        is in)`` and of :class:`_Renamed` seals, each pushed under its
+        subtree; no recursion limits the depth."""
+        stack: list = [(path, None, None)]
         while stack:
-            path, inside, seal = stack.pop()
-            found = await self._copy_up(path) if inside else self._lookup(path)
-            if found is None or not found[0].in_upper or not stat.S_ISDIR(found[1].st_mode):
+            item = stack.pop()
+            if isinstance(item, _Renamed):
+                self._seal(item)
                 continue
-            entry = found[0]
-            if seal:
-                self._seal(entry)
+            path, parent_ino, renamed = item
+            found = await self._copy_up(path) if renamed else self._lookup(path)
+            if found is None:
+                if renamed and not self._is_dir_in_upper(split(path)[0], parent_ino):
+                    renamed.whole = False  # its directory moved: the name was missed
+                continue
+            entry, st = found
+            if not entry.in_upper or not stat.S_ISDIR(st.st_mode):
                 continue
             if entry.marks.redirect is not None:
-                inside = True
-                stack.append((path, True, True))
-            stack += [(child(path, name), inside, False)
+                renamed = _Renamed(path, st.st_ino)
+                stack.append(renamed)
+            stack += [(child(path, name), st.st_ino, renamed)
                       for name, top in self._tree.listdir(entry).items()
-                      if inside or top.layer.writable and _is_dir(top)]
+                      if renamed or top.layer.writable and _is_dir(top)]
             await trio.lowlevel.checkpoint()
 
     async def _link_indexed_names(self, path: str) -> None:
@@ -162,19 +168,28 @@ class Flattening:
         finally:
             self._upper.discard(staged)
 
-    def _seal(self, directory: Entry) -> None:
+    def _seal(self, renamed: _Renamed) -> None:
         """A renamed directory whose union subtree is all in the writable
         branch: made opaque, then its redirect goes (each step hides only
-        what no longer shows)."""
-        if directory.marks.redirect is None:
+        what no longer shows).  Left as it is if it is another directory
+        now, or some of its subtree was missed (a rename meanwhile)."""
+        found = self._lookup(renamed.path)
+        if not renamed.whole or found is None or not found[0].in_upper:
             return
-        st = directory.top.layer.lstat(directory.path)
+        directory, st = found
+        if st.st_ino != renamed.ino or directory.marks.redirect is None:
+            return
         self._upper.mark_opaque(directory.path)
         os.utime(directory.path, ns=(st.st_atime_ns, st.st_mtime_ns),
                  dir_fd=directory.top.layer.fd)
         marks = read_marks(directory.top)
         self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
         self._on_changed()
+
+    def _is_dir_in_upper(self, path: str, ino: int) -> bool:
+        """True if the directory ``path`` of the writable branch is ``ino``."""
+        st = self._upper.layer.lstat_or_none(path)
+        return st is not None and st.st_ino == ino
 
     def _lookup(self, path: str):
         """``(entry, stat)`` of a union path now, or None if it is gone."""
@@ -186,6 +201,16 @@ class Flattening:
             return self._tree.lookup(self._tree.resolve(parent), name)
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+
+@dataclasses.dataclass
+class _Renamed:
+    """A renamed directory being flattened: its path, its inode in the
+    writable branch, and whether its whole subtree was seen."""
+
+    path: str
+    ino: int
+    whole: bool = True
 
 
 def _is_dir(location: Location) -> bool:
