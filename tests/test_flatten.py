@@ -133,7 +133,9 @@ def test_a_flattened_branch_is_a_layer_with_the_same_view(tmp_path, unions):
     assert not [m for m in all_marks(up).values() if "redirect" in m or "partial" in m]
     assert os.listdir(up / META / "chunks") == []
     assert os.listdir(up / META / "index") == []
-    assert view(as_layer(tmp_path, unions, up, low)) == live
+    layer = as_layer(tmp_path, unions, up, low)
+    assert view(layer) == live
+    unions.unmount(layer)
     assert view(unions.mount([up, low], rw=True)) == live  # and still a writable branch
 
 

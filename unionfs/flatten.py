@@ -8,21 +8,23 @@ pyunion's own, a flattened branch shows what the union showed:
   union subtree shows from below copied up into it (nested redirects and
   whiteouts included), is made opaque, and then loses its redirect;
 * every name of a lower file whose data lives in the hard-link index
-  (``index.py``) becomes a hard link to the index copy, and an index entry
-  all of whose names are such links goes, so the file's real link count
-  is the union's;
+  (``index.py``) becomes a hard link to the index copy; once all of them
+  are, the union count (the ``nlink`` mark) and the index entry go, so
+  the file's real link count is the union's;
 * every partial copy is completed (``partial.py``).
 
 Each step is a copy-up the union would make anyway, or a change that
 shows nothing new once the steps before it are done: a daemon killed at
 any point leaves the view as it was, and a second flatten finishes the job.
-It runs while the mount serves: every name is resolved afresh and changed
-on the event loop with no wait in between (data is copied in threads), so
-requests see each step whole.
+It runs while the mount serves: each step holds the mount's change lock
+(when given) and resolves its name afresh; data is copied in threads, a
+partial file's without the lock.
 
 Not handled: a flatten of a path leaves a renamed ancestor of that path
 (and index entries with names elsewhere) as they are; names renamed or
-linked while a flatten runs may need another one.
+linked while a flatten runs may need another one.  A kill between
+dropping an index entry's count and the entry itself shows its file's
+link count one too high until the next flatten.
 """
 
 from __future__ import annotations
@@ -57,11 +59,11 @@ class Flattening:
 
     def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers,
                  partials: PartialFiles, on_changed: Callable[[], None],
-                 on_copied_up: Callable[[int, Entry], None]):
+                 on_copied_up: Callable[[int, Entry], None], change_lock: trio.Lock):
         self._index = Index(upper.layer, numbers)
         self._tree = Tree(layers, self._index)
-        # Partial copies, so that no copy-up waits between its check and
-        # its rename; their data comes up after.
+        # Partial copies, so that a step holds the lock for metadata only;
+        # their data comes up after, without it.
         self._changes = Changes(self._tree, upper, numbers, self._index, partial_copies=True)
         self._changes.on_dir_copied = on_changed
         self._upper = upper
@@ -69,13 +71,15 @@ class Flattening:
         self._partials = partials
         self._on_changed = on_changed
         self._on_copied_up = on_copied_up
+        self._lock = change_lock
 
     async def run(self, entry: Entry) -> None:
         """Flatten what is at or below ``entry``."""
         await self._resolve_redirects(entry.path)
         if self._index.numbers():
             await self._link_indexed_names(entry.path)
-        self._index.remove_spent()
+            async with self._lock:
+                self._drop_spent_index_entries()
         found = self._lookup(entry.path)
         if found is not None and found[0].in_upper:
             await self._partials.complete_below(found[0].top, self._on_changed)
@@ -90,7 +94,8 @@ class Flattening:
         while stack:
             item = stack.pop()
             if isinstance(item, _Renamed):
-                self._seal(item)
+                async with self._lock:
+                    self._seal(item)
                 continue
             path, parent_ino, renamed = item
             found = await self._copy_up(path) if renamed else self._lookup(path)
@@ -139,20 +144,22 @@ class Flattening:
     async def _copy_up(self, path: str):
         """The name at ``path``, copied into the writable branch if it is
         not there; ``(entry, stat)``, or None if it went away."""
-        found = self._lookup(path)
-        if found is None or found[0].in_upper:
-            return found
-        entry, st = found
-        if not entry.top.layer.writable and not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
-            await self._index_copy(entry, st)
-            found = self._lookup(path)  # looked up again after the wait
+        async with self._lock:
+            found = self._lookup(path)
             if found is None or found[0].in_upper:
                 return found
             entry, st = found
-        copied = await self._changes.copy_up(entry)
-        self._on_changed()
-        self._on_copied_up(self._numbers.of(copied, st), copied)
-        return self._lookup(path)
+            if not entry.top.layer.writable and not stat.S_ISDIR(st.st_mode) \
+                    and st.st_nlink > 1:
+                await self._index_copy(entry, st)
+                found = self._lookup(path)  # looked up again after the wait
+                if found is None or found[0].in_upper:
+                    return found
+                entry, st = found
+            copied = await self._changes.copy_up(entry)
+            self._on_changed()
+            self._on_copied_up(self._numbers.of(copied, st), copied)
+            return self._lookup(path)
 
     async def _index_copy(self, entry: Entry, st: os.stat_result) -> None:
         """Put a lower file with several names into the hard-link index, as
@@ -185,6 +192,24 @@ class Flattening:
         marks = read_marks(directory.top)
         self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
         self._on_changed()
+
+    def _drop_spent_index_entries(self) -> None:
+        """Drop the index entries no name resolves to any more: those whose
+        file has every union name in the branch (its real link count is its
+        union count plus the index's own).  The count goes first, so the
+        union shows the real one; an entry left without it is spent too."""
+        for number in self._index.numbers():
+            location = self._index.location(number)
+            st = location.layer.lstat_or_none(location.path)
+            if st is None:
+                continue
+            marks = read_marks(location)
+            if marks.nlink is not None:
+                if st.st_nlink != marks.nlink + 1:
+                    continue  # a name still finds its data only here
+                self._upper.set_marks(location.path, dataclasses.replace(marks, nlink=None))
+            self._index.remove(number)
+            self._on_changed()  # cached entries carry the count
 
     def _is_dir_in_upper(self, path: str, ino: int) -> bool:
         """True if the directory ``path`` of the writable branch is ``ino``."""

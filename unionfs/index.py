@@ -8,8 +8,8 @@ index entry, so they read and write the same data; copying one of them up
 is a plain ``link`` of the index entry into place.  The copy's marks carry
 the union's link count (``nlink``), kept as names are added and removed,
 since no real count says how many of the lower names are still visible.
-Once every name is a link in the branch (``flatten`` makes them so), the
-index entry is no longer needed and goes.
+Once every name is a link in the branch, the index entry is no longer
+needed: ``flatten`` drops the count and then the entry.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import os
 
 from .layer import Layer, child
-from .tree import Location, read_marks
+from .tree import Location
 from .whiteout import META_DIR
 
 INDEX_DIR = child(META_DIR, "index")
@@ -54,14 +54,3 @@ class Index:
             return [int(name) for name in self.layer.listdir(INDEX_DIR)]
         except FileNotFoundError:
             return []
-
-    def remove_spent(self) -> None:
-        """Remove the entries no name resolves to any more: those whose
-        file has every union name in the branch (its real link count is its
-        union count plus the index's own), as ``flatten`` leaves them."""
-        for number in self.numbers():
-            location = self.location(number)
-            st = self.layer.lstat_or_none(location.path)
-            nlink = read_marks(location).nlink if st is not None else None
-            if nlink is not None and st.st_nlink == nlink + 1:
-                self.remove(number)
