@@ -2,7 +2,7 @@
 
 import os
 
-from helpers import build
+from helpers import build, pyunion
 
 
 def lower_with_links(tmp_path):
@@ -60,3 +60,32 @@ def test_the_index_never_shows(tmp_path, unions):
     assert os.listdir(up / ".wh..wh.pyunion/index")
     assert sorted(os.listdir(mnt)) == ["a", "b", "dir"]
     assert os.stat(mnt / "b").st_mode & 0o777 == 0o600
+
+
+def test_flatten_links_every_name_and_then_drops_the_index_entry(tmp_path, unions):
+    up, low = lower_with_links(tmp_path)
+    mnt = unions.mount([up, low], rw=True)
+    with open(mnt / "a", "r+") as f:
+        f.write("OVERWRIT")
+    index = up / ".wh..wh.pyunion/index"
+    done = pyunion("flatten", str(mnt), "dir", check=False)
+    assert done.returncode == 0, done.stderr
+    assert os.stat(up / "dir/c").st_ino == os.stat(up / "a").st_ino
+    assert len(os.listdir(index)) == 1  # "b" still finds its data there
+    assert (mnt / "b").read_text() == "OVERWRIT"
+    done = pyunion("flatten", str(mnt), check=False)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(index) == []
+    assert os.stat(up / "a").st_nlink == 3
+    for again in range(2):
+        if again:
+            unions.unmount(mnt)
+            mnt = unions.mount([up, low], rw=True)
+        assert [p.read_text() for p in names(mnt)] == ["OVERWRIT"] * 3
+        assert [os.stat(p).st_nlink for p in names(mnt)] == [3, 3, 3]
+    os.unlink(mnt / "b")  # the counts stay right without the index entry
+    os.link(mnt / "a", mnt / "e")
+    unions.unmount(mnt)
+    mnt = unions.mount([up, low], rw=True)
+    assert [os.stat(mnt / n).st_nlink for n in ("a", "e", "dir/c")] == [3, 3, 3]
+    assert not (mnt / "b").exists()

@@ -8,6 +8,8 @@ index entry, so they read and write the same data; copying one of them up
 is a plain ``link`` of the index entry into place.  The copy's marks carry
 the union's link count (``nlink``), kept as names are added and removed,
 since no real count says how many of the lower names are still visible.
+Once every name is a link in the branch, the index entry is no longer
+needed: ``flatten`` drops the count and then the entry.
 """
 
 from __future__ import annotations
@@ -45,3 +47,10 @@ class Index:
     def remove(self, number: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.location(number).path, dir_fd=self.layer.fd)
+
+    def numbers(self) -> list[int]:
+        """The numbers of the files in the index."""
+        try:
+            return [int(name) for name in self.layer.listdir(INDEX_DIR)]
+        except FileNotFoundError:
+            return []

@@ -44,6 +44,7 @@ import trio
 
 from .chunkmap import ChunkMap, Source
 from .copyup import copy_range, data_extents
+from .flatten import Flattening
 from .inodes import InodeNumbers
 from .layer import ROOT, Layer
 from .tree import Entry, Location, read_marks
@@ -218,13 +219,20 @@ class PartialFiles:
         self._numbers = numbers
         self._open: dict[str, PartialFile] = {}
 
-    async def flatten(self, entry: Entry, on_finished: Callable[[], None]) -> None:
-        """Complete every partial copy at or below ``entry``, so the
-        writable branch holds all of their data.  ``on_finished`` runs after
-        each file is done (its marks changed)."""
-        if not entry.in_upper:
-            return  # nothing of it was copied up
-        found = await trio.to_thread.run_sync(_partial_files, entry.top)
+    async def flatten(self, entry: Entry, on_changed: Callable[[], None],
+                      on_copied_up: Callable[[int, Entry], None] = lambda ino, entry: None,
+                      change_lock: trio.Lock | None = None) -> None:
+        """Make the writable branch at or below ``entry`` a plain layer
+        (:class:`unionfs.flatten.Flattening` says what the callbacks get;
+        ``change_lock`` is the mount's, none when nothing else changes it)."""
+        await Flattening(self._layers, self._upper, self._numbers, self, on_changed,
+                         on_copied_up, change_lock or trio.Lock()).run(entry)
+
+    async def complete_below(self, top: Location, on_finished: Callable[[], None]) -> None:
+        """Complete every partial copy at or below ``top`` (writable
+        branch), so the branch holds all of their data.  ``on_finished``
+        runs after each file is done (its marks changed)."""
+        found = await trio.to_thread.run_sync(_partial_files, top)
         for location, marks in found:
             # The walk ran while the mount served others: take the file only
             # if it is still the one found (nothing awaits from here to open).
