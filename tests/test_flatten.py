@@ -299,7 +299,6 @@ def test_flatten_reports_each_copy_up_with_its_union_inode_number(tmp_path, unio
     assert reported == {path: numbers[path] for path in reported}
 
 
-@pytest.mark.xfail(strict=True, reason="fs.py must pass on_copied_up to flatten (issue 11.5)")
 def test_a_file_open_before_flatten_reads_what_is_written_after(tmp_path, unions):
     low = build(tmp_path / "low", {"a/f": b"old data".ljust(4096, b".")})
     up = build(tmp_path / "up", {})

@@ -423,7 +423,8 @@ class UnionOperations(pyfuse3.Operations):
         if os.fsdecode(name) == FLATTEN_XATTR:
             # Cached entries of a finished file carry its old marks.
             self._writer  # noqa: B018 - EROFS on a read-only union
-            await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch)
+            await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch,
+                                         self._copied_by_flatten, self._change_lock)
             return
         async with self._change_lock:
             await self._change_xattr(inode, name,
@@ -529,6 +530,11 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._writer.copy_up(entry, with_data)
             self._moved_up(node, entry)
         return entry
+
+    def _copied_by_flatten(self, ino: int, entry: Entry) -> None:
+        """After flatten copied ``entry`` up: open files follow it."""
+        if (node := self.inodes.find(ino)) is not None:
+            self._moved_up(node, entry)
 
     def _moved_up(self, node: Node, entry: Entry) -> None:
         """After a copy-up: cache the new entry; open files follow it."""
