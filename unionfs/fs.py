@@ -285,7 +285,10 @@ class UnionOperations(pyfuse3.Operations):
             return self._open_files.open(node, self._entry(node), flags)
         async with self._change_lock:
             entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
-            return self._open_files.open(node, entry, flags)
+            info = self._open_files.open(node, entry, flags)
+        if flags & (os.O_SYNC | os.O_DSYNC):  # every write is an fsync
+            self._flush_names(node)
+        return info
 
     @_fuse_errors
     @_changing
@@ -310,11 +313,7 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def fsync(self, fh, datasync):
         self._open_files.fsync(fh, datasync)
-        node = self._open_files.node(fh)
-        if node.names_unflushed and self._nameless(node) is None:
-            # A copy-up is the daemon's doing: so is making its names durable.
-            self._writer.flush_names(self._entry(node))
-            node.names_unflushed = False
+        self._flush_names(self._open_files.node(fh))
 
     @_fuse_errors
     async def release(self, fh):
@@ -530,6 +529,13 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._writer.copy_up(entry, with_data)
             self._moved_up(node, entry)
         return entry
+
+    def _flush_names(self, node: Node) -> None:
+        """A copy-up is the daemon's doing: so is making the names it made
+        durable, when the file's data is flushed."""
+        if node.names_unflushed and self._nameless(node) is None:
+            self._writer.flush_names(self._entry(node))
+            node.names_unflushed = False
 
     def _copied_by_flatten(self, ino: int, entry: Entry) -> None:
         """After flatten copied ``entry`` up: open files follow it."""
