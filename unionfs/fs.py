@@ -85,7 +85,7 @@ def _fuse_errors(method):
         except FUSEError:
             raise
         except OSError as exc:
-            log.debug("%s: %s", method.__name__, exc)
+            log.debug("%s: %s", method.__name__, exc, exc_info=True)
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed", method.__name__)
@@ -270,11 +270,11 @@ class UnionOperations(pyfuse3.Operations):
                 renamed.append(dst_ino)
             elif (node := self.inodes.find(dst_ino)) is not None:
                 self.inodes.unlink(node, new_parent_inode, new_name, replaced)
+        if any(stat.S_ISDIR(st.st_mode) for _, st in filter(None, (src, dst))):
+            self.inodes.new_epoch()  # before anything is resolved again
         for ino in renamed:  # a rename copies up: open files follow
             if (node := self.inodes.find(ino)) is not None and node.fds:
                 self._moved_up(node, self._entry(node))
-        if any(stat.S_ISDIR(st.st_mode) for _, st in filter(None, (src, dst))):
-            self.inodes.new_epoch()
 
     # -- files -----------------------------------------------------------
 
