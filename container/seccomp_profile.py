@@ -8,8 +8,8 @@ x86_64); ``clone`` may not make namespaces, ``clone3`` answers ENOSYS (its
 flags sit in memory a filter cannot read, and glibc falls back to
 ``clone``), ``socket`` may not open AF_VSOCK, ``personality`` takes only a
 few values; and some calls are allowed only with the capability that
-guards them in the kernel.  ``io_uring_*`` is not allowed, as in docker's
-profile since 2023.
+guards them in the kernel.  ``io_uring_*`` is not allowed: docker took it
+out of its profile.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ ALLOWED = (
     "timerfd_settime", "timerfd_settime64", "times", "tkill", "truncate", "truncate64",
     "ugetrlimit", "umask", "uname", "unlink", "unlinkat", "uretprobe", "utime",
     "utimensat", "utimensat_time64", "utimes", "vfork", "vmsplice", "wait4", "waitid",
-    "waitpid", "write", "writev",)
+    "waitpid", "write", "writev",
+)
 
 RULES = (
     Rule(("process_vm_readv", "process_vm_writev", "ptrace"), min_kernel=(4, 8)),
