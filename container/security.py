@@ -1,23 +1,26 @@
 """What the container's command may do, set just before it is executed:
 resource limits, capabilities (docker's default set, in every set
-including the bounding one), ``no_new_privs``, and a seccomp filter like
-docker's default profile.
+including the bounding one), ``no_new_privs``, and docker's default
+seccomp profile (``seccomp_profile``: an allow-list with argument filters
+and capability-dependent entries, over the native architecture and its
+compat ABIs).
 
-Docker's profile is an allow-list of some 350 system calls; this filter is
-the complement that matters, a deny-list of the calls that profile leaves
-out (kernel modules, kexec, keyrings, mount and namespace calls, clock
-setting, swap, ptrace-like memory access, BPF, perf...), answered with
-EPERM.  libseccomp (Debian's libseccomp2) compiles it for the machine's
-architecture.
+libseccomp compiles the filter, through its own Python bindings, the
+``seccomp`` module (Debian's python3-seccomp, kept with the libseccomp2 it
+matches; scripts/setup.sh makes the venv see that one module).  Calls
+newer than the installed libseccomp knows are refused with EPERM, not the
+ENOSYS runc gives them.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
+import re
 import resource
 
+import seccomp as libseccomp
+
+from . import seccomp_profile as profile
 from . import syscalls as sc
 
 DEFAULT_CAPABILITIES = frozenset({
@@ -36,21 +39,8 @@ DEFAULT_CAPABILITIES = frozenset({
     29,  # AUDIT_WRITE
     31,  # SETFCAP
 })
-BLOCKED_SYSCALLS = (
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount",
-    "mount_setattr", "move_mount", "move_pages", "name_to_handle_at", "nfsservctl",
-    "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root",
-    "process_vm_readv", "process_vm_writev", "query_module", "quotactl", "reboot",
-    "request_key", "set_mempolicy", "setns", "settimeofday", "stime", "swapoff",
-    "swapon", "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib",
-    "userfaultfd", "ustat", "vm86", "vm86old",
-)
 NOFILE = 1_048_576  # docker's usual default for open files
-_SCMP_ACT_ALLOW = 0x7FFF0000
-_SCMP_ACT_ERRNO = 0x00050000
+_UNKNOWN = -1  # libseccomp's __NR_SCMP_ERROR: a name it does not know
 
 
 def confine(uid: int, gid: int, seccomp: SeccompFilter | None) -> None:
@@ -84,32 +74,55 @@ def _last_capability() -> int:
 
 
 class SeccompFilter:
-    """The deny-list, compiled by libseccomp.  Build it while the host's
+    """Docker's default profile for a container whose command holds
+    ``capabilities``, compiled by libseccomp.  Build it while the host's
     libraries are still reachable (before ``pivot_root``); load it in the
     process about to exec."""
 
-    def __init__(self):
-        lib = self._lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
-        lib.seccomp_init.restype = ctypes.c_void_p
-        lib.seccomp_init.argtypes = [ctypes.c_uint32]
-        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                         ctypes.c_uint]
-        lib.seccomp_load.argtypes = lib.seccomp_release.argtypes = [ctypes.c_void_p]
-        self._context = lib.seccomp_init(_SCMP_ACT_ALLOW)
-        if not self._context:
-            raise OSError(errno.ENOMEM, "seccomp_init failed")
-        for name in BLOCKED_SYSCALLS:
-            number = lib.seccomp_syscall_resolve_name(name.encode())
-            if number < 0:  # not a call on this architecture
-                continue
-            _check(lib.seccomp_rule_add(self._context, _SCMP_ACT_ERRNO | errno.EPERM,
-                                        number, 0), f"seccomp rule for {name}")
+    def __init__(self, capabilities: frozenset[int] = DEFAULT_CAPABILITIES):
+        native = _native_arch()
+        kernel = _kernel_version()
+        self._filter = libseccomp.SyscallFilter(libseccomp.ERRNO(profile.DEFAULT_ERRNO))
+        for name in profile.COMPAT_ARCHES.get(native, ()):
+            self._filter.add_arch(getattr(libseccomp.Arch, name))
+        for name in profile.ALLOWED:
+            self._add(libseccomp.ALLOW, name, [])
+        for rule in profile.RULES:
+            if _applies(rule, capabilities, native, kernel):
+                action = (libseccomp.ALLOW if rule.errno is None
+                          else libseccomp.ERRNO(rule.errno))
+                args = [libseccomp.Arg(index, getattr(libseccomp, op), a, b)
+                        for index, op, a, b in rule.args]
+                for name in rule.names:
+                    self._add(action, name, args)
+
+    def _add(self, action, name: str, args: list) -> None:
+        """Add a rule for every architecture of the filter, unless this
+        libseccomp does not know the call (docker skips those too)."""
+        if libseccomp.resolve_syscall(libseccomp.Arch.NATIVE, name) != _UNKNOWN:
+            self._filter.add_rule(action, name, *args)
 
     def load(self) -> None:
-        _check(self._lib.seccomp_load(self._context), "seccomp_load")
+        self._filter.load()
 
 
-def _check(result: int, what: str) -> None:
-    if result < 0:
-        raise OSError(-result, f"{what}: {os.strerror(-result)}")
+def _applies(rule: profile.Rule, capabilities: frozenset[int], native: str,
+             kernel: tuple[int, int]) -> bool:
+    return ((rule.needs_cap is None or rule.needs_cap in capabilities)
+            and rule.unless_cap not in capabilities
+            and (not rule.arches or native in rule.arches)
+            and native not in rule.except_arches
+            and kernel >= rule.min_kernel)
+
+
+def _native_arch() -> str:
+    """libseccomp's name of this machine's architecture (e.g. X86_64)."""
+    native = libseccomp.system_arch() & 0xFFFFFFFF  # Arch's values are signed
+    return next(name for name in dir(libseccomp.Arch)
+                if name.isupper() and name != "NATIVE"
+                and getattr(libseccomp.Arch, name) & 0xFFFFFFFF == native)
+
+
+def _kernel_version() -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", os.uname().release).groups()
+    return int(major), int(minor)

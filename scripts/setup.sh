@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # fuse3/libfuse3-dev/pkg-config: FUSE itself and what pyfuse3 builds against;
-# busybox-static: the small base image; libseccomp2: container syscall
-# filters; fuse-overlayfs, unionfs-fuse, runc: the peers the benchmarks and
-# comparisons run beside pyunion and pycontainer.
-packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static libseccomp2 fuse-overlayfs unionfs-fuse runc)
+# busybox-static: the small base image; libseccomp2 and python3-seccomp (its
+# own Python bindings): container syscall filters; fuse-overlayfs,
+# unionfs-fuse, runc: the peers the benchmarks and comparisons run beside
+# pyunion and pycontainer.
+packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,7 +29,17 @@ python=${PYTHON:-python3}
 # pip answers quickly when everything is already there.
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]' 2>&1 \
     | grep -v "^WARNING: Location" || true
-.venv/bin/python -c 'import pyfuse3, trio, click' \
+# The seccomp module: libseccomp's own bindings as Debian keeps them, updated
+# with the libseccomp2 they match.  PyPI has no kept equivalent (pyseccomp:
+# ctypes, last released in 2021; mephi42-seccomp: one person's rebuild), so
+# the venv links Debian's build of that one module, not all of dist-packages.  It is built for Debian's CPython 3.11 and loads in any
+# CPython 3.11 (same ABI tag), which is checked here.
+seccomp_so=$(dpkg -L python3-seccomp | grep '/seccomp\.cpython-.*\.so$')
+suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+[[ $seccomp_so == *"$suffix" ]] \
+    || { echo "setup: python3-seccomp is not built for the venv's Python ($suffix)" >&2; exit 1; }
+ln -sfn "$seccomp_so" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/"
+.venv/bin/python -c 'import pyfuse3, trio, click, seccomp' \
     || { echo "setup: the Python packages did not install" >&2; exit 1; }
 
 # mount(8) runs helpers with the system PATH only: `mount -t fuse.pyunion`
