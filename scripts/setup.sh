@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # busybox-static: the small base image; libseccomp2 and python3-seccomp (its
 # own Python bindings): container syscall filters; fuse-overlayfs,
 # unionfs-fuse, runc: the peers the benchmarks and comparisons run beside
-# pyunion and pycontainer.
-packages=(fuse3 libfuse3-dev pkg-config gcc busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc)
+# pyunion and pycontainer; libc6-dev: the static libc the tests' small C
+# probes link against.
+packages=(fuse3 libfuse3-dev pkg-config gcc libc6-dev busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
