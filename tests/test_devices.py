@@ -13,6 +13,7 @@ import pytest
 from container import cgroups
 from container.cgroups import devices, devices_bpf, v1, v2
 from container.spec import Limits
+from conftest import PYCONTAINER
 
 HOST_DISK = (os.major(os.stat("/").st_dev), os.minor(os.stat("/").st_dev))
 #: Some hosts refuse even their root the disk (EPERM) whatever the rules;
@@ -116,3 +117,21 @@ def test_a_hostile_container_cannot_use_host_devices(pyc, tmp_path):
                       "head: /dev/disk: Permission denied",
                       "head: /dev/kmsg: No such file or directory"]
     assert stat.S_ISBLK(os.stat(tmp_path / "disk").st_mode)  # made, as docker lets it be
+
+
+def test_a_container_on_a_pure_cgroup2_host(pyc, tmp_path):
+    """This host is hybrid: a private mount namespace that shows only its
+    cgroup2 hierarchy makes pycontainer take the v2 driver, end to end."""
+    if not (cgroups.is_pure_v2() or os.path.exists("/sys/fs/cgroup/unified/cgroup.procs")):
+        pytest.skip("no cgroup v2 hierarchy")
+    run = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "-",
+         *PYCONTAINER, "run", "--rm", "-v", f"{tmp_path}:/vol", "busybox", "sh", "-c",
+         f"mknod /vol/loop b {LOOP[0]} {LOOP[1]}; head -c 1 /vol/loop;"
+         "mknod /vol/kmsg c 1 11; head -c 1 /vol/kmsg; head -c 3 /dev/zero | wc -c"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "3"
+    assert run.stderr.splitlines() == ["head: /vol/loop: Operation not permitted",
+                                       "head: /vol/kmsg: Operation not permitted"]
