@@ -1,25 +1,29 @@
 """The container's root file system, set up from inside its new mount
 namespace (as its PID 1, before anything runs), in runc's order:
 
-make every mount private, mount the kernel file systems and ``/dev`` into
-the new root, bind the user's volumes and the per-container ``/etc`` files,
-``pivot_root`` into it (never a bare chroot), detach the old root, mask and
-write-protect what a container must not see or change, and make ``/``
-read-only if asked.
+make every mount private, let set-uid files work on the new root, mount
+the kernel file systems and ``/dev`` into it, bind the user's volumes and
+the per-container ``/etc`` files, ``pivot_root`` into it (never a bare
+chroot), detach the old root, mask and write-protect what a container must
+not see or change, and make ``/`` read-only if asked.
+
+What a container makes must not serve anyone outside it: the union is
+mounted ``nosuid,nodev`` on the host and regains ``suid`` only in the
+container's own mount namespace (the kernel ignores set-uid bits reached
+from another one, e.g. through ``/proc/PID/root``), and no mount a
+container can make device nodes on honours them (``/dev`` is ``nodev``,
+its standard devices bound from the host's), so a node made in the
+container opens for no one, in it or on the host.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
 from . import syscalls as sc
 from .spec import ContainerSpec
 
-_DEVICES = {  # name: (major, minor)
-    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
-    "urandom": (1, 9), "tty": (5, 0),
-}
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
                 "/proc/latency_stats", "/proc/acpi", "/proc/scsi", "/sys/firmware",
                 "/sys/devices/virtual/powercap")
@@ -31,6 +35,7 @@ def prepare(root: str, spec: ContainerSpec, etc_dir: str) -> None:
     """Everything up to and including ``pivot_root``; the caller is then in
     the new root."""
     sc.mount("none", "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount("none", root, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NODEV)
     _mount_kernel_filesystems(root)
     _make_dev(os.path.join(root, "dev"))
     for name in ETC_FILES:
@@ -44,20 +49,20 @@ def prepare(root: str, spec: ContainerSpec, etc_dir: str) -> None:
     os.chdir("/")
     _protect()
     if spec.read_only:
-        sc.mount("none", "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        sc.mount("none", "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NODEV | sc.MS_RDONLY)
 
 
 def _mount_kernel_filesystems(root: str) -> None:
     nosuid_nodev_noexec = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     sc.mount("proc", _target(root, "/proc"), "proc", nosuid_nodev_noexec)
     sc.mount("sysfs", _target(root, "/sys"), "sysfs", nosuid_nodev_noexec | sc.MS_RDONLY)
-    sc.mount("tmpfs", _target(root, "/dev"), "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
+    sc.mount("tmpfs", _target(root, "/dev"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+             "mode=755,size=65536k")
 
 
 def _make_dev(dev: str) -> None:
-    for name, (major, minor) in _DEVICES.items():
-        os.mknod(os.path.join(dev, name), stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        os.chmod(os.path.join(dev, name), 0o666)
+    for name in _DEVICES:
+        _bind(f"/dev/{name}", _target(dev, name, is_dir=False))
     os.mkdir(os.path.join(dev, "pts"), 0o755)
     sc.mount("devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620,gid=5")

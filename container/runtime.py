@@ -20,6 +20,8 @@ with it; the state left behind is cleaned up by the next ``rm`` or ``ps``.
 
 State lives in ``/run/pycontainer/NAME/state.json``; the container's
 writable branch and mount point in ``/var/lib/pycontainer/containers/NAME``.
+Both trees are root's alone (0700, as docker's), so no host user reaches a
+file or device node a container made through them.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
 
 def _claim(spec: ContainerSpec) -> State:
     """Make the container's state directory, or refuse a name in use."""
-    os.makedirs(STATE_DIR, exist_ok=True)
+    _private_dir(STATE_DIR)
     state = State(spec.name, spec.image, list(spec.command), supervisor_pid=os.getpid(),
                   spec=asdict(spec))
     try:
@@ -174,12 +176,16 @@ def _claim(spec: ContainerSpec) -> State:
 def _supervise(spec: ContainerSpec, state: State, image_root: str,
                started: Callable[[], None]) -> int:
     upper = os.path.join(state.data_dir, "upper")
-    os.makedirs(upper)
-    os.makedirs(state.rootfs)
+    _private_dir(DATA_DIR)
+    os.mkdir(state.data_dir, 0o700)
+    os.mkdir(upper)
+    os.mkdir(state.rootfs)
     # Containers of one image share its files' page cache: each container's
     # own copy of a file goes when the file is closed (pagecache=drop).
+    # allow_other: its processes run as any uid.  The container's own mount
+    # of its root takes suid back (rootfs.py); the host's has none.
     config = union_options.parse(
-        [f"br={upper}=rw:{image_root}=ro,allow_other,dev,suid,pagecache=drop"],
+        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"],
         state.rootfs, f"pycontainer-{state.name}")
     union_daemon.spawn(config, die_with_parent=True)
     group = cgroups.create(state.name)
@@ -196,6 +202,12 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     finally:
         if proxy is not None:
             proxy.close()
+
+
+def _private_dir(path: str) -> None:
+    """``path`` made if missing, and root's alone whatever it was before."""
+    os.makedirs(path, 0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:

@@ -9,7 +9,9 @@ host, the v2 one.
 
 A driver offers ``add(pid)``, ``releaser()``, ``apply(limits)``, ``stats()``, ``pids()``,
 ``kill_all()``, ``remove()`` and ``paths`` (what to record so a later
-command can find it again, see :func:`reopen`).
+command can find it again, see :func:`reopen`).  ``apply`` also confines
+the container's devices to docker's defaults (``devices.py``): the v1
+devices controller, or on v2 an eBPF program (``devices_bpf.py``).
 """
 
 from __future__ import annotations

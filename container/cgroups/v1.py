@@ -1,7 +1,8 @@
 """The cgroup v1 driver: one directory per controller hierarchy.
 
 Controllers used: memory, cpu, cpuacct, cpuset, pids (each where the
-machine mounts it; cpu and cpuacct may share a hierarchy or not).
+machine mounts it; cpu and cpuacct may share a hierarchy or not), and
+devices, which must be there: a container's devices are always confined.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 
 from . import (PARENT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
                rmdir_patiently, write)
+from .devices import DEFAULT_ALLOWED
 
-CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "devices")
 CFS_PERIOD_US = 100_000
 
 
@@ -62,6 +64,7 @@ class CgroupV1:
                              for path in self.paths.values()])
 
     def apply(self, limits) -> None:
+        """Set ``limits`` and docker's device rules."""
         memory, cpu, cpuset, pids = (self.paths.get(c) for c in ("memory", "cpu", "cpuset", "pids"))
         if limits.memory is not None:
             _require(memory, "--memory")
@@ -85,6 +88,7 @@ class CgroupV1:
         if limits.pids is not None:
             _require(pids, "--pids-limit")
             write(f"{pids}/pids.max", limits.pids)
+        _restrict_devices(self.paths.get("devices"))
 
     def stats(self) -> Stats:
         memory, cpuacct, pids = (self.paths.get(c, "") for c in ("memory", "cpuacct", "pids"))
@@ -128,6 +132,14 @@ class CgroupV1:
 def _require(path: str | None, option: str) -> None:
     if path is None:
         raise CgroupError(f"{option}: this machine has no cgroup controller for it")
+
+
+def _restrict_devices(path: str | None) -> None:
+    """Deny every device, then allow docker's defaults."""
+    _require(path, "confining devices")
+    write(f"{path}/devices.deny", "a")
+    for rule in DEFAULT_ALLOWED:
+        write(f"{path}/devices.allow", rule)
 
 
 def _inherit_cpuset(directory: str) -> None:

@@ -3,6 +3,8 @@
 Controllers are enabled in ``pycontainer/``'s parent as far as the kernel
 lets a cgroup that holds processes do so; a limit whose controller is not
 available there is refused with a clear error rather than ignored.
+Devices are confined by an eBPF program attached to the cgroup
+(``devices_bpf.py``), as v2 has no devices controller.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 
 from . import (PARENT, ROOT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
                rmdir_patiently, write)
+from . import devices_bpf
+from .devices import DEFAULT_ALLOWED
 
 CPU_PERIOD_US = 100_000
 
@@ -61,6 +65,7 @@ class CgroupV2:
                                           "cgroup.procs")])
 
     def apply(self, limits) -> None:
+        """Set ``limits`` and docker's device rules."""
         for name, value in limit_files(limits).items():
             target = f"{self.path}/{name}"
             if not os.path.exists(target):
@@ -68,6 +73,7 @@ class CgroupV2:
                 raise CgroupError(f"the {controller} controller is not available to "
                                   f"{os.path.dirname(self.path)} on this machine")
             write(target, value)
+        devices_bpf.attach(self.path, DEFAULT_ALLOWED)
 
     def stats(self) -> Stats:
         memory_max = read_int(f"{self.path}/memory.max")

@@ -1,0 +1,42 @@
+"""Which devices a container may use: docker's default rules, as plain data
+that each driver applies its own way (v1 writes them to ``devices.allow``
+after denying all; v2 compiles them into an eBPF program, ``devices_bpf.py``).
+
+All is denied but making any device node (``mknod``; the node is of no use
+without read or write) and reading and writing the standard character
+devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An allowed device: type ``c`` or ``b``, numbers (None for any), access of ``rwm``."""
+    type: str
+    major: int | None
+    minor: int | None
+    access: str
+
+    def __str__(self) -> str:
+        """The rule as cgroup v1's ``devices.allow`` reads it."""
+        def number(n):
+            return "*" if n is None else str(n)
+        return f"{self.type} {number(self.major)}:{number(self.minor)} {self.access}"
+
+
+DEFAULT_ALLOWED = (
+    Rule("c", None, None, "m"),
+    Rule("b", None, None, "m"),
+    Rule("c", 1, 3, "rwm"),    # null
+    Rule("c", 1, 5, "rwm"),    # zero
+    Rule("c", 1, 7, "rwm"),    # full
+    Rule("c", 1, 8, "rwm"),    # random
+    Rule("c", 1, 9, "rwm"),    # urandom
+    Rule("c", 5, 0, "rwm"),    # tty
+    Rule("c", 5, 1, "rwm"),    # console
+    Rule("c", 5, 2, "rwm"),    # ptmx
+    Rule("c", 136, None, "rwm"),  # pts/*
+)
