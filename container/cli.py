@@ -8,6 +8,7 @@ command cannot be run or is not found.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,28 @@ def _fail_cleanly(function):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """A command line click cannot parse is answered as docker does: one
+    line and 125, not a usage text and 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    try:
+        yield
+    except click.UsageError as exc:
+        raise _Failure(exc.format_message()) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Run processes in containers whose root is a pyunion mount."""
 
@@ -256,7 +278,7 @@ def inspect(name: str) -> None:
     click.echo(json.dumps({**vars(state), "status": state.shown_status}, indent=2))
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def network() -> None:
     """Make, list and remove container networks."""
 

@@ -136,6 +136,8 @@ def all_states() -> list[State]:
 def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
     """Run a container to its end; returns its exit code (docker's codes)."""
     image_root = images.path_of(spec.image)
+    if spec.network not in SPECIAL_NETWORKS:
+        networks.get(spec.network)  # a missing one is refused before anything is made
     state = _claim(spec)
     background = None
     if detach:
