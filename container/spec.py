@@ -183,7 +183,22 @@ def parse_volume(text: str) -> BindMount:
         raise SpecError(f"--volume: host path {source!r} must be an existing absolute path")
     if not os.path.isabs(target) or ".." in target.split("/"):
         raise SpecError(f"--volume: container path {target!r} must be absolute, without '..'")
-    return BindMount(os.path.realpath(source), os.path.normpath(target), mode == "ro")
+    target = "/" + os.path.normpath(target).lstrip("/")
+    if is_reserved_destination(target):
+        raise SpecError(f"--volume: cannot mount onto {target}: / and what is under "
+                        f"{', '.join(RESERVED_DESTINATIONS)} belong to the runtime")
+    return BindMount(os.path.realpath(source), target, mode == "ro")
+
+
+#: where a volume may not go (as docker and runc refuse): the runtime's own mounts
+RESERVED_DESTINATIONS = ("/proc", "/sys", "/dev")
+
+
+def is_reserved_destination(path: str) -> bool:
+    """Whether the container path ``path`` (normalised) is ``/`` or in a
+    file system the runtime mounts."""
+    return path == "/" or any(path == reserved or path.startswith(reserved + "/")
+                              for reserved in RESERVED_DESTINATIONS)
 
 
 def parse_env(text: str) -> tuple[str, str]:

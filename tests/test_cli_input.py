@@ -8,10 +8,14 @@ import tempfile
 import time
 import traceback
 
+import shutil
+import uuid
+from pathlib import Path
+
 import pytest
 
 from conftest import PYCONTAINER
-from container import cli, runtime
+from container import cli, images, runtime
 
 
 def refused(done, message: str) -> bool:
@@ -31,6 +35,11 @@ def nothing_left(name: str) -> bool:
     (["--memory", "100000000t"], "--memory"),
     (["--memory", "1g", "--memory-swap", "100000000t"], "--memory-swap"),
     (["--no-such-flag"], "--no-such-flag"),
+    (["-v", "/tmp:/"], "cannot mount onto /:"),
+    (["-v", "/tmp:/proc"], "cannot mount onto /proc:"),
+    (["-v", "/tmp:/proc/sys/kernel"], "cannot mount onto /proc/sys/kernel:"),
+    (["-v", "/tmp:/sys"], "cannot mount onto /sys:"),
+    (["-v", "/tmp:/dev/shm"], "cannot mount onto /dev/shm:"),
 ])
 def test_bad_run_options_leave_nothing(pyc, args, message):
     name = pyc.name()
@@ -48,6 +57,47 @@ def test_bad_run_options_leave_nothing(pyc, args, message):
 ])
 def test_a_command_line_click_cannot_parse_is_one_line_and_125(pyc, args, message):
     assert refused(pyc(*args), message)
+
+
+@pytest.fixture
+def linked_image(image_root):
+    """A copy of the busybox image with absolute symlinks to directories:
+    one inside it, one that would lead out on the host, one into /proc."""
+    name = f"links{uuid.uuid4().hex[:8]}"
+    root = Path(images.STORE) / name / "rootfs"
+    shutil.copytree(image_root, root, symlinks=True)
+    (root / "var/inside").mkdir()
+    (root / "data").symlink_to("/var/inside")
+    (root / "out").symlink_to("/../../../../../../../../tmp")
+    (root / "kernel").symlink_to("/proc/sys")
+    try:
+        yield name
+    finally:
+        shutil.rmtree(root.parent)
+
+
+def test_volumes_onto_absolute_symlinks_land_inside_the_container(pyc, linked_image, tmp_path):
+    """/bin/sh -> /bin/busybox takes the volume on /bin/busybox; /data ->
+    /var/inside on /var/inside; /out -> /../../tmp on the container's /tmp."""
+    (tmp_path / "marker").write_text("from the host\n")
+    host_tmp = set(os.listdir("/tmp"))
+    done = pyc("run", "--rm", "--network", "none", "-v", f"{images.BUSYBOX}:/bin/sh:ro",
+               "-v", f"{tmp_path}:/data", "-v", f"{tmp_path}:/out", linked_image,
+               "sh", "-c", "cat /var/inside/marker; ls /tmp;"
+               " grep -E ' /(bin/busybox|var/inside|tmp) ' /proc/self/mountinfo")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["from the host", "marker"]
+    mounted = {line.split()[4]: line.split()[5].split(",")[0] for line in lines[2:]}
+    assert mounted == {"/bin/busybox": "ro", "/var/inside": "rw", "/tmp": "rw"}
+    assert set(os.listdir("/tmp")) == host_tmp  # nothing went to the host's /tmp
+
+
+def test_a_volume_whose_symlink_leads_into_proc_is_refused(pyc, linked_image, tmp_path):
+    done = pyc("run", "--rm", "--network", "none", "-v", f"{tmp_path}:/kernel",
+               linked_image, "true")
+    assert done.returncode == 125
+    assert "/kernel leads to /proc/sys, which the runtime mounts" in done.stderr
 
 
 #: what reads containers, and the exit codes each may give for one removed

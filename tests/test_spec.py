@@ -75,12 +75,19 @@ def test_volumes(tmp_path):
     volume = s.parse_volume(f"{tmp_path}:/data:ro")
     assert volume == s.BindMount(str(tmp_path), "/data", True)
     assert s.parse_volume(f"{tmp_path}:/x").read_only is False
+    assert s.parse_volume(f"{tmp_path}:/proc2/").target == "/proc2"
     for bad, message in ((f"{tmp_path}", "must be HOST:CONTAINER"),
                          (f"{tmp_path}:/x:rx", "unknown mode"),
                          ("relative:/x", "existing absolute path"),
                          (f"{tmp_path}/missing:/x", "existing absolute path"),
                          (f"{tmp_path}:x", "must be absolute"),
-                         (f"{tmp_path}:/a/../b", "without '..'")):
+                         (f"{tmp_path}:/a/../b", "without '..'"),
+                         (f"{tmp_path}:/", "cannot mount onto /:"),
+                         (f"{tmp_path}://", "cannot mount onto /:"),
+                         (f"{tmp_path}:/proc", "cannot mount onto /proc:"),
+                         (f"{tmp_path}://proc/sys/", "cannot mount onto /proc/sys:"),
+                         (f"{tmp_path}:/sys/fs/cgroup", "cannot mount onto /sys/fs/cgroup:"),
+                         (f"{tmp_path}:/dev/shm", "cannot mount onto /dev/shm:")):
         with pytest.raises(s.SpecError, match=message):
             s.parse_volume(bad)
 
