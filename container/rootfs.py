@@ -18,7 +18,7 @@ import stat
 from . import syscalls as sc
 from .spec import ContainerSpec, is_reserved_destination
 
-_O_PATH = os.O_PATH | os.O_CLOEXEC
+_PATH_ONLY = os.O_PATH | os.O_CLOEXEC
 _IN_ROOT = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 
 _DEVICES = {  # name: (major, minor)
@@ -135,7 +135,7 @@ def _open_in_root(root_fd: int, path: str, is_dir: bool) -> int:
     """``path`` opened O_PATH as if ``root_fd`` were ``/``; what is
     missing of it is made (a file last when not ``is_dir``)."""
     try:
-        return sc.openat2(root_fd, path, _O_PATH, _IN_ROOT)
+        return sc.openat2(root_fd, path, _PATH_ONLY, _IN_ROOT)
     except FileNotFoundError:
         if path.strip("/") == "":
             raise
@@ -149,4 +149,4 @@ def _open_in_root(root_fd: int, path: str, is_dir: bool) -> int:
                              dir_fd=parent))
     finally:
         os.close(parent)
-    return sc.openat2(root_fd, path, _O_PATH, _IN_ROOT)
+    return sc.openat2(root_fd, path, _PATH_ONLY, _IN_ROOT)
