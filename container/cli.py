@@ -8,6 +8,7 @@ command cannot be run or is not found.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,28 @@ def _fail_cleanly(function):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """A command line click cannot parse is answered as docker does: one
+    line and 125, not a usage text and 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    try:
+        yield
+    except click.UsageError as exc:
+        raise _Failure(exc.format_message()) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Run processes in containers whose root is a pyunion mount."""
 
@@ -140,34 +162,45 @@ def exec_(name, command, interactive, tty, env, user, workdir) -> None:
 @click.option("--no-stream", is_flag=True, help="Print once, then exit.")
 @_fail_cleanly
 def stats(names: tuple[str, ...], no_stream: bool) -> None:
-    """Live resource use of running containers (all of them by default)."""
-    states = [runtime.State.load(n) for n in names] or [
+    """Live resource use of running containers (all of them by default);
+    one that stops meanwhile leaves the table."""
+    states = [_running(n) for n in names] or [
         s for s in runtime.all_states() if s.shown_status == "running"]
-    previous: dict[str, tuple[float, int]] = {}
+    previous: dict[str, tuple[float, int | None]] = {}
     while True:
         lines = [f"{'NAME':<20} {'CPU %':>7} {'MEM USAGE / LIMIT':>24} {'MEM %':>7} "
                  f"{'MAX USAGE':>10} {'OOM':>4} {'PIDS':>5}"]
-        for state in states:
-            if state.shown_status != "running":
-                raise runtime.ContainerError(f"{state.name} is not running")
-            usage = cgroups.reopen(state.cgroup_paths).stats()
-            now = time.monotonic()
-            then, cpu_then = previous.get(state.name, (None, None))
-            cpu = ((usage.cpu_usage_ns - cpu_then) / 1e9 / (now - then) * 100
-                   if then is not None else 0.0)
-            previous[state.name] = (now, usage.cpu_usage_ns)
-            limit = usage.memory_limit
-            percent = f"{usage.memory_usage / limit * 100:.2f}%" if limit else "--"
-            lines.append(f"{state.name:<20} {cpu:>6.2f}% "
-                         f"{_size(usage.memory_usage) + ' / ' + _size(limit):>24} "
-                         f"{percent:>7} {_size(usage.memory_max_usage):>10} "
-                         f"{usage.oom_kills or 0:>4} {usage.pids_current or 0:>5}")
+        lines += [line for line in (_stats_line(s, previous) for s in states) if line]
         if not no_stream:
             click.echo("\x1b[2J\x1b[H", nl=False)
         click.echo("\n".join(lines))
         if no_stream:
             return
         time.sleep(1)
+
+
+def _stats_line(state: runtime.State, previous: dict) -> str | None:
+    """``state``'s line of the table, or None once it is not running; a
+    figure whose cgroup file went while it was read shows as ``--``."""
+    if state.shown_status != "running":
+        return None
+    try:
+        usage = cgroups.reopen(state.cgroup_paths).stats()
+    except OSError:  # the cgroup was removed while it was read
+        return None
+    now = time.monotonic()
+    then, cpu_then = previous.get(state.name, (None, None))
+    previous[state.name] = (now, usage.cpu_usage_ns)
+    cpu = "--"
+    if then is None:
+        cpu = "0.00%"
+    elif None not in (cpu_then, usage.cpu_usage_ns):
+        cpu = f"{(usage.cpu_usage_ns - cpu_then) / 1e9 / (now - then) * 100:.2f}%"
+    used, limit = usage.memory_usage, usage.memory_limit
+    percent = f"{used / limit * 100:.2f}%" if limit and used is not None else "--"
+    return (f"{state.name:<20} {cpu:>7} {_size(used) + ' / ' + _size(limit):>24} "
+            f"{percent:>7} {_size(usage.memory_max_usage):>10} "
+            f"{usage.oom_kills or 0:>4} {usage.pids_current or 0:>5}")
 
 
 def _size(count: int | None) -> str:
@@ -212,7 +245,10 @@ def rm(names: tuple[str, ...], force: bool) -> None:
 @_fail_cleanly
 def kill(name: str, signame: str) -> None:
     """Send a signal to a container's main process."""
-    os.kill(_running(name).init_pid, _parse_signal(signame))
+    try:
+        os.kill(_running(name).init_pid, _parse_signal(signame))
+    except ProcessLookupError:  # it ended since it was looked at
+        raise runtime.ContainerError(f"{name} is not running") from None
 
 
 @cli.command()
@@ -235,10 +271,14 @@ def logs(name: str, follow: bool) -> None:
     state = runtime.State.load(name)
     if not state.log:
         raise runtime.ContainerError(f"{name} was not run with -d: its output went to its terminal")
-    with open(state.log, "rb") as f:
+    try:
+        log = open(state.log, "rb")
+    except FileNotFoundError:  # removed since its state was read
+        raise runtime.ContainerError(f"no such container: {name}") from None
+    with log as f:
         while True:
             # Looked at before the read, so the last output before the end is read.
-            running = follow and runtime.State.load(name).shown_status == "running"
+            running = follow and _still_running(name)
             while chunk := f.read(65536):
                 sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
@@ -256,7 +296,7 @@ def inspect(name: str) -> None:
     click.echo(json.dumps({**vars(state), "status": state.shown_status}, indent=2))
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def network() -> None:
     """Make, list and remove container networks."""
 
@@ -297,6 +337,14 @@ def _running(name: str) -> runtime.State:
     return state
 
 
+def _still_running(name: str) -> bool:
+    """Whether ``name`` runs; a container removed meanwhile does not."""
+    try:
+        return runtime.State.load(name).shown_status == "running"
+    except runtime.ContainerError:
+        return False
+
+
 def _parse_signal(text: str) -> int:
     name = text.upper()
     try:
@@ -308,4 +356,12 @@ def _parse_signal(text: str) -> int:
 
 
 def main() -> None:
-    cli.main(prog_name="pycontainer")
+    """The entry point: a failure nobody foresaw is still one line and
+    docker's 125, never a traceback."""
+    try:
+        cli.main(prog_name="pycontainer")
+    except Exception as exc:  # noqa: BLE001 - the last stop before a traceback
+        said = " ".join(str(exc).split())
+        print(f"Error: pycontainer failed unexpectedly: {type(exc).__name__}: {said}",
+              file=sys.stderr)
+        sys.exit(125)

@@ -3,9 +3,10 @@ namespace (as its PID 1, before anything runs), in runc's order:
 
 make every mount private, let set-uid files work on the new root, mount
 the kernel file systems and ``/dev`` into it, bind the user's volumes and
-the per-container ``/etc`` files, ``pivot_root`` into it (never a bare
-chroot), detach the old root, mask and write-protect what a container must
-not see or change, and make ``/`` read-only if asked.
+the per-container ``/etc`` files (each mount point resolved as the
+container will see it, never out of it), ``pivot_root`` into it (never a
+bare chroot), detach the old root, mask and write-protect what a container
+must not see or change, and make ``/`` read-only if asked.
 
 What a container makes must not serve anyone outside it: the union is
 mounted ``nosuid,nodev`` on the host and regains ``suid`` only in the
@@ -18,10 +19,14 @@ container opens for no one, in it or on the host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from . import syscalls as sc
-from .spec import ContainerSpec
+from .spec import ContainerSpec, is_reserved_destination
+
+_PATH_ONLY = os.O_PATH | os.O_CLOEXEC
+_IN_ROOT = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
@@ -39,10 +44,9 @@ def prepare(root: str, spec: ContainerSpec, etc_dir: str) -> None:
     _mount_kernel_filesystems(root)
     _make_dev(os.path.join(root, "dev"))
     for name in ETC_FILES:
-        _bind(os.path.join(etc_dir, name), _target(root, f"/etc/{name}", is_dir=False))
+        _bind_in(root, os.path.join(etc_dir, name), f"/etc/{name}")
     for volume in spec.mounts:
-        target = _target(root, volume.target, is_dir=os.path.isdir(volume.source))
-        _bind(volume.source, target, read_only=volume.read_only)
+        _bind_in(root, volume.source, volume.target, volume.read_only)
     os.chdir(root)
     sc.pivot_root(".", ".")
     sc.umount(".", sc.MNT_DETACH)
@@ -54,15 +58,18 @@ def prepare(root: str, spec: ContainerSpec, etc_dir: str) -> None:
 
 def _mount_kernel_filesystems(root: str) -> None:
     nosuid_nodev_noexec = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-    sc.mount("proc", _target(root, "/proc"), "proc", nosuid_nodev_noexec)
-    sc.mount("sysfs", _target(root, "/sys"), "sysfs", nosuid_nodev_noexec | sc.MS_RDONLY)
-    sc.mount("tmpfs", _target(root, "/dev"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-             "mode=755,size=65536k")
+    with _target(root, "/proc") as target:
+        sc.mount("proc", target, "proc", nosuid_nodev_noexec)
+    with _target(root, "/sys") as target:
+        sc.mount("sysfs", target, "sysfs", nosuid_nodev_noexec | sc.MS_RDONLY)
+    with _target(root, "/dev") as target:
+        sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=65536k")
 
 
 def _make_dev(dev: str) -> None:
     for name in _DEVICES:
-        _bind(f"/dev/{name}", _target(dev, name, is_dir=False))
+        with _target(dev, f"/{name}", is_dir=False) as target:
+            _bind(f"/dev/{name}", target)
     os.mkdir(os.path.join(dev, "pts"), 0o755)
     sc.mount("devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620,gid=5")
@@ -92,20 +99,59 @@ def _protect() -> None:
 def _bind(source: str, target: str, read_only: bool = False) -> None:
     sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
     if read_only:
-        sc.mount(source, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_REC)
+        _remount_read_only(target)
 
 
-def _target(root: str, path: str, is_dir: bool = True) -> str:
-    """``path`` inside ``root``, made if missing; never through a symlink
-    that points out of the container."""
-    target = os.path.join(root, path.lstrip("/"))
-    real = os.path.realpath(target)
-    if real != root and not real.startswith(root.rstrip("/") + "/"):
-        raise OSError(f"mount target {path} leads outside the container")
-    if not os.path.lexists(target):
+def _remount_read_only(target: str) -> None:
+    sc.mount("none", target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_REC)
+
+
+def _bind_in(root: str, source: str, path: str, read_only: bool = False) -> None:
+    """Bind ``source`` onto the container path ``path`` (resolved in
+    ``root``); refused if its symlinks lead into what the runtime mounts."""
+    with _target(root, path, is_dir=os.path.isdir(source)) as target:
+        inside = os.path.normpath("/" + os.path.relpath(os.readlink(target), root))
+        if is_reserved_destination(inside):
+            raise OSError(f"mount target {path} leads to {inside}, which the runtime mounts")
+        _bind(source, target)
+    if read_only:  # through the top of the new mount: the descriptor is under it
+        with _target(root, path) as target:
+            _remount_read_only(target)
+
+
+@contextlib.contextmanager
+def _target(root: str, path: str, is_dir: bool = True):
+    """A name for the mount point ``path``: ``/proc/self/fd/N`` of an O_PATH
+    descriptor to it, resolved as the container will see it (an absolute
+    symlink stays in ``root``, and no rename can lead it out, as runc does
+    it); made if missing."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = _open_in_root(root_fd, path, is_dir)
+    finally:
+        os.close(root_fd)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _open_in_root(root_fd: int, path: str, is_dir: bool) -> int:
+    """``path`` opened O_PATH as if ``root_fd`` were ``/``; what is
+    missing of it is made (a file last when not ``is_dir``)."""
+    try:
+        return sc.openat2(root_fd, path, _PATH_ONLY, _IN_ROOT)
+    except FileNotFoundError:
+        if path.strip("/") == "":
+            raise
+    parent = _open_in_root(root_fd, os.path.dirname(path.rstrip("/")), is_dir=True)
+    name = os.path.basename(path.rstrip("/"))
+    try:
         if is_dir:
-            os.makedirs(target, exist_ok=True)
+            os.mkdir(name, 0o755, dir_fd=parent)
         else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            open(target, "a").close()
-    return target
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+                             dir_fd=parent))
+    finally:
+        os.close(parent)
+    return sc.openat2(root_fd, path, _PATH_ONLY, _IN_ROOT)

@@ -99,6 +99,8 @@ class State:
                 return cls(**json.load(f))
         except FileNotFoundError:
             raise ContainerError(f"no such container: {name}") from None
+        except ValueError as exc:  # JSON cut short by a crash of the host
+            raise ContainerError(f"{name}: its state file is unreadable ({exc})") from None
 
     def supervisor_alive(self) -> bool:
         if self.supervisor_pid is None:
@@ -106,7 +108,7 @@ class State:
         try:
             with open(f"/proc/{self.supervisor_pid}/cmdline", "rb") as f:
                 return b"pycontainer" in f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ended before or during the read
             return False
 
     def supervisor_ended(self, timeout: float) -> bool:
@@ -129,15 +131,26 @@ class State:
 
 
 def all_states() -> list[State]:
+    """Every container whose state can be read; one removed while it is
+    listed is left out."""
     with contextlib.suppress(FileNotFoundError):
-        return [State.load(name) for name in sorted(os.listdir(STATE_DIR))
-                if os.path.exists(os.path.join(STATE_DIR, name, "state.json"))]
+        return [state for state in map(_load_if_there, sorted(os.listdir(STATE_DIR)))
+                if state is not None]
     return []
+
+
+def _load_if_there(name: str) -> State | None:
+    try:
+        return State.load(name)
+    except ContainerError:
+        return None
 
 
 def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
     """Run a container to its end; returns its exit code (docker's codes)."""
     image_root = images.path_of(spec.image)
+    if spec.network not in SPECIAL_NETWORKS:
+        networks.get(spec.network)  # a missing one is refused before anything is made
     state = _claim(spec)
     background = None
     if detach:
@@ -360,8 +373,11 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     state = State.load(name)
     if state.shown_status != "running":
         raise ContainerError(f"{name} is not running")
-    namespaces = [os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-                  for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt")]
+    try:
+        namespaces = [os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+                      for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt")]
+    except (FileNotFoundError, ProcessLookupError):  # it ended since it was loaded
+        raise ContainerError(f"{name} is not running") from None
     group = cgroups.reopen(state.cgroup_paths)
     seccomp = security.SeccompFilter() if spec.seccomp else None
     errors_r, errors_w = os.pipe()
@@ -402,7 +418,7 @@ def _is_init(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip() == init.TITLE[:15]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 

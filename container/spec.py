@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from .ports import Published
 
 MIN_MEMORY = 6 * 1024 * 1024  # docker's floor: below it a container cannot start
+#: A cgroup keeps a limit as a signed 64-bit count: 8 EiB and up it cannot take.
+MAX_SIZE = 1 << 63
+#: runc's bound on user and group IDs (2^31 - 1); 2^32 - 1 is "no ID" to the kernel.
+MAX_ID = (1 << 31) - 1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -92,7 +96,10 @@ def parse_size(text: str, option: str) -> int:
     if not match:
         raise SpecError(f"{option}: invalid size {text!r} (use a number with b, k, m or g)")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+    size = float(number) * _UNITS[unit.lower()]
+    if size >= MAX_SIZE:
+        raise SpecError(f"{option}: {text!r} is too big (a cgroup takes less than 8 EiB)")
+    return int(size)
 
 
 def parse_memory(text: str) -> int:
@@ -158,7 +165,10 @@ def parse_user(text: str) -> User:
     uid, _, gid = text.partition(":")
     if not uid.isdigit() or (gid and not gid.isdigit()):
         raise SpecError(f"--user: {text!r} must be UID or UID:GID (numbers)")
-    return User(int(uid), int(gid) if gid else int(uid))
+    user = User(int(uid), int(gid) if gid else int(uid))
+    if max(user.uid, user.gid) > MAX_ID:
+        raise SpecError(f"--user: {text!r} is out of range (IDs go from 0 to {MAX_ID})")
+    return user
 
 
 def parse_volume(text: str) -> BindMount:
@@ -173,7 +183,22 @@ def parse_volume(text: str) -> BindMount:
         raise SpecError(f"--volume: host path {source!r} must be an existing absolute path")
     if not os.path.isabs(target) or ".." in target.split("/"):
         raise SpecError(f"--volume: container path {target!r} must be absolute, without '..'")
-    return BindMount(os.path.realpath(source), os.path.normpath(target), mode == "ro")
+    target = "/" + os.path.normpath(target).lstrip("/")
+    if is_reserved_destination(target):
+        raise SpecError(f"--volume: cannot mount onto {target}: / and what is under "
+                        f"{', '.join(RESERVED_DESTINATIONS)} belong to the runtime")
+    return BindMount(os.path.realpath(source), target, mode == "ro")
+
+
+#: where a volume may not go (as docker and runc refuse): the runtime's own mounts
+RESERVED_DESTINATIONS = ("/proc", "/sys", "/dev")
+
+
+def is_reserved_destination(path: str) -> bool:
+    """Whether the container path ``path`` (normalised) is ``/`` or in a
+    file system the runtime mounts."""
+    return path == "/" or any(path == reserved or path.startswith(reserved + "/")
+                              for reserved in RESERVED_DESTINATIONS)
 
 
 def parse_env(text: str) -> tuple[str, str]:

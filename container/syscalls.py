@@ -27,6 +27,10 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = 437  # the same on x86_64 and aarch64
+
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
@@ -95,3 +99,16 @@ def capset(caps: set[int]) -> None:
         word = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = word
     _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2) (Linux 5.6): ``path`` opened under ``dir_fd`` as
+    ``resolve`` says, e.g. RESOLVE_IN_ROOT: as if ``dir_fd`` were ``/``."""
+    how = _OpenHow(flags, mode, resolve)
+    return _check(_libc.syscall(_SYS_OPENAT2, dir_fd, path.encode(), ctypes.byref(how),
+                                ctypes.sizeof(how)), path)

@@ -21,6 +21,9 @@ def test_sizes_parse_like_docker(text, size):
     (s.parse_memory, "", "invalid size"),
     (s.parse_memory, "-5m", "invalid size"),
     (s.parse_memory, "1m", "below the minimum"),
+    (s.parse_memory, "100000000t", "too big"),
+    (s.parse_memory, "8192p", "too big"),
+    (s.parse_memory, "9" * 400, "too big"),
     (s.parse_cpus, "lots", "invalid number"),
     (s.parse_cpus, "0", "outside"),
     (s.parse_cpus, "999", "outside"),
@@ -33,6 +36,8 @@ def test_sizes_parse_like_docker(text, size):
     (s.parse_pids_limit, "many", "invalid number"),
     (s.parse_user, "root", "must be UID"),
     (s.parse_user, "1:x", "must be UID"),
+    (s.parse_user, "99999999999", "^--user: .* out of range"),
+    (s.parse_user, "0:2147483648", "^--user: .* out of range"),
     (s.parse_env, "1X=y", "invalid variable name"),
     (s.parse_env, "SURELY_NOT_SET_ANYWHERE", "is not set here"),
     (s.check_name, "-bad", "invalid name"),
@@ -58,9 +63,11 @@ def test_memory_swap():
 def test_users_pids_cpus():
     assert s.parse_user("1000") == s.User(1000, 1000)
     assert s.parse_user("1000:50") == s.User(1000, 50)
+    assert s.parse_user("2147483647") == s.User(2147483647, 2147483647)
     assert s.parse_pids_limit("100") == 100
     assert s.parse_pids_limit("-1") is None
     assert s.parse_cpus("0.5") == 0.5
+    assert s.parse_memory("8191p") == 8191 << 50
     assert s.parse_cpuset("0") == "0"
 
 
@@ -68,12 +75,19 @@ def test_volumes(tmp_path):
     volume = s.parse_volume(f"{tmp_path}:/data:ro")
     assert volume == s.BindMount(str(tmp_path), "/data", True)
     assert s.parse_volume(f"{tmp_path}:/x").read_only is False
+    assert s.parse_volume(f"{tmp_path}:/proc2/").target == "/proc2"
     for bad, message in ((f"{tmp_path}", "must be HOST:CONTAINER"),
                          (f"{tmp_path}:/x:rx", "unknown mode"),
                          ("relative:/x", "existing absolute path"),
                          (f"{tmp_path}/missing:/x", "existing absolute path"),
                          (f"{tmp_path}:x", "must be absolute"),
-                         (f"{tmp_path}:/a/../b", "without '..'")):
+                         (f"{tmp_path}:/a/../b", "without '..'"),
+                         (f"{tmp_path}:/", "cannot mount onto /:"),
+                         (f"{tmp_path}://", "cannot mount onto /:"),
+                         (f"{tmp_path}:/proc", "cannot mount onto /proc:"),
+                         (f"{tmp_path}://proc/sys/", "cannot mount onto /proc/sys:"),
+                         (f"{tmp_path}:/sys/fs/cgroup", "cannot mount onto /sys/fs/cgroup:"),
+                         (f"{tmp_path}:/dev/shm", "cannot mount onto /dev/shm:")):
         with pytest.raises(s.SpecError, match=message):
             s.parse_volume(bad)
 
