@@ -1,0 +1,67 @@
+"""What reaches a container from the host that starts it, tried as a
+hostile container would: the caller's descriptors, the helpers that enter
+it, and its PID 1."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import PYCONTAINER
+from container import runtime
+from helpers import wait_for
+
+DOCKER_DEFAULT_CAPS = "00000000a80425fb"
+ONLY_KILL = f"{1 << 5:016x}"  # CAP_KILL: init signals a command of any uid
+
+
+@pytest.fixture
+def host_dir_fd(world_readable_dir):
+    """A descriptor without close-on-exec on a host directory holding a
+    secret, as a careless caller (``exec 7</root``) would hold it."""
+    (world_readable_dir / "secret").write_text("host only\n")
+    fd = os.open(world_readable_dir, os.O_RDONLY | os.O_DIRECTORY)
+    os.set_inheritable(fd, True)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+#: What a process in the container sees of another's executable and descriptors.
+LINKS_OF = "ls -l /proc/{pid}/exe /proc/{pid}/fd/ 2>&1"
+
+
+def assert_refused(shown: str, pid) -> None:
+    """``ls -l`` showed the links of ``pid`` but could not read where they lead."""
+    assert f"/proc/{pid}/exe" in shown and "Permission denied" in shown, shown
+    assert " -> " not in shown, shown
+
+
+def status_fields(text: str) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def fds_of(pid: int) -> set[int]:
+    return {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_a_callers_descriptor_does_not_reach_the_command(pyc, host_dir_fd):
+    done = pyc("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+               f"ls /proc/self/fd; cat /proc/self/fd/{host_dir_fd}/secret",
+               pass_fds=(host_dir_fd,))
+    assert "host only" not in done.stdout
+    assert set(done.stdout.split()) <= {"0", "1", "2", "3"}  # 3: ls reading the list
+
+
+def test_a_callers_descriptor_reaches_neither_init_nor_an_exec(pyc, host_dir_fd):
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60",
+               pass_fds=(host_dir_fd,)).returncode == 0
+    init_pid = runtime.State.load(name).init_pid
+    assert fds_of(init_pid) <= {0, 1, 2}
+    done = pyc("exec", name, "sh", "-c",
+               f"ls /proc/self/fd; cat /proc/self/fd/{host_dir_fd}/secret",
+               pass_fds=(host_dir_fd,))
+    assert "host only" not in done.stdout
+    assert set(done.stdout.split()) <= {"0", "1", "2", "3"}
