@@ -320,9 +320,12 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[
 def _helper_process(spec: ContainerSpec, errors_w: int, what: str, keep: tuple[int, ...]):
     """The body of a forked helper on the host side (C, or exec's): it dies
     with its parent, holds no descriptor but stdio, ``errors_w`` and
-    ``keep``, reads nothing without -i or -t, and reports a failure on
-    ``errors_w`` with docker's 125.  The body must end the process."""
+    ``keep``, cannot be traced or inspected (not dumpable: the container's
+    processes come from it, and stay so until their exec), reads nothing
+    without -i or -t, and reports a failure on ``errors_w`` with docker's
+    125.  The body must end the process."""
     try:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _close_all_but((errors_w, *keep))
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The supervisor forwards these to the container; the command unblocks them.
@@ -377,11 +380,13 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
             for fd in namespaces:
                 sc.setns(fd)
                 os.close(fd)
+            if seccomp is not None:  # before the container can see its child
+                seccomp.load()
             command = os.fork()  # the new pid namespace holds children only
             if command == 0:
                 if console:
                     terminal.use_as_stdio(terminal.open_in_container(console.theirs))
-                init.exec_command(spec, errors_w, seccomp)
+                init.exec_command(spec, errors_w, None)  # its filter: loaded above
             _exit_as(command)
     os.close(errors_w)
     for fd in namespaces:

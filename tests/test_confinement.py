@@ -65,3 +65,62 @@ def test_a_callers_descriptor_reaches_neither_init_nor_an_exec(pyc, host_dir_fd)
                pass_fds=(host_dir_fd,))
     assert "host only" not in done.stdout
     assert set(done.stdout.split()) <= {"0", "1", "2", "3"}
+
+
+def in_container_pid_namespace(init_pid: int):
+    """The PIDs (host's, container's) of the container's processes whose
+    command line is pycontainer's: exec helpers not yet exec'd."""
+    ns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or os.stat(f"/proc/{entry}/ns/pid").st_ino != ns:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"pycontainer" not in f.read():
+                    continue
+            with open(f"/proc/{entry}/status") as f:
+                fields = status_fields(f.read())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        found.append((int(entry), fields))
+    return found
+
+
+def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
+    """strace holds the exec'd command's helper in its last steps, with its
+    capabilities already those of the container's root: from inside, its
+    executable and descriptors stay refused, and its filter is loaded."""
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60").returncode == 0
+    init_pid = runtime.State.load(name).init_pid
+    held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setgroups",
+                             "-e", "inject=setgroups:delay_enter=8000000",
+                             *PYCONTAINER, "exec", name, "true"])
+    try:
+        helpers = []
+        assert wait_for(lambda: helpers.extend(
+            (pid, f) for pid, f in in_container_pid_namespace(init_pid)
+            if f["CapEff"] == DOCKER_DEFAULT_CAPS) or helpers, seconds=20)
+        inner_pid = helpers[0][1]["NSpid"].split()[-1]
+        attack = pyc("exec", name, "sh", "-c",
+                     f"{LINKS_OF.format(pid=inner_pid)};"
+                     f"grep -E '^(Seccomp|NoNewPrivs):' /proc/{inner_pid}/status")
+        assert held.poll() is None, "the helper was not held long enough"
+        assert held.wait(timeout=30) == 0
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
+    assert_refused(attack.stdout, inner_pid)
+    assert status_fields(attack.stdout) == {"Seccomp": "2", "NoNewPrivs": "1"}
+
+
+def test_exec_d_commands_are_confined(pyc):
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60").returncode == 0
+    for _ in range(5):
+        done = pyc("exec", name, "grep", "-E", "^(CapEff|NoNewPrivs|Seccomp):",
+                   "/proc/self/status")
+        assert status_fields(done.stdout) == {"CapEff": DOCKER_DEFAULT_CAPS,
+                                              "NoNewPrivs": "1", "Seccomp": "2"}
