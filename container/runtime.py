@@ -386,7 +386,7 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
             if command == 0:
                 if console:
                     terminal.use_as_stdio(terminal.open_in_container(console.theirs))
-                init.exec_command(spec, errors_w, None)  # its filter: loaded above
+                init.exec_command(spec, errors_w)
             _exit_as(command)
     os.close(errors_w)
     for fd in namespaces:

@@ -124,3 +124,25 @@ def test_exec_d_commands_are_confined(pyc):
                    "/proc/self/status")
         assert status_fields(done.stdout) == {"CapEff": DOCKER_DEFAULT_CAPS,
                                               "NoNewPrivs": "1", "Seccomp": "2"}
+
+
+def test_pid_1_keeps_only_what_forwarding_signals_needs(pyc):
+    done = pyc("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+               "grep -E '^(Cap[A-Za-z]+|NoNewPrivs|Seccomp):' /proc/1/status;"
+               + LINKS_OF.format(pid=1))
+    assert done.returncode == 0, done.stderr
+    status = status_fields(done.stdout)
+    assert [status[f] for f in ("CapPrm", "CapEff", "CapBnd")] == [ONLY_KILL] * 3
+    assert status["CapInh"] == status["CapAmb"] == "0000000000000000"
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert_refused(done.stdout, 1)
+
+
+def test_pid_1_still_forwards_signals_to_a_command_of_another_user(pyc):
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "-u", "1000", "busybox", "sh", "-c",
+               "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done").returncode == 0
+    assert wait_for(lambda: "ready" in pyc("logs", name).stdout, seconds=30)
+    assert pyc("stop", "-t", "20", name).returncode == 0
+    line = next(l for l in pyc("ps", "-a").stdout.splitlines() if l.startswith(name))
+    assert "exited (7)" in line
