@@ -67,9 +67,9 @@ def test_a_callers_descriptor_reaches_neither_init_nor_an_exec(pyc, host_dir_fd)
     assert set(done.stdout.split()) <= {"0", "1", "2", "3"}
 
 
-def in_container_pid_namespace(init_pid: int):
-    """The PIDs (host's, container's) of the container's processes whose
-    command line is pycontainer's: exec helpers not yet exec'd."""
+def helpers_in(init_pid: int) -> list[dict[str, str]]:
+    """The /proc status of each process in the container's pid namespace
+    whose command line is pycontainer's: an exec'd command before its exec."""
     ns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
     found = []
     for entry in os.listdir("/proc"):
@@ -80,11 +80,17 @@ def in_container_pid_namespace(init_pid: int):
                 if b"pycontainer" not in f.read():
                     continue
             with open(f"/proc/{entry}/status") as f:
-                fields = status_fields(f.read())
+                found.append(status_fields(f.read()))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        found.append((int(entry), fields))
     return found
+
+
+def started(pyc, name: str) -> int:
+    """Start a container that sleeps; the host's PID of its init."""
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep",
+               "60").returncode == 0
+    return runtime.State.load(name).init_pid
 
 
 def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
@@ -92,17 +98,18 @@ def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
     capabilities already those of the container's root: from inside, its
     executable and descriptors stay refused, and its filter is loaded."""
     name = pyc.name()
-    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60").returncode == 0
-    init_pid = runtime.State.load(name).init_pid
+    init_pid = started(pyc, name)
     held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setgroups",
                              "-e", "inject=setgroups:delay_enter=8000000",
                              *PYCONTAINER, "exec", name, "true"])
+
+    def held_helper():
+        return next((f for f in helpers_in(init_pid) if f["CapEff"] == DOCKER_DEFAULT_CAPS),
+                    None)
+
     try:
-        helpers = []
-        assert wait_for(lambda: helpers.extend(
-            (pid, f) for pid, f in in_container_pid_namespace(init_pid)
-            if f["CapEff"] == DOCKER_DEFAULT_CAPS) or helpers, seconds=20)
-        inner_pid = helpers[0][1]["NSpid"].split()[-1]
+        assert wait_for(lambda: held_helper() is not None, seconds=20)
+        inner_pid = held_helper()["NSpid"].split()[-1]
         attack = pyc("exec", name, "sh", "-c",
                      f"{LINKS_OF.format(pid=inner_pid)};"
                      f"grep -E '^(Seccomp|NoNewPrivs):' /proc/{inner_pid}/status")
@@ -118,7 +125,7 @@ def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
 
 def test_exec_d_commands_are_confined(pyc):
     name = pyc.name()
-    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60").returncode == 0
+    started(pyc, name)
     for _ in range(5):
         done = pyc("exec", name, "grep", "-E", "^(CapEff|NoNewPrivs|Seccomp):",
                    "/proc/self/status")
@@ -140,8 +147,8 @@ def test_pid_1_keeps_only_what_forwarding_signals_needs(pyc):
 
 def test_pid_1_still_forwards_signals_to_a_command_of_another_user(pyc):
     name = pyc.name()
-    assert pyc("run", "-d", "--name", name, "--network", "none", "-u", "1000", "busybox", "sh", "-c",
-               "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done").returncode == 0
+    assert pyc("run", "-d", "--name", name, "--network", "none", "-u", "1000", "busybox",
+               "sh", "-c", "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done").returncode == 0
     assert wait_for(lambda: "ready" in pyc("logs", name).stdout, seconds=30)
     assert pyc("stop", "-t", "20", name).returncode == 0
     line = next(l for l in pyc("ps", "-a").stdout.splitlines() if l.startswith(name))
