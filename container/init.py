@@ -7,6 +7,12 @@ orphan that is reparented to it, forwards the signals a container is sent
 command, and exits with the command's status (128+N when it died of
 signal N), which ends the namespace and every process left in it.
 
+PID 1 is confined as the command is (capabilities, ``no_new_privs``,
+seccomp) before it forks the command, and keeps only CAP_KILL once the
+command has its own; the command waits for that before it goes on.  It
+never execs, so it stays as its host-side parent made it: not dumpable,
+out of reach of ptrace and of ``/proc/1/fd`` from inside.
+
 Errors before the command runs are written to ``errors`` (one line) and
 give docker's codes: 125 for the runtime, 126 for a command that cannot be
 executed, 127 for one that is not found.
@@ -31,6 +37,7 @@ from .spec import ContainerSpec, default_env
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 RUNTIME_ERROR, CANNOT_EXECUTE, NOT_FOUND = 125, 126, 127
+INIT_CAPABILITIES = frozenset({5})  # CAP_KILL
 TITLE = "pycontainer-init"
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
@@ -60,11 +67,10 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
             _loopback_up()
         if console is not None:
             terminal.use_as_stdio(terminal.open_in_container(console))
+        security.confine(0, 0, seccomp)
     except Exception as exc:  # noqa: BLE001 - reported, then the container ends
         _fail(errors, RUNTIME_ERROR, f"container setup failed: {exc}")
-    command = os.fork()
-    if command == 0:
-        exec_command(spec, errors, seccomp)
+    command = _start_command(spec, errors)
     os.close(errors)
     os.close(began)
     for signum in FORWARDED:
@@ -74,6 +80,36 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
         pid, status = os.wait()
         if pid == command:
             os._exit(exit_code(status))
+
+
+def _start_command(spec: ContainerSpec, errors: int) -> int:
+    """Fork the command while init still holds the capabilities it needs
+    (a child cannot gain what its parent gave up); the command goes on only
+    once init has given them up, so nothing it runs ever sees a PID 1
+    stronger than itself."""
+    confined_r, confined_w = os.pipe()
+    command = os.fork()
+    if command == 0:
+        os.close(confined_w)
+        os.read(confined_r, 1)  # end of file: init is confined
+        os.close(confined_r)
+        exec_command(spec, errors)
+    os.close(confined_r)
+    try:
+        _keep_only_init_capabilities()
+    except OSError as exc:
+        _fail(errors, RUNTIME_ERROR, f"cannot confine the container's init: {exc}")
+    os.close(confined_w)
+    return command
+
+
+def _keep_only_init_capabilities() -> None:
+    """Give up the command's capabilities, once it has them, all but
+    CAP_KILL: forwarding a signal to a command of another uid needs it;
+    reaping needs none."""
+    for cap in security.DEFAULT_CAPABILITIES - INIT_CAPABILITIES:
+        sc.prctl(sc.PR_CAPBSET_DROP, cap)
+    sc.capset(set(INIT_CAPABILITIES))
 
 
 def _set_process_title(title: str) -> None:
@@ -99,10 +135,11 @@ def _forward(pid: int, signum: int) -> None:
         pass
 
 
-def exec_command(spec: ContainerSpec, errors: int,
-                 seccomp: security.SeccompFilter | None) -> NoReturn:
+def exec_command(spec: ContainerSpec, errors: int) -> NoReturn:
     """Become the user's command (``run``'s, or ``exec``'s in a running
-    container): session, terminal, confinement, environment, exec."""
+    container): session, terminal, confinement, environment, exec.  The
+    seccomp filter is already loaded: the parent loads it before it forks
+    this process into the container's view."""
     try:
         os.setsid()
         if spec.tty:
@@ -112,7 +149,7 @@ def exec_command(spec: ContainerSpec, errors: int,
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         os.makedirs(spec.workdir, exist_ok=True)
         os.chdir(spec.workdir)
-        security.confine(spec.user.uid, spec.user.gid, seccomp)
+        security.confine(spec.user.uid, spec.user.gid, None)
         env = dict(default_env(spec.hostname, spec.tty))
         env.update(spec.env)
     except Exception as exc:  # noqa: BLE001

@@ -53,6 +53,7 @@ STATE_DIR = "/run/pycontainer"
 DATA_DIR = "/var/lib/pycontainer/containers"
 _NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
                | sc.CLONE_NEWPID)
+_MAX_FD = 0x7FFFFFFF  # closerange's upper bound: past any descriptor
 
 
 class ContainerError(RuntimeError):
@@ -298,10 +299,8 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[
     unshared_r, unshared_w = os.pipe()
     child = os.fork()
     if child == 0:  # C
-        with _helper_process(spec, errors_w, "container start"):
-            os.close(go_w)
-            os.close(pid_r)
-            os.close(unshared_r)
+        with _helper_process(spec, errors_w, "container start",
+                             keep=(began_w, go_r, pid_w, unshared_w, *_fds_of(console))):
             os.read(go_r, 1)  # in the cgroup now
             own_network = sc.CLONE_NEWNET if spec.network != "host" else 0
             sc.unshare(_NAMESPACES | own_network)
@@ -343,11 +342,16 @@ def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[
 
 
 @contextlib.contextmanager
-def _helper_process(spec: ContainerSpec, errors_w: int, what: str):
+def _helper_process(spec: ContainerSpec, errors_w: int, what: str, keep: tuple[int, ...]):
     """The body of a forked helper on the host side (C, or exec's): it dies
-    with its parent, reads nothing without -i or -t, and reports a failure
-    on ``errors_w`` with docker's 125.  The body must end the process."""
+    with its parent, holds no descriptor but stdio, ``errors_w`` and
+    ``keep``, cannot be traced or inspected (not dumpable: the container's
+    processes come from it, and stay so until their exec), reads nothing
+    without -i or -t, and reports a failure on ``errors_w`` with docker's
+    125.  The body must end the process."""
     try:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        _close_all_but((errors_w, *keep))
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The supervisor forwards these to the container; the command unblocks them.
         signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
@@ -360,6 +364,21 @@ def _helper_process(spec: ContainerSpec, errors_w: int, what: str):
         with contextlib.suppress(OSError):
             os.write(errors_w, f"{what} failed: {exc}\n".encode())
     os._exit(init.RUNTIME_ERROR)
+
+
+def _close_all_but(keep: tuple[int, ...]) -> None:
+    """Close every descriptor but stdio and ``keep``: what the caller holds
+    without close-on-exec, and what the runtime opened, must not reach the
+    container, whose init never execs (close-on-exec would not do)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _MAX_FD)
+
+
+def _fds_of(console: Console | None) -> tuple[int, ...]:
+    return (console.theirs.fileno(),) if console else ()
 
 
 def _exit_as(pid: int) -> None:
@@ -384,15 +403,18 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     console = Console() if spec.tty else None
     child = os.fork()
     if child == 0:
-        with _helper_process(spec, errors_w, "exec"):
+        with _helper_process(spec, errors_w, "exec", keep=(*namespaces, *_fds_of(console))):
             group.add(os.getpid())
             for fd in namespaces:
                 sc.setns(fd)
+                os.close(fd)
+            if seccomp is not None:  # before the container can see its child
+                seccomp.load()
             command = os.fork()  # the new pid namespace holds children only
             if command == 0:
                 if console:
                     terminal.use_as_stdio(terminal.open_in_container(console.theirs))
-                init.exec_command(spec, errors_w, seccomp)
+                init.exec_command(spec, errors_w)
             _exit_as(command)
     os.close(errors_w)
     for fd in namespaces:
