@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from deep import make_chain, remove_tree
 from helpers import build, force_unmount, mounted, wait_for
 from unionfs import daemon
 from unionfs.copyup import copy_data
@@ -170,3 +171,16 @@ def test_a_daemon_killed_mid_copy_leaves_the_old_file_whole(tmp_path, unions):
     assert os.listdir(up / ".wh..wh.pyunion/work") == []
     assert digest(again / "big") == expected
     assert not mounted(mnt)
+
+
+def test_a_stale_tree_deeper_than_the_recursion_limit_is_removed_at_mount(tmp_path, unions):
+    up = build(tmp_path / "up", {".wh..wh.pyunion/work/123.2/wide/f": "x"})
+    make_chain(up / ".wh..wh.pyunion/work/123.2", ["d"] * 3000)
+    for i in range(100):
+        (up / f".wh..wh.pyunion/work/123.2/wide/{i}").mkdir()
+    low = build(tmp_path / "low", {"f": "x"})
+    try:
+        unions.mount([up, low], rw=True)
+        assert os.listdir(up / ".wh..wh.pyunion/work") == []
+    finally:
+        remove_tree(up)

@@ -52,7 +52,12 @@ def copy_entry(source: Location, st: os.stat_result, work_fd: int, name: str,
 
 
 def remove_staged(work_fd: int, name: str) -> None:
-    """Remove a staged entry (a directory with whatever it holds)."""
+    """Remove a staged entry (a directory with whatever it holds).
+
+    No recursion and one descriptor at a time, so no depth is too deep: it
+    climbs back with ``..``, safe in the work directory, which only the
+    daemon changes.
+    """
     try:
         st = os.stat(name, dir_fd=work_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -60,13 +65,41 @@ def remove_staged(work_fd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=work_fd)
         return
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=work_fd)
+    fd = _open_dir(name, work_fd)
+    pending = [_empty_files(fd)]  # per level: the subdirectories still to remove
     try:
-        for inner in os.listdir(fd):
-            remove_staged(fd, inner)
+        while pending:
+            if pending[-1]:
+                below = _open_dir(pending[-1][-1], fd)
+                os.close(fd)
+                fd = below
+                pending.append(_empty_files(fd))
+                continue
+            pending.pop()
+            if pending:
+                above = _open_dir("..", fd)
+                os.close(fd)
+                fd = above
+                os.rmdir(pending[-1].pop(), dir_fd=fd)
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=work_fd)
+
+
+def _open_dir(name: str, dir_fd: int) -> int:
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=dir_fd)
+
+
+def _empty_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; return the
+    names of its subdirectories."""
+    with os.scandir(fd) as entries:
+        found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_dir in found:
+        if not is_dir:
+            os.unlink(name, dir_fd=fd)
+    return [name for name, is_dir in found if is_dir]
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
