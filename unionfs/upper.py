@@ -67,25 +67,24 @@ class Upper:
 
     def install(self, staged: str, path: str) -> None:
         """Move a staged entry to ``path`` in the branch, atomically."""
-        os.rename(staged, path, src_dir_fd=self.work_fd, dst_dir_fd=self.layer.fd)
+        self.layer.move_in(self.work_fd, staged, path)
 
     def retire(self, path: str) -> None:
         """Take ``path`` out of the branch at once, then delete it at leisure."""
         staged = self.staging_name()
-        os.rename(path, staged, src_dir_fd=self.layer.fd, dst_dir_fd=self.work_fd)
+        self.layer.move_out(path, self.work_fd, staged)
         remove_staged(self.work_fd, staged)
 
     def discard(self, staged: str) -> None:
         remove_staged(self.work_fd, staged)
 
     def add_whiteout(self, dir_path: str, name: str) -> None:
-        os.close(os.open(child(dir_path, whiteout_for(name)),
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
-                         dir_fd=self.layer.fd))
+        os.close(self.layer.open(child(dir_path, whiteout_for(name)),
+                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
 
     def remove_whiteout(self, dir_path: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(child(dir_path, whiteout_for(name)), dir_fd=self.layer.fd)
+            self.layer.unlink(child(dir_path, whiteout_for(name)))
 
     def has_whiteout(self, dir_path: str, name: str) -> bool:
         return self.layer.lstat_or_none(child(dir_path, whiteout_for(name))) is not None
@@ -93,9 +92,11 @@ class Upper:
     def mark_opaque(self, path: str, in_work: bool = False) -> None:
         """Hide what lies below the directory ``path`` (of the work
         directory if ``in_work``, else of the branch)."""
-        dir_fd = self.work_fd if in_work else self.layer.fd
-        os.close(os.open(child(path, OPAQUE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        if in_work:
+            os.close(os.open(child(path, OPAQUE), flags, 0o600, dir_fd=self.work_fd))
+        else:
+            os.close(self.layer.open(child(path, OPAQUE), flags, 0o600))
 
     def set_marks(self, path: str, marks: Marks) -> None:
-        os.setxattr(self.layer.proc_path(path), XATTR, marks.encode(), follow_symlinks=False)
+        self.layer.setxattr(path, XATTR, marks.encode())
