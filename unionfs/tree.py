@@ -3,8 +3,8 @@
 The rules are aufs's and overlayfs's:
 
 * A name is looked for top-down.  The first branch that holds it gives the
-  entry; a whiteout ``.wh.NAME`` in a branch hides NAME in all branches
-  below it.
+  entry; a whiteout (``.wh.NAME``, or NAME as a character device 0/0) in a
+  branch hides NAME in all branches below it.
 * A directory merges with directories of the same name below it, until a
   branch holds a non-directory under that name, a whiteout of it, or the
   directory is marked opaque (``.wh..wh..opq``); whatever lies below that
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 from .layer import ROOT, Layer, child
-from .whiteout import OPAQUE, XATTR, Marks, hidden_by, is_reserved, whiteout_for
+from .whiteout import (OPAQUE, XATTR, Marks, hidden_by, is_reserved, is_whiteout_device,
+                       named_whiteout)
 
 NO_MARKS = Marks()
 
@@ -106,7 +107,7 @@ class Tree:
         """The entry of a name whose top location is already known (from
         :meth:`listdir`), or None if it went away since."""
         st = top.layer.lstat_or_none(top.path)
-        if st is None:
+        if st is None or is_whiteout_device(st.st_mode, st.st_rdev):
             return None
         below = [loc for loc in parent.locations if loc.layer.index > top.layer.index]
         return self._complete(child(parent.path, name), (top, st), _matches(below, name))
@@ -120,10 +121,12 @@ class Tree:
         hidden: set[str] = set()
         for layer, dir_path in directory.locations:
             whiteouts = set()
-            for name in layer.listdir(dir_path):
+            for name, special in layer.scandir(dir_path):
                 if is_reserved(name):
                     if name != OPAQUE:
                         whiteouts.add(hidden_by(name))
+                elif special and is_whiteout_device(special.st_mode, special.st_rdev):
+                    whiteouts.add(name)
                 elif name not in visible and name not in hidden:
                     visible[name] = Location(layer, child(dir_path, name))
             hidden |= whiteouts
@@ -183,13 +186,15 @@ def read_marks(location: Location) -> Marks:
 
 def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
     """Each branch's ``name`` in ``directories``, top-down, until a whiteout."""
-    whiteout = whiteout_for(name)
+    whiteout = named_whiteout(name)
     for layer, dir_path in directories:
         path = child(dir_path, name)
         st = layer.lstat_or_none(path) if layer.may_hold(dir_path, name) else None
         if st is not None:
+            if is_whiteout_device(st.st_mode, st.st_rdev):
+                return
             yield Location(layer, path), st
-        elif layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
+        elif whiteout and layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
                 child(dir_path, whiteout)):
             return
 

@@ -8,6 +8,11 @@ at mount.  The work directory is ``work`` inside ``workdir=`` when given
 (as overlayfs does), otherwise ``.wh..wh.pyunion/work`` at the top of the
 branch; the chunk maps of partially copied-up files (``chunkmap.py``) live
 in ``chunks`` beside it.
+
+Whiteouts are written here, in the form ``whiteout.py`` gives a name (a
+``.wh.`` file, or a device in the name's own place): each method that
+takes a name out, moves it or puts one back handles both, so callers never
+ask which.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import stat
 
 from .copyup import remove_staged
-from .layer import ROOT, Layer, child
-from .whiteout import META_DIR, OPAQUE, XATTR, Marks, whiteout_for
+from .layer import RENAME_EXCHANGE, RENAME_WHITEOUT, ROOT, Layer, child, split
+from .whiteout import META_DIR, OPAQUE, XATTR, Marks, is_whiteout_device, named_whiteout
 
 def _subdirectory(parent_fd: int, name: str) -> int:
     """Open (making it if needed) ``name`` in ``parent_fd``."""
@@ -66,28 +72,95 @@ class Upper:
         return next(self._names)
 
     def install(self, staged: str, path: str) -> None:
-        """Move a staged entry to ``path`` in the branch, atomically."""
-        self.layer.move_in(self.work_fd, staged, path)
+        """Move a staged entry to ``path`` in the branch, atomically, over a
+        whiteout of that name if there is one."""
+        try:
+            self.layer.move_in(self.work_fd, staged, path)
+        except NotADirectoryError:
+            if not self._has_device_whiteout(path):
+                raise
+            # rename(2) puts no directory over a device: swap, drop the device.
+            self.layer.move_in(self.work_fd, staged, path, RENAME_EXCHANGE)
+            remove_staged(self.work_fd, staged)
 
-    def retire(self, path: str) -> None:
-        """Take ``path`` out of the branch at once, then delete it at leisure."""
+    def retire(self, path: str, whiteout: bool = False) -> None:
+        """Take ``path`` out of the branch at once (leaving a whiteout of its
+        name if ``whiteout``), then delete it at leisure."""
+        self._retire(path, self._whiteout_flags(path) if whiteout else 0)
+
+    def move(self, path: str, new_path: str, whiteout: bool) -> None:
+        """Rename ``path`` to ``new_path`` in the branch, leaving a whiteout
+        of the old name if ``whiteout``.  What the branch holds at
+        ``new_path`` goes: a whiteout, or an entry the union replaces (a
+        directory, which may still hold whiteouts that rename(2) would take
+        for contents, is swapped out and retired)."""
+        flags = self._whiteout_flags(path) if whiteout else 0
+        target = self.layer.lstat_or_none(new_path)
+        if target is not None and (stat.S_ISDIR(target.st_mode)
+                                   or stat.S_ISDIR(self.layer.lstat(path).st_mode)):
+            self.layer.rename(path, new_path, RENAME_EXCHANGE)
+            self._retire(path, flags)
+        else:
+            self.layer.rename(path, new_path, flags)
+        self.remove_whiteout(*split(new_path))
+
+    def link(self, path: str, new_path: str) -> None:
+        """A new name ``new_path`` for the branch's ``path``, made over a
+        whiteout of that name if there is one."""
         staged = self.staging_name()
-        self.layer.move_out(path, self.work_fd, staged)
-        remove_staged(self.work_fd, staged)
+        with self.layer.at(path) as (fd, name):
+            os.link(name, staged, src_dir_fd=fd, dst_dir_fd=self.work_fd, follow_symlinks=False)
+        try:
+            self.install(staged, new_path)
+        except BaseException:
+            self.discard(staged)
+            raise
+        self.remove_whiteout(*split(new_path))
 
     def discard(self, staged: str) -> None:
         remove_staged(self.work_fd, staged)
 
     def add_whiteout(self, dir_path: str, name: str) -> None:
-        os.close(self.layer.open(child(dir_path, whiteout_for(name)),
-                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        """Hide ``name`` in the branches below; the branch must not hold
+        the name (for a long name the whiteout takes its place)."""
+        named = named_whiteout(name)
+        if named is None:
+            self.layer.mknod(child(dir_path, name), stat.S_IFCHR, 0)
+        else:
+            os.close(self.layer.open(child(dir_path, named),
+                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
 
     def remove_whiteout(self, dir_path: str, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.layer.unlink(child(dir_path, whiteout_for(name)))
+        """Remove a whiteout of ``name``, of either form."""
+        named = named_whiteout(name)
+        if named is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.layer.unlink(child(dir_path, named))
+        if self._has_device_whiteout(child(dir_path, name)):
+            self.layer.unlink(child(dir_path, name))
 
     def has_whiteout(self, dir_path: str, name: str) -> bool:
-        return self.layer.lstat_or_none(child(dir_path, whiteout_for(name))) is not None
+        named = named_whiteout(name)
+        return ((named is not None and self.layer.lstat_or_none(child(dir_path, named)) is not None)
+                or self._has_device_whiteout(child(dir_path, name)))
+
+    def _has_device_whiteout(self, path: str) -> bool:
+        st = self.layer.lstat_or_none(path)
+        return st is not None and is_whiteout_device(st.st_mode, st.st_rdev)
+
+    def _whiteout_flags(self, path: str) -> int:
+        """Before ``path`` goes: its named whiteout made, or, for a name too
+        long for one, the rename flag that leaves a device in its place."""
+        dir_path, name = split(path)
+        if named_whiteout(name) is None:
+            return RENAME_WHITEOUT
+        self.add_whiteout(dir_path, name)
+        return 0
+
+    def _retire(self, path: str, flags: int) -> None:
+        staged = self.staging_name()
+        self.layer.move_out(path, self.work_fd, staged, flags)
+        remove_staged(self.work_fd, staged)
 
     def mark_opaque(self, path: str, in_work: bool = False) -> None:
         """Hide what lies below the directory ``path`` (of the work

@@ -2,6 +2,12 @@
 use too) and pyunion's own xattr.
 
 * ``.wh.NAME`` in a branch hides ``NAME`` in every branch below it.
+* A character device 0/0 named ``NAME`` (overlayfs's whiteout) does the
+  same, in any branch, and never shows through the mount.  pyunion writes
+  this form only for a name whose ``.wh.NAME`` would exceed ``NAME_MAX``
+  (names of 252-255 bytes): the whiteout then takes the name's own place in
+  the writable branch.  A user cannot make one through the mount
+  (``mknod`` of a 0/0 character device fails with EPERM, as on overlayfs).
 * ``.wh..wh..opq`` in a directory hides everything below that directory.
 * A whiteout hides nothing in its own branch (as in aufs and OCI layers).
   A change killed at its very last step, removing the whiteout of a name
@@ -26,8 +32,11 @@ This module knows names and formats only; it never touches the disk.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 
+NAME_MAX = 255  # bytes in a name, on every local file system a branch may be on
 PREFIX = ".wh."
 OPAQUE = PREFIX + PREFIX + ".opq"
 META_DIR = PREFIX + PREFIX + "pyunion"
@@ -42,9 +51,16 @@ def is_reserved(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def whiteout_for(name: str) -> str:
-    """The name that hides ``name`` in the branches below."""
-    return PREFIX + name
+def named_whiteout(name: str) -> str | None:
+    """``.wh.NAME``, the name that hides ``name`` in the branches below, or
+    None when it would be too long (the whiteout is then a device)."""
+    whiteout = PREFIX + name
+    return whiteout if len(os.fsencode(whiteout)) <= NAME_MAX else None
+
+
+def is_whiteout_device(mode: int, rdev: int) -> bool:
+    """True for a node that is overlayfs's whiteout: a character device 0/0."""
+    return stat.S_ISCHR(mode) and rdev == 0
 
 
 def hidden_by(whiteout: str) -> str:
