@@ -115,7 +115,8 @@ class Layer:
             yield f"/proc/self/fd/{fd}/{name}"
 
     def proc_path(self, path: str) -> str:
-        """Like :meth:`proc_path_of`, for a path known to be short."""
+        """Like :meth:`proc_path_of`, but too long for a long ``path``: only
+        until fs.py's xattr changes call :meth:`setxattr`/:meth:`removexattr`."""
         return f"/proc/self/fd/{self.fd}/{path}"
 
     # -- reading ----------------------------------------------------------
@@ -166,6 +167,23 @@ class Layer:
         finally:
             os.close(fd)
 
+    def walk(self, top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like ``os.walk`` of the directory ``top``: ``(dir_path,
+        dir_names, other_names)``, top-down (prune ``dir_names`` in place),
+        in a loop rather than by recursion, so any depth and length works."""
+        pending = [top]
+        while pending:
+            dir_path = pending.pop()
+            fd = self.open(dir_path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with os.scandir(fd) as entries:
+                    found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            finally:
+                os.close(fd)
+            dir_names = [name for name, is_dir in found if is_dir]
+            yield dir_path, dir_names, [name for name, is_dir in found if not is_dir]
+            pending += [child(dir_path, name) for name in reversed(dir_names)]
+
     def readlink(self, path: str) -> str:
         with self.at(path) as (fd, name):
             return os.readlink(name, dir_fd=fd)
@@ -183,9 +201,9 @@ class Layer:
 
     # -- changing (the writable branch only) ------------------------------
 
-    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
         with self.proc_path_of(path) as proc_path:
-            os.setxattr(proc_path, name, value, flags, follow_symlinks=False)
+            os.setxattr(proc_path, name, value, follow_symlinks=False)
 
     def removexattr(self, path: str, name: str) -> None:
         with self.proc_path_of(path) as proc_path:
@@ -211,17 +229,9 @@ class Layer:
         with self.at(path) as (fd, name):
             os.mknod(name, mode, device, dir_fd=fd)
 
-    def symlink(self, target: str, path: str) -> None:
-        with self.at(path) as (fd, name):
-            os.symlink(target, name, dir_fd=fd)
-
     def unlink(self, path: str) -> None:
         with self.at(path) as (fd, name):
             os.unlink(name, dir_fd=fd)
-
-    def rmdir(self, path: str) -> None:
-        with self.at(path) as (fd, name):
-            os.rmdir(name, dir_fd=fd)
 
     def link(self, src: str, dst: str) -> None:
         with self.at(src) as (src_fd, src_name), self.at(dst) as (dst_fd, dst_name):
