@@ -5,7 +5,7 @@ The stack is built in-process, without FUSE, as ``fs.UnionOperations`` and
 ``Index``, ``Tree``, ``Changes``, ``PartialFiles``).  ``os`` is replaced in
 every unionfs module that touches the disk by a copy whose mutating calls
 are counted (``Syscalls``), as ``test_partial.py`` does for one partial
-file; so are the ctypes calls (``changes._renameat2``,
+file; so are the ctypes calls (``layer.renameat2``,
 ``partial._punch_hole``).  For each scenario (a setup, then one change):
 
 * a crash-free run gives the call count ``N``, the call log, and the new
@@ -231,12 +231,12 @@ class Syscalls:
         fake.open = self.wrap("open", os.open,
                               lambda path, flags, *a, **k: bool(flags & _WRITE_FLAGS))
         saved = [(m, "os", m.os) for m in PATCHED_MODULES]
-        saved += [(changes_module, "_renameat2", changes_module._renameat2),
+        saved += [(layer_module, "renameat2", layer_module.renameat2),
                   (partial_module, "_punch_hole", partial_module._punch_hole)]
         try:
             for module in PATCHED_MODULES:
                 module.os = fake
-            changes_module._renameat2 = self.wrap("_renameat2", changes_module._renameat2)
+            layer_module.renameat2 = self.wrap("_renameat2", layer_module.renameat2)
             partial_module._punch_hole = self.wrap("_punch_hole", partial_module._punch_hole)
             yield self
         finally:

@@ -15,11 +15,6 @@ from stacks import mount_overlay, unmount_overlay
 
 LENGTHS = (252, 253, 254, 255)
 
-#: for tests that need the call sites of fs.py and changes.py switched to
-#: Upper.retire/move/link and is_whiteout_device (issue 11 items 9-10)
-NEEDS_CALL_SITES = pytest.mark.xfail(
-    strict=True, reason="fs.py/changes.py call sites not switched yet: drop this mark then")
-
 
 def long(tag: str, length: int) -> str:
     return tag + "x" * (length - len(tag))
@@ -151,7 +146,6 @@ def _scenario(mnt):
         os.rename(at("s"), at("r"))
 
 
-@NEEDS_CALL_SITES
 def test_long_names_against_overlayfs(tmp_path, unions):
     ovl_low, ovl_up, work = (_lower_tree(tmp_path / "ovl_low"), build(tmp_path / "ovl_up", {}),
                              build(tmp_path / "ovl_work", {}))
@@ -174,7 +168,6 @@ def test_long_names_against_overlayfs(tmp_path, unions):
         assert not is_whiteout_device(up / long("u", n))
 
 
-@NEEDS_CALL_SITES
 def test_a_whiteout_device_cannot_be_made_through_the_mount(tmp_path, unions):
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "x"})
     mnt = unions.mount([up, low], rw=True)
@@ -185,7 +178,6 @@ def test_a_whiteout_device_cannot_be_made_through_the_mount(tmp_path, unions):
     os.mknod(mnt / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # other devices are fine
 
 
-@NEEDS_CALL_SITES
 def test_statfs_reports_the_name_max_of_the_branch(tmp_path, unions):
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {})
     mnt = unions.mount([up, low], rw=True)

@@ -17,10 +17,6 @@ from unionfs.whiteout import FLATTEN_XATTR
 DIRS = [c * 250 for c in "abcdefghijklmnop"]  # 16 levels: 4,016 bytes with their slashes
 DEEP = sum(len(d) + 1 for d in DIRS)
 LENGTHS = (4080, 4088, 4091, 4092, 4094, 4095)  # of the union paths of the files
-#: for tests that need the call sites of fs.py, changes.py and partial.py
-#: switched to the Layer methods and made loops (issue 11 items 8-9)
-NEEDS_CALL_SITES = pytest.mark.xfail(
-    strict=True, reason="fs.py/changes.py/partial.py call sites not switched yet: drop this mark then")
 
 
 def leaf(tag: str, length: int) -> str:
@@ -107,7 +103,6 @@ def test_long_paths_read_create_write_unlink_rename_chmod(deep_union):
         assert {leaf(t, n) for t in "fnsc" for n in LENGTHS} <= set(os.listdir("."))
 
 
-@NEEDS_CALL_SITES  # fs.py's _change_xattr builds /proc/self/fd/N/PATH
 def test_long_paths_setxattr(deep_union):
     mnt, up, low = deep_union
     with inside(mnt, DIRS):
@@ -145,7 +140,6 @@ def test_a_layer_walks_any_depth_and_length(tmp_path):
 LEVELS = ["dddd"] * 1500  # deeper than Python's recursion limit, 7,500 bytes long
 
 
-@NEEDS_CALL_SITES
 def test_a_tree_deeper_than_the_recursion_limit_and_longer_than_path_max(tmp_path, unions):
     low, up = build(tmp_path / "low", {}), build(tmp_path / "up", {})
     make_chain(low, LEVELS)

@@ -20,7 +20,6 @@ loop; everything else is a few metadata calls done in place.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import os
@@ -35,14 +34,10 @@ from .copyup import Data
 from .index import INDEX_DIR, Index
 from .intents import Intents
 from .inodes import InodeNumbers
-from .layer import ROOT, child, split
+from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT, child, split
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import META_DIR, Marks
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Changes:
@@ -57,7 +52,6 @@ class Changes:
         self.index = index
         self.partial_copies = partial_copies
         self.intents = Intents(upper)
-        self._fd = upper.layer.fd
         #: called when a directory gets a copy in the writable branch, which
         #: changes the locations of everything below it
         self.on_dir_copied: Callable[[], None] = lambda: None
@@ -101,7 +95,7 @@ class Changes:
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
         if entry.top.layer.writable:  # its data is up already, in the index
             with self._parent_times_kept(entry.path):
-                os.link(entry.top.path, entry.path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                self.upper.layer.link(entry.top.path, entry.path)
         else:
             marks = Marks(origin=self.numbers.of(entry, st),
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
@@ -183,7 +177,7 @@ class Changes:
         parent = split(path)[0]
         st = self.upper.layer.lstat(parent)
         yield
-        os.utime(parent, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self._fd)
+        self.upper.layer.utime(parent, (st.st_atime_ns, st.st_mtime_ns))
 
     def flush_names(self, entry: Entry) -> None:
         """Flush the directories a copy-up of ``entry`` added names to: every
@@ -265,7 +259,7 @@ class Changes:
         else:
             st = self.upper.layer.lstat_or_none(record["path"])
             if st is not None and st.st_ino == record["ino"]:
-                self.upper.retire(record["path"])
+                self.upper.retire(record["path"], record.get("whiteout", False))
 
     def _partial_map_at(self, path: str) -> str | None:
         st = self.upper.layer.lstat_or_none(path)
@@ -318,10 +312,8 @@ class Changes:
         parent = self.upper_dir(parent)
         path = child(parent.path, name)
         counted = entry.marks if entry.marks.nlink is not None else None
-        marks = self._with_count(counted, path, +1, lambda: os.link(
-            entry.top.path, path, src_dir_fd=self._fd, dst_dir_fd=self._fd,
-            follow_symlinks=False)) or entry.marks
-        self.upper.remove_whiteout(parent.path, name)
+        marks = self._with_count(counted, path, +1, lambda: self.upper.link(
+            entry.top.path, path)) or entry.marks
         return (Entry(entry.path, entry.locations, marks),
                 Entry(path, (Location(self.upper.layer, path),), marks))
 
@@ -363,14 +355,12 @@ class Changes:
         counted = None if is_dir else await self._counted_before_removal(entry, st)
 
         def remove_name() -> None:
-            if self.tree.lookup_below(parent, name) is not None:
+            whiteout = self.tree.lookup_below(parent, name) is not None
+            if entry.in_upper:  # a directory may still hold whiteouts: retired
+                with contextlib.nullcontext() if is_dir else self._data_forgotten(entry, st):
+                    self.upper.retire(entry.top.path, whiteout)
+            elif whiteout:
                 self.upper.add_whiteout(self.upper_dir(parent).path, name)
-            if entry.in_upper:
-                if is_dir:
-                    self.upper.retire(entry.top.path)  # it may still hold whiteouts
-                else:
-                    with self._data_forgotten(entry, st):
-                        os.unlink(entry.top.path, dir_fd=self._fd)
 
         self._with_count(counted, entry.path, -1, remove_name)
 
@@ -399,24 +389,21 @@ class Changes:
         new_parent = self.upper_dir(new_parent)
         if src_is_dir:
             self._keep_lower_parts(src, new_parent, new_name)
-        if self.tree.lookup_below(old_parent, old_name) is not None:
-            self.upper.add_whiteout(split(src.path)[0], old_name)
+        whiteout = self.tree.lookup_below(old_parent, old_name) is not None
         new_path = child(new_parent.path, new_name)
         if dst is not None and dst.in_upper and src_is_dir:
-            # The directory replaced may still hold whiteouts, which
-            # rename(2) would take for contents: swap, then retire it.
+            # Upper.move swaps with the directory replaced, then retires it.
             replaced = self.upper.layer.lstat(new_path).st_ino
-            with self.intents.recorded(self._settle, kind="retire", path=src.path, ino=replaced):
-                _renameat2(self._fd, src.path, self._fd, new_path, RENAME_EXCHANGE)
-                self.upper.retire(src.path)
+            with self.intents.recorded(self._settle, kind="retire", path=src.path, ino=replaced,
+                                       whiteout=whiteout):
+                self.upper.move(src.path, new_path, whiteout)
         else:
             def move() -> None:
                 with (self._data_forgotten(dst, dst_st) if dst is not None and dst.in_upper
                       else contextlib.nullcontext()):
-                    os.rename(src.path, new_path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                    self.upper.move(src.path, new_path, whiteout)
 
             self._with_count(counted, new_path, -1, move)
-        self.upper.remove_whiteout(new_parent.path, new_name)
 
     async def _exchange(self, a: Entry, b_parent: Entry, b_name: str, b: Entry,
                         a_parent: Entry, a_name: str) -> None:
@@ -426,7 +413,7 @@ class Changes:
             self._keep_lower_parts(a, self.upper_dir(b_parent), b_name)
         if _is_dir(b):
             self._keep_lower_parts(b, self.upper_dir(a_parent), a_name)
-        _renameat2(self._fd, a.path, self._fd, b.path, RENAME_EXCHANGE)
+        self.upper.layer.rename(a.path, b.path, RENAME_EXCHANGE)
 
     def _keep_lower_parts(self, directory: Entry, new_parent: Entry, new_name: str) -> None:
         """Before ``directory`` (in the writable branch) moves to
@@ -443,9 +430,3 @@ class Changes:
 
 def _is_dir(entry: Entry) -> bool:
     return stat.S_ISDIR(entry.top.layer.lstat(entry.top.path).st_mode)
-
-
-def _renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
-    if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))

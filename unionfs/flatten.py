@@ -187,8 +187,7 @@ class Flattening:
         if st.st_ino != renamed.ino or directory.marks.redirect is None:
             return
         self._upper.mark_opaque(directory.path)
-        os.utime(directory.path, ns=(st.st_atime_ns, st.st_mtime_ns),
-                 dir_fd=directory.top.layer.fd)
+        directory.top.layer.utime(directory.path, (st.st_atime_ns, st.st_mtime_ns))
         marks = read_marks(directory.top)
         self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
         self._on_changed()

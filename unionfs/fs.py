@@ -47,7 +47,7 @@ from .partial import PartialFiles
 from .target import Target
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
-from .whiteout import FLATTEN_XATTR, PREFIX, is_private_xattr, is_reserved
+from .whiteout import FLATTEN_XATTR, is_private_xattr, is_reserved, is_whiteout_device
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     @_changing
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        if is_whiteout_device(mode, rdev):
+            raise FUSEError(errno.EPERM)  # a whiteout, as overlayfs refuses
         parent, name = self._new_name(parent_inode, name)
         entry = self._writer.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
         return self._remember_new(parent_inode, name, entry)
@@ -392,8 +394,7 @@ class UnionOperations(pyfuse3.Operations):
         for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
                       "f_files", "f_ffree", "f_favail"):
             setattr(out, field, getattr(vfs, field))
-        # A whiteout's name is longer than the name it hides, by the prefix.
-        out.f_namemax = vfs.f_namemax - len(PREFIX)
+        out.f_namemax = vfs.f_namemax  # a long name's whiteout is a device of that name
         return out
 
     @_fuse_errors

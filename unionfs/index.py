@@ -41,12 +41,12 @@ class Index:
         """Link ``name`` (in ``dir_fd``) into the index as ``number``."""
         for directory in (META_DIR, INDEX_DIR):
             with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o700, dir_fd=self.layer.fd)
+                self.layer.mkdir(directory, 0o700)
         os.link(name, self.location(number).path, src_dir_fd=dir_fd, dst_dir_fd=self.layer.fd)
 
     def remove(self, number: int) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.location(number).path, dir_fd=self.layer.fd)
+            self.layer.unlink(self.location(number).path)
 
     def numbers(self) -> list[int]:
         """The numbers of the files in the index."""

@@ -114,11 +114,6 @@ class Layer:
         with self.at(path) as (fd, name):
             yield f"/proc/self/fd/{fd}/{name}"
 
-    def proc_path(self, path: str) -> str:
-        """Like :meth:`proc_path_of`, but too long for a long ``path``: only
-        until fs.py's xattr changes call :meth:`setxattr`/:meth:`removexattr`."""
-        return f"/proc/self/fd/{self.fd}/{path}"
-
     # -- reading ----------------------------------------------------------
 
     def lstat(self, path: str) -> os.stat_result:

@@ -46,7 +46,7 @@ from .chunkmap import ChunkMap, Source
 from .copyup import copy_range, data_extents
 from .flatten import Flattening
 from .inodes import InodeNumbers
-from .layer import ROOT, Layer
+from .layer import ROOT, Layer, child
 from .tree import Entry, Location, read_marks
 from .upper import Upper
 from .whiteout import META_DIR, XATTR, Marks
@@ -162,10 +162,10 @@ def _partial_files(top: Location) -> list[tuple[Location, Marks]]:
         candidates = [top.path]
     else:
         candidates = []
-        for dir_path, dir_names, file_names, _ in os.fwalk(top.path, dir_fd=layer.fd):
+        for dir_path, dir_names, file_names in layer.walk(top.path):
             if dir_path == ROOT and META_DIR in dir_names:
                 dir_names.remove(META_DIR)
-            candidates += [os.path.normpath(os.path.join(dir_path, n)) for n in file_names]
+            candidates += [child(dir_path, n) for n in file_names]
     found: dict[str, tuple[Location, Marks]] = {}  # a file with two names, once
     for path in candidates:
         location = Location(layer, path)

@@ -34,37 +34,31 @@ class Target:
         if self.entry is None:
             os.chown(self._fd_path(), uid, gid)
         else:
-            layer, path = self.entry.top
-            os.chown(path, uid, gid, dir_fd=layer.fd, follow_symlinks=False)
+            self.entry.top.layer.chown(self.entry.top.path, uid, gid)
 
     def chmod(self, mode: int) -> None:
         if self.entry is None:
             os.chmod(self._fd_path(), mode)
         elif not stat.S_ISLNK(self.lstat().st_mode):  # a link's mode never changes
-            layer, path = self.entry.top
-            os.chmod(path, mode, dir_fd=layer.fd)
+            self.entry.top.layer.chmod(self.entry.top.path, mode)
 
     def utime(self, times_ns: tuple[int, int]) -> None:
         if self.entry is None:
             os.utime(self._fd_path(), ns=times_ns)
         else:
-            layer, path = self.entry.top
-            os.utime(path, ns=times_ns, dir_fd=layer.fd, follow_symlinks=False)
+            self.entry.top.layer.utime(self.entry.top.path, times_ns)
 
     def setxattr(self, name: str, value: bytes) -> None:
         if self.entry is None:
             os.setxattr(self._fd_path(), name, value)
         else:
-            os.setxattr(self._proc_path(), name, value, follow_symlinks=False)
+            self.entry.top.layer.setxattr(self.entry.top.path, name, value)
 
     def removexattr(self, name: str) -> None:
         if self.entry is None:
             os.removexattr(self._fd_path(), name)
         else:
-            os.removexattr(self._proc_path(), name, follow_symlinks=False)
+            self.entry.top.layer.removexattr(self.entry.top.path, name)
 
     def _fd_path(self) -> str:
         return f"/proc/self/fd/{self.fd}"
-
-    def _proc_path(self) -> str:
-        return self.entry.top.layer.proc_path(self.entry.top.path)
