@@ -803,6 +803,8 @@ class Owned:
         self.misread = False  # a read already differed (reported once)
 
     def write(self, offset: int, data: bytes) -> None:
+        if not data:
+            return  # a write of nothing extends nothing (POSIX)
         if offset > len(self.data):
             self.data.extend(bytes(offset - len(self.data)))
         self.data[offset:offset + len(data)] = data
