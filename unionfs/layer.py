@@ -165,11 +165,16 @@ class Layer:
     def walk(self, top: str) -> Iterator[tuple[str, list[str], list[str]]]:
         """Like ``os.walk`` of the directory ``top``: ``(dir_path,
         dir_names, other_names)``, top-down (prune ``dir_names`` in place),
-        in a loop rather than by recursion, so any depth and length works."""
+        in a loop rather than by recursion, so any depth and length works.
+        A directory that goes (or moves) before its turn is skipped, as
+        ``os.walk`` does: the walk sees what is there as it goes."""
         pending = [top]
         while pending:
             dir_path = pending.pop()
-            fd = self.open(dir_path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = self.open(dir_path, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
             try:
                 with os.scandir(fd) as entries:
                     found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
