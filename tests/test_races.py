@@ -29,7 +29,7 @@ from helpers import DIR, build
 from unionfs import changes as changes_module
 from unionfs.branches import parse_br, validate
 from unionfs.fs import UnionOperations
-from unionfs.layer import ROOT, Layer
+from unionfs.layer import Layer
 from unionfs.tree import Tree, read_marks
 from unionfs.upper import Upper
 from unionfs.whiteout import PREFIX
