@@ -215,14 +215,18 @@ def _size(count: int | None) -> str:
 
 @cli.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show exited containers too.")
+@_fail_cleanly
 def ps(show_all: bool) -> None:
-    """List containers."""
+    """List containers; those that lost their supervisor or root are
+    cleaned up first (and removed, if run with --rm)."""
+    runtime.settle_all()
     click.echo(f"{'NAME':<20} {'STATUS':<12} {'PID':>7}  {'IMAGE':<12} COMMAND")
     for state in runtime.all_states():
         status = state.shown_status
         if status != "running" and not show_all:
             continue
-        shown = status if status != "exited" else f"exited ({state.exit_code})"
+        shown = {"exited": f"exited ({state.exit_code})",
+                 "dead": f"dead ({state.reason or state.fault()})"}.get(status, status)
         pid = state.init_pid if status == "running" else ""
         click.echo(f"{state.name:<20} {shown:<12} {pid or '':>7}  {state.image:<12} "
                    f"{' '.join(state.command)}")

@@ -16,7 +16,12 @@ whatever way the container ended.  The processes:
 
 C and G die with their parent (PR_SET_PDEATHSIG), and the daemon unmounts
 when the supervisor dies, so killing ``pycontainer run`` takes everything
-with it; the state left behind is cleaned up by the next ``rm`` or ``ps``.
+with it.  A container whose supervisor is gone (its PID and start time are
+checked, so a reused PID does not count) is ``dead``: the next ``ps``,
+``run`` or ``rm`` cleans up what it left, under the container's lock, and
+removes it if it was run with ``--rm``.  A container whose union daemon died
+is stopped (by its supervisor, or the next command to see it) and ``dead``
+too.
 
 State lives in ``/run/pycontainer/NAME/state.json``; the container's
 writable branch and mount point in ``/var/lib/pycontainer/containers/NAME``.
@@ -51,6 +56,7 @@ from .terminal import Console
 
 STATE_DIR = "/run/pycontainer"
 DATA_DIR = "/var/lib/pycontainer/containers"
+ROOT_DIED = "root file system daemon died"
 _NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
                | sc.CLONE_NEWPID)
 _MAX_FD = 0x7FFFFFFF  # closerange's upper bound: past any descriptor
@@ -65,9 +71,14 @@ class State:
     name: str
     image: str
     command: list[str]
-    status: str = "created"            # created, running, exited
+    status: str = "created"            # created, running, exited, dead
     created: float = field(default_factory=time.time)
     supervisor_pid: int | None = None
+    supervisor_start: int | None = None  # its start time, in clock ticks after boot
+    daemon_pid: int | None = None      # the union daemon's, with its start time
+    daemon_start: int | None = None
+    reason: str | None = None          # why a dead container died
+    auto_remove: bool = False          # run with --rm
     init_pid: int | None = None        # the container's PID 1, as the host sees it
     exit_code: int | None = None
     cgroup_paths: dict[str, str] = field(default_factory=dict)
@@ -103,14 +114,17 @@ class State:
         except ValueError as exc:  # JSON cut short by a crash of the host
             raise ContainerError(f"{name}: its state file is unreadable ({exc})") from None
 
+    def supervise_here(self) -> None:
+        """Record this process as the container's supervisor."""
+        self.supervisor_pid = os.getpid()
+        self.supervisor_start = start_time(self.supervisor_pid)
+
     def supervisor_alive(self) -> bool:
-        if self.supervisor_pid is None:
-            return False
-        try:
-            with open(f"/proc/{self.supervisor_pid}/cmdline", "rb") as f:
-                return b"pycontainer" in f.read()
-        except (FileNotFoundError, ProcessLookupError):  # ended before or during the read
-            return False
+        return _alive(self.supervisor_pid, self.supervisor_start)
+
+    def daemon_alive(self) -> bool:
+        """Whether the union daemon lives (or has not been started yet)."""
+        return self.daemon_pid is None or _alive(self.daemon_pid, self.daemon_start)
 
     def supervisor_ended(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the supervisor to end (it
@@ -124,11 +138,36 @@ class State:
 
     @property
     def shown_status(self) -> str:
-        """``running`` only while the supervisor lives; a crashed one's
-        container is exited, whatever the file says."""
-        if self.status != "exited" and not self.supervisor_alive():
-            return "exited"
-        return self.status
+        """``running`` only while the supervisor and the union daemon live;
+        a container that lost either is dead, whatever the file says."""
+        return "dead" if self.fault() else self.status
+
+    def fault(self) -> str | None:
+        """Why a container not yet ended cannot be running, if it cannot."""
+        if self.status in ("exited", "dead"):
+            return None
+        if not self.supervisor_alive():
+            return "supervisor killed"
+        if not self.daemon_alive():
+            return ROOT_DIED
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot); None if it is gone
+    or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):  # ended before or during the read
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def _alive(pid: int | None, started: int | None) -> bool:
+    """Whether ``pid`` is the process that started at ``started``, not one
+    that took its number since."""
+    return pid is not None and start_time(pid) == started
 
 
 def all_states() -> list[State]:
@@ -152,14 +191,15 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
     image_root = images.path_of(spec.image)
     if spec.network not in SPECIAL_NETWORKS:
         networks.get(spec.network)  # a missing one is refused before anything is made
-    state = _claim(spec)
+    settle_all()  # frees the names of dead --rm containers
+    state = _claim(spec, remove)
     background = None
     if detach:
         state.log = os.path.join(state.state_dir, "log")
         background = _Background(state.log)
         if background.in_caller:
             return background.wait_for_start(state.name)
-        state.supervisor_pid = os.getpid()
+        state.supervise_here()
         state.save()
     try:
         return _supervise(spec, state, image_root,
@@ -170,11 +210,12 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
             background.ended()
 
 
-def _claim(spec: ContainerSpec) -> State:
+def _claim(spec: ContainerSpec, remove: bool) -> State:
     """Make the container's state directory, or refuse a name in use."""
     _private_dir(STATE_DIR)
-    state = State(spec.name, spec.image, list(spec.command), supervisor_pid=os.getpid(),
-                  spec=asdict(spec))
+    state = State(spec.name, spec.image, list(spec.command), spec=asdict(spec),
+                  auto_remove=remove)
+    state.supervise_here()
     try:
         os.mkdir(state.state_dir, 0o700)
     except FileExistsError:
@@ -201,7 +242,8 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     config = union_options.parse(
         [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"],
         state.rootfs, f"pycontainer-{state.name}")
-    union_daemon.spawn(config, die_with_parent=True)
+    state.daemon_pid = union_daemon.spawn(config, die_with_parent=True)
+    state.daemon_start = start_time(state.daemon_pid)
     group = cgroups.create(state.name)
     state.cgroup_paths = group.paths
     state.save()
@@ -259,11 +301,24 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
             signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
-    code = _wait(child, errors_r, console)
+    signal.signal(signal.SIGCHLD, lambda *_: _stop_if_root_died(state, group))
+    try:
+        code = _wait(child, errors_r, console)
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the daemon ends at cleanup
     if group.stats().oom_kills:
         print(f"pycontainer: {state.name} was killed: out of memory", file=sys.stderr)
     state.exit_code = code
     return code
+
+
+def _stop_if_root_died(state: State, group) -> None:
+    """Kill the container if its union daemon (our child) died: nothing
+    can use a root that nobody serves."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(state.daemon_pid, os.WNOHANG)[0] == state.daemon_pid:
+            state.reason = ROOT_DIED
+            group.kill_all()
 
 
 def _wait(child: int, errors_r: int, console: Console | None) -> int:
@@ -544,23 +599,80 @@ def cleanup(state: State, remove: bool) -> None:
         state.network = {}
     _unmount(state.rootfs)
     _reap_children()
+    _forget_daemon(state)
     if remove:
         shutil.rmtree(state.data_dir, ignore_errors=True)
         shutil.rmtree(state.state_dir, ignore_errors=True)
     else:
-        state.status = "exited"
+        state.status = "dead" if state.reason else "exited"
         with contextlib.suppress(FileNotFoundError):
             state.save()
 
 
+def _forget_daemon(state: State) -> None:
+    """Wait for the union daemon to end, and remove the PID record it
+    leaves when it is killed."""
+    deadline = time.monotonic() + 10
+    while not _daemon_ended(state) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _daemon_ended(state):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(union_daemon.pidfile_path(state.rootfs))
+
+
+def _daemon_ended(state: State) -> bool:
+    return state.daemon_pid is None or not _alive(state.daemon_pid, state.daemon_start)
+
+
+def settle_all() -> None:
+    """Clean up after every container that lost its supervisor or root."""
+    for state in all_states():
+        if state.fault():
+            settle(state.name)
+
+
+def settle(name: str) -> None:
+    """Under the container's lock: stop a container whose union daemon
+    died (its supervisor cleans up then), or clean up after one whose
+    supervisor died, and remove it if it was run with ``--rm``."""
+    with _locked(name):
+        state = _load_if_there(name)
+        fault = state.fault() if state else None
+        if fault == ROOT_DIED:
+            if state.cgroup_paths:
+                cgroups.reopen(state.cgroup_paths).kill_all()
+            state.supervisor_ended(timeout=30)
+        elif fault:
+            state.reason = fault
+            cleanup(state, remove=state.auto_remove)
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """Hold the lock of the container ``name`` (its state directory); a
+    container removed meanwhile is held by nobody, and needs no lock."""
+    try:
+        fd = os.open(os.path.join(STATE_DIR, name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def remove(name: str, force: bool = False) -> None:
-    state = State.load(name)
-    if state.shown_status == "running":
-        if not force:
-            raise ContainerError(f"{name} is running: stop it first or use rm -f")
-        _signal(state.supervisor_pid, signal.SIGKILL)
-        state.supervisor_ended(timeout=5)
-    cleanup(state, remove=True)
+    settle(name)
+    with _locked(name):
+        state = State.load(name)
+        if state.shown_status == "running":
+            if not force:
+                raise ContainerError(f"{name} is running: stop it first or use rm -f")
+            _signal(state.supervisor_pid, signal.SIGKILL)
+            state.supervisor_ended(timeout=5)
+        cleanup(state, remove=True)
 
 
 def _unmount(path: str) -> None:

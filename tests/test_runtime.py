@@ -225,7 +225,7 @@ def test_killing_run_takes_everything_with_it(pyc):
     assert wait_for(lambda: '"status": "running"' in pyc("inspect", name).stdout, seconds=30)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert "exited" in pyc("ps", "-a").stdout
+    assert "dead (supervisor killed)" in pyc("ps", "-a").stdout
     assert pyc("rm", name).returncode == 0
 
 
