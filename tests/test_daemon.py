@@ -4,6 +4,7 @@ import errno
 import os
 import resource
 import subprocess
+import sys
 
 import pytest
 
@@ -100,3 +101,21 @@ def test_a_flatten_that_fails_at_unmount_ends_a_foreground_daemon_non_zero(
             proc.kill()
         proc.wait()
     check_branch_usable(unions, small_upper, low, mnt)
+
+
+def test_a_daemon_started_by_another_program_keeps_its_pid_record(tmp_path, unions):
+    """A container runtime's daemon has no "pyunion" in its command line:
+    the next daemon must still see it alive (by the lock on its record)."""
+    first = build(tmp_path / "up1", {})
+    mnt = tmp_path / "mnt-first"
+    mnt.mkdir()
+    unions.track(mnt, [])
+    subprocess.run([sys.executable, "-c", (
+        "import sys; from unionfs import daemon, options;"
+        "daemon.spawn(options.parse([f'br={sys.argv[1]}=rw'], sys.argv[2]))"),
+        str(first), str(mnt)], check=True, timeout=60)
+    record = daemon.pidfile_path(str(mnt))
+    assert daemon.pid_of(str(mnt)) is not None
+    unions.mount([build(tmp_path / "up2", {})], rw=True)  # clears the records of dead ones
+    assert os.path.exists(record)
+    assert daemon.pid_of(str(mnt)) is not None

@@ -9,8 +9,10 @@ The daemon holds its writable branch for its whole life (``upperlock``), and
 serves with its soft limit of open files raised to the hard one.
 
 Each daemon records its PID in ``/run/pyunion/`` under its mount point's
-name, so ``pyunion umount`` can wait for it to be gone; the records of
-daemons that were killed are removed by the next daemon that starts.  A
+name, so ``pyunion umount`` can wait for it to be gone.  It holds a lock on
+its record while it lives, so the next daemon that starts knows the records
+of killed ones (whatever started them: pyunion, pycontainer) and removes
+them.  A
 daemon that fails after its mount was ready (a flatten at unmount that runs
 out of space, say) logs one line and leaves that line in a failure record
 beside, for ``pyunion umount`` to report.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import logging.handlers
 import os
@@ -161,15 +164,22 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _live_pid(pidfile: str) -> int | None:
+    """The PID in a record whose daemon still holds its lock (a daemon
+    killed, whatever its command line, holds none)."""
     try:
-        with open(pidfile) as f:
-            pid = int(f.read())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"pyunion" not in f.read():
-                return None
-    except (OSError, ValueError):
+        fd = os.open(pidfile, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
-    return pid
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        try:
+            return int(os.pread(fd, 32, 0))
+        except ValueError:
+            return None
+    finally:
+        os.close(fd)
 
 
 async def _main_loop(on_ready: Callable[[], None]) -> None:
@@ -294,9 +304,9 @@ def _records(mountpoint: str):
                     os.unlink(os.path.join(PID_DIR, name))
         with contextlib.suppress(FileNotFoundError):  # of an earlier daemon here
             os.unlink(_failure_path(mountpoint))
-        _write_record(path, f"{os.getpid()}\n")
+        held = _locked_record(path, f"{os.getpid()}\n")
     except OSError:
-        path = None
+        path = held = None
     try:
         yield
     except BaseException as exc:
@@ -308,6 +318,22 @@ def _records(mountpoint: str):
         if path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            os.close(held)
+
+
+def _locked_record(path: str, text: str) -> int:
+    """Write ``text`` to ``path``, locked for as long as the descriptor
+    returned stays open (the lock is taken before the record shows)."""
+    staged = f"{path}.{os.getpid()}"
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, text.encode())
+        os.rename(staged, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_record(path: str, text: str) -> None:
