@@ -153,14 +153,28 @@ def stand_in_host_links() -> list[str]:
         return sorted(link.get_attr("IFLA_IFNAME") for link in ip.get_links())
 
 
-def leftovers():
+def leftovers(names):
+    """What the containers ``names`` left behind: mounts, cgroups, address
+    leases, and (in this run's stand-in host) links.  Only the test's own
+    containers are looked at, so test runs side by side don't fail each other."""
+    def ours(path) -> bool:
+        return any(name in str(path) for name in names)
+
     with open("/proc/self/mountinfo", errors="surrogateescape") as f:  # names are bytes
         mounts = [line.split(" ")[4] for line in f if "pycontainer-" in line]
     groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
-    leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*")]
+    leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*") if _owner(p) in names]
     leases += [str(p) for p in Path(networks.LEASE_DIR).glob("*")  # of removed networks
                if p.is_dir() and p.name not in {n.name for n in networks.all_networks()}]
-    return mounts, groups, leases, [n for n in stand_in_host_links() if n != "lo"]
+    return ([m for m in mounts if ours(m)], [g for g in groups if ours(g)], leases,
+            [n for n in stand_in_host_links() if n != "lo"])
+
+
+def _owner(lease: Path) -> str | None:
+    try:
+        return lease.read_text(errors="replace")
+    except FileNotFoundError:  # another run's container let it go
+        return None
 
 
 @pytest.fixture
@@ -182,5 +196,5 @@ def pyc(image_root, stand_in_host):
     yield run
     for n in names:
         run("rm", "-f", n)
-    assert leftovers() == ([], [], [], [])
+    assert leftovers(names) == ([], [], [], [])
     assert snapshot(image_root) == image_before, "the image changed"
