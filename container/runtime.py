@@ -1,8 +1,9 @@
 """A container's lifecycle, and its state on disk.
 
-``run`` is the supervisor: it mounts the container's union (the daemon is
-its child, outside the container's namespaces and cgroups), makes the
-cgroup, leases the container's address and relays its published ports
+``run`` is the supervisor: it makes the container's cgroups, mounts its
+union (the daemon is its child, outside the container's namespaces, in a
+cgroup beside the container's that shares its CPU limit and has a memory
+limit of its own: see ``cgroups``), leases the container's address and relays its published ports
 (``networking.py``, ``ports.py``), starts the container, wires its network
 namespace once it exists, forwards signals to it, waits, and cleans up
 whatever way the container ended.  The processes:
@@ -57,6 +58,12 @@ from .terminal import Console
 STATE_DIR = "/run/pycontainer"
 DATA_DIR = "/var/lib/pycontainer/containers"
 ROOT_DIED = "root file system daemon died"
+#: one file a container holds open costs its union daemon about 3 KiB (its
+#: handle, descriptor, the node it pins and the branch's inode): counted
+#: as 16 KiB against the daemon's memory limit, open files take at most a
+#: fifth of it (``max_open``), and the container gets EMFILE before the
+#: daemon gets near its limit
+OPEN_FILE_COST = 16 << 10
 _NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
                | sc.CLONE_NEWPID)
 _MAX_FD = 0x7FFFFFFF  # closerange's upper bound: past any descriptor
@@ -239,11 +246,6 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     # own copy of a file goes when the file is closed (pagecache=drop).
     # allow_other: its processes run as any uid.  The container's own mount
     # of its root takes suid back (rootfs.py); the host's has none.
-    config = union_options.parse(
-        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"],
-        state.rootfs, f"pycontainer-{state.name}")
-    state.daemon_pid = union_daemon.spawn(config, die_with_parent=True)
-    state.daemon_start = start_time(state.daemon_pid)
     group = cgroups.create(state.name)
     state.cgroup_paths = group.paths
     state.save()
@@ -251,6 +253,16 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
         group.apply(spec.limits)
     except (cgroups.CgroupError, OSError) as exc:
         raise ContainerError(f"cannot apply limits: {exc}") from None
+    daemon_memory = cgroups.union_memory(spec.limits.memory)
+    config = union_options.parse(
+        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"
+         + (f",max_open={daemon_memory // OPEN_FILE_COST}" if daemon_memory else "")],
+        state.rootfs, f"pycontainer-{state.name}")
+    state.daemon_pid = union_daemon.spawn(config, die_with_parent=True)
+    state.daemon_start = start_time(state.daemon_pid)
+    state.save()
+    _protect_from_oom_killer(state.daemon_pid)
+    group.add_union_daemon(state.daemon_pid, daemon_memory)
     attachment = _join_network(spec, state)
     proxy = ports.PortProxy(spec.publish, attachment.address) if spec.publish else None
     try:
@@ -258,6 +270,15 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     finally:
         if proxy is not None:
             proxy.close()
+
+
+def _protect_from_oom_killer(pid: int) -> None:
+    """Keep the machine's OOM killer off a container's union daemon (its
+    cgroup's is: the daemon holds only what its bounds let it, max_open).
+    That needs CAP_SYS_RESOURCE, which a runtime in a container may lack:
+    there the daemon stays as likely a victim as any other process."""
+    with contextlib.suppress(PermissionError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write("-1000")
 
 
 def _private_dir(path: str) -> None:
@@ -590,16 +611,20 @@ class _Background:
 
 
 def cleanup(state: State, remove: bool) -> None:
-    """Undo everything a container made, whatever state it was left in."""
-    if state.cgroup_paths:
-        cgroups.reopen(state.cgroup_paths).remove()
-        state.cgroup_paths = {}
+    """Undo everything a container made, whatever state it was left in.
+    Its cgroups go last: its union daemon is in one until it has ended."""
+    group = cgroups.reopen(state.cgroup_paths) if state.cgroup_paths else None
+    if group is not None:
+        group.kill_all()
     if state.network:  # its processes are gone: its address may go too
         networking.leave(Attachment.from_dict(state.network), state.name)
         state.network = {}
     _unmount(state.rootfs)
     _reap_children()
     _forget_daemon(state)
+    if group is not None:
+        group.remove()
+        state.cgroup_paths = {}
     if remove:
         shutil.rmtree(state.data_dir, ignore_errors=True)
         shutil.rmtree(state.state_dir, ignore_errors=True)

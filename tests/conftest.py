@@ -103,6 +103,14 @@ def unions(tmp_path):
         made.unmount_all()
 
 
+@pytest.fixture
+def long_run(request):
+    """Skip a long test unless ``-m long`` or ``PYUNION_LONG=1`` asks for it."""
+    if not (os.environ.get("PYUNION_LONG") == "1"
+            or "long" in (request.config.getoption("markexpr") or "")):
+        pytest.skip("long run: give -m long or PYUNION_LONG=1")
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if any test left a union of its own mounted."""
     left = [str(mnt) for mnt in _ALL_MOUNTPOINTS if mounted(mnt)]
@@ -167,7 +175,14 @@ def leftovers(names):
     leases += [str(p) for p in Path(networks.LEASE_DIR).glob("*")  # of removed networks
                if p.is_dir() and p.name not in {n.name for n in networks.all_networks()}]
     return ([m for m in mounts if ours(m)], [g for g in groups if ours(g)], leases,
-            [n for n in stand_in_host_links() if n != "lo"])
+            [n for n in stand_in_host_links() if n != "lo" and not _held_bridge(n)])
+
+
+def _held_bridge(link: str) -> bool:
+    """The default network's bridge, while a container (of another test
+    run: leases are the machine's) still holds an address on it."""
+    default = networks.get(networks.DEFAULT)
+    return link == default.bridge and bool(networks.holders(default))
 
 
 def _owner(lease: Path) -> str | None:

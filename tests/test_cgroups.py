@@ -33,7 +33,8 @@ def test_v1_limits_stats_and_removal(sleeper):
                            pids=10))
         group.add(sleeper.pid)
         assert group.pids() == [sleeper.pid]
-        with open(f"{group.paths['cpu']}/cpu.cfs_quota_us") as f:
+        share = cgroups.share_of(group.paths["cpu"])  # the container's and its daemon's
+        with open(f"{share}/cpu.cfs_quota_us") as f:
             assert f.read().strip() == "50000"
         stats = group.stats()
         assert stats.memory_limit == 64 << 20
@@ -42,7 +43,32 @@ def test_v1_limits_stats_and_removal(sleeper):
     finally:
         group.remove()
     assert sleeper.wait(timeout=5) == -9  # remove kills what is left
-    assert not any(os.path.exists(p) for p in group.paths.values())
+    assert not any(os.path.exists(cgroups.share_of(p)) for p in group.paths.values())
+
+
+@pytest.mark.skipif(not has_v1_memory(), reason="no cgroup v1 memory hierarchy")
+def test_v1_union_daemon_beside_the_container(sleeper):
+    """The daemon goes in the container's share with a memory limit of its
+    own; removing the container's cgroups moves it out, alive (it may still
+    be unmounting), and removes them all."""
+    group = v1.CgroupV1.create(f"test-{os.getpid()}")
+    try:
+        group.add_union_daemon(sleeper.pid, 128 << 20)
+        union = cgroups.union_of(group.paths["memory"])
+        with open(f"{union}/cgroup.procs") as f:
+            assert f.read().split() == [str(sleeper.pid)]
+        with open(f"{union}/memory.limit_in_bytes") as f:
+            assert int(f.read()) == 128 << 20
+        assert group.pids() == []  # not one of the container's processes
+    finally:
+        group.remove()
+    assert sleeper.poll() is None
+    assert not any(os.path.exists(cgroups.share_of(p)) for p in group.paths.values())
+
+
+def test_union_memory_is_tied_to_the_containers():
+    assert cgroups.union_memory(None) is None
+    assert cgroups.union_memory(64 << 20) == (64 << 20) + cgroups.UNION_MEMORY_BASE
 
 
 def test_v2_driver_on_the_unified_hierarchy(sleeper):

@@ -211,16 +211,6 @@ def _unmount(mnt: Path) -> None:
     assert pid is None or wait_for(lambda: process_gone(pid)), f"daemon {pid} outlived {mnt}"
 
 
-def _long_enabled(request) -> bool:
-    return LONG or "long" in (request.config.getoption("markexpr") or "")
-
-
-@pytest.fixture
-def long_run(request):
-    if not _long_enabled(request):
-        pytest.skip("long run: give -m long or PYUNION_LONG=1")
-
-
 # -- looking at a tree --------------------------------------------------------
 
 

@@ -56,6 +56,8 @@ def test_overlay_options(stack):
     ([], "no branches given"),
     (["br="], "no branches given"),
     (["upperdir={s}/up"], "lowerdir= is required"),
+    (["br={s}/low,max_open=0"], "max_open= must be a whole number above 0, not '0'"),
+    (["br={s}/low,max_open=lots"], "max_open= must be a whole number"),
 ])
 def test_bad_options(stack, options, message):
     with pytest.raises(BranchError, match=message):

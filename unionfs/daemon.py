@@ -79,7 +79,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
-                                         pagecache=PageCache(config.pagecache))
+                                         pagecache=PageCache(config.pagecache),
+                                         max_open=config.max_open)
             with _stderr_captured() as complaint:
                 try:
                     pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))

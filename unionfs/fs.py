@@ -120,7 +120,8 @@ class UnionOperations(pyfuse3.Operations):
     """
 
     def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 60.0,
-                 partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP):
+                 partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
+                 max_open: int | None = None):
         super().__init__()
         self.timeout = timeout
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
@@ -137,6 +138,7 @@ class UnionOperations(pyfuse3.Operations):
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
         self._change_lock = trio.Lock()
+        self._max_open = max_open
         #: run once the kernel has been answered its INIT
         self.after_init: Callable[[], None] = lambda: None
 
@@ -283,6 +285,7 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode, flags, ctx):
         node = self.inodes[inode]
+        self._check_open_room()
         if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
             return self._open_files.open(node, self._entry(node), flags)
         async with self._change_lock:
@@ -295,6 +298,7 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     @_changing
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self._check_open_room()
         parent, name = self._new_name(parent_inode, name)
         fd, entry = self._writer.create(parent, name, mode, flags & OPEN_FLAGS_KEPT,
                                         ctx.uid, ctx.gid)
@@ -327,6 +331,7 @@ class UnionOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         node = self.inodes[inode]
         self._entry(node)  # it must still exist
+        self._check_open_room()
         fh = next(self._handles)
         self._dir_listings[fh] = _Listing(node.ino)
         return fh
@@ -488,6 +493,12 @@ class UnionOperations(pyfuse3.Operations):
         if self._child(parent, name) is not None:
             raise FUSEError(errno.EEXIST)
         return self._entry(parent), name
+
+    def _check_open_room(self) -> None:
+        """Refuse a new handle past ``max_open`` (files and directories)."""
+        if (self._max_open is not None
+                and len(self._open_files) + len(self._dir_listings) >= self._max_open):
+            raise FUSEError(errno.EMFILE)
 
     def _parent_of(self, node: Node) -> Node:
         if node.ino == ROOT_INODE:

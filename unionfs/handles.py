@@ -63,6 +63,9 @@ class OpenFiles:
         self._pagecache = pagecache
         self._files: dict[int, _OpenFile] = {}
 
+    def __len__(self) -> int:
+        return len(self._files)
+
     def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
         """Open ``entry``'s top file (copied up already if writing)."""
         partial = entry.marks.partial is not None

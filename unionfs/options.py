@@ -7,7 +7,10 @@ Three kinds of option are accepted:
   written, or all of it at once); ``flatten`` (complete partial copies at
   unmount, so the writable branch is a plain tree for other tools);
   ``pagecache=keep|drop|direct`` (what the kernel keeps of lower files read
-  through the mount: see ``fs.PageCache``);
+  through the mount: see ``fs.PageCache``); ``max_open=N`` (how many
+  files and directories the daemon keeps open for the mount's users at
+  once: past it, an open fails with EMFILE, so they cannot make the daemon
+  grow without end);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -26,7 +29,7 @@ from .branches import BranchError, BranchStack
 FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
-_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache"}
+_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
@@ -47,6 +50,7 @@ class MountConfig:
     partial_copies: bool = True
     flatten_at_umount: bool = False
     pagecache: str = "keep"
+    max_open: int | None = None
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -91,7 +95,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     mnt = branches.check_mountpoint(mountpoint, stack)
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial", flatten_at_umount=flatten,
-                       pagecache=pagecache)
+                       pagecache=pagecache, max_open=_count(union, "max_open"))
 
 
 def _fsname(source: str) -> str:
@@ -117,6 +121,16 @@ def _choice(union: dict[str, str], key: str) -> str:
     if value not in choices:
         raise BranchError(f"{key}= must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def _count(union: dict[str, str], key: str) -> int | None:
+    """A count option's value: a positive whole number, or None if not given."""
+    value = union.get(key)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise BranchError(f"{key}= must be a whole number above 0, not {value!r}")
+    return int(value)
 
 
 def _stack(union: dict[str, str], source: str | None) -> BranchStack:

@@ -1,21 +1,34 @@
 """cgroups: one interface, two drivers (v1 and v2), picked by what the
 machine mounts.
 
-A container's cgroup is made under ``pycontainer/`` inside the cgroup that
-``pycontainer`` itself runs in, never elsewhere, and removed when the
-container ends.  On a hybrid host (v1 controllers plus a v2 ``unified``
+A container's cgroups are made under ``pycontainer/`` inside the cgroup
+that ``pycontainer`` itself runs in, never elsewhere, and removed when the
+container ends::
+
+    pycontainer/NAME/            its share: --cpus and --cpu-shares, so the work
+                                 it makes its union daemon do counts against them
+    pycontainer/NAME/container   its processes: memory, pids, cpuset, devices
+    pycontainer/NAME/union       its union daemon: a memory limit of its own
+                                 (see ``union_memory``), a large CPU weight
+
+The daemon is beside the container, not in it: a container at its memory
+limit is reclaimed and OOM-killed in its own cgroup, never the daemon that
+serves its root (which is also kept from the OOM killer), so it can still be
+served, stopped and removed.  On a hybrid host (v1 controllers plus a v2 ``unified``
 mount, as this project's machines are) the v1 driver is used; on a pure v2
 host, the v2 one.
 
-A driver offers ``add(pid)``, ``releaser()``, ``apply(limits)``, ``stats()``, ``pids()``,
-``kill_all()``, ``remove()`` and ``paths`` (what to record so a later
-command can find it again, see :func:`reopen`).  ``apply`` also confines
+A driver offers ``add(pid)``, ``add_union_daemon(pid, memory)``,
+``releaser()``, ``apply(limits)``, ``stats()``, ``pids()``, ``kill_all()``,
+``remove()`` and ``paths`` (the container's cgroup per hierarchy: what to
+record so a later command can find it again, see :func:`reopen`).  ``apply`` also confines
 the container's devices to docker's defaults (``devices.py``): the v1
 devices controller, or on v2 an eBPF program (``devices_bpf.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -23,6 +36,60 @@ from dataclasses import dataclass
 
 PARENT = "pycontainer"
 ROOT = "/sys/fs/cgroup"
+CONTAINER, UNION = "container", "union"
+#: what a union daemon needs beside its container's inodes: its own heap,
+#: the files the container holds open (bounded: ``max_open``) and room for
+#: the page cache it dirties in the upper while the disk catches up
+UNION_MEMORY_BASE = 128 << 20
+#: the union daemon's CPU weight beside its container's (8 to 1): a
+#: container that spends its CPU quota still has its files served
+UNION_CPU_SHARES = 8 * 1024
+
+
+def union_memory(container_memory: int | None) -> int | None:
+    """The union daemon's memory limit for a container limited to
+    ``container_memory``; none for a container without one (it may use
+    the whole machine anyway).
+
+    The daemon keeps a node for each inode the kernel caches for the
+    container's mount, and that cache (about 1 KiB an inode, as the
+    node) is charged to the container, whose memory pressure makes the
+    kernel drop and forget it: the nodes are bounded by the container's
+    limit, so the daemon gets as much again, plus its base."""
+    if container_memory is None:
+        return None
+    return container_memory + UNION_MEMORY_BASE
+
+
+def share_of(container_path: str) -> str:
+    """The container's share, holding it and its union daemon."""
+    return os.path.dirname(container_path)
+
+
+def union_of(container_path: str) -> str:
+    return os.path.join(share_of(container_path), UNION)
+
+
+def home_of(container_path: str) -> str:
+    """The cgroup pycontainer itself runs in."""
+    return os.path.dirname(os.path.dirname(share_of(container_path)))
+
+
+def make_dirs(container_path: str) -> None:
+    """``pycontainer/``, the share, and its two cgroups, where missing."""
+    for directory in (os.path.dirname(share_of(container_path)), share_of(container_path),
+                      container_path, union_of(container_path)):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+
+
+def evict(cgroup: str, to: str) -> None:
+    """Move every process still in ``cgroup`` to ``to`` (a union daemon
+    still unmounting, when its container's cgroups go)."""
+    with contextlib.suppress(FileNotFoundError), open(f"{cgroup}/cgroup.procs") as f:
+        for pid in f.read().split():
+            with contextlib.suppress(ProcessLookupError):
+                write(f"{to}/cgroup.procs", pid)
 
 
 class CgroupError(RuntimeError):

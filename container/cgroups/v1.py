@@ -1,4 +1,4 @@
-"""The cgroup v1 driver: one directory per controller hierarchy.
+"""The cgroup v1 driver: one directory tree per controller hierarchy.
 
 Controllers used: memory, cpu, cpuacct, cpuset, pids (each where the
 machine mounts it; cpu and cpuacct may share a hierarchy or not), and
@@ -12,8 +12,9 @@ import os
 import signal
 import time
 
-from . import (PARENT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
-               rmdir_patiently, write)
+from . import (CONTAINER, PARENT, UNION_CPU_SHARES, CgroupError, Stats, evict, home_of,
+               make_dirs, own_paths, ProcsWriter, read_int, read_keyed, rmdir_patiently,
+               share_of, union_of, write)
 from .devices import DEFAULT_ALLOWED
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "devices")
@@ -44,12 +45,12 @@ class CgroupV1:
         for controller in CONTROLLERS:
             if controller not in mounts:
                 continue
-            parent = os.path.join(mounts[controller], own[controller].lstrip("/"), PARENT)
-            path = os.path.join(parent, name)
-            for directory in (parent, path):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(directory)
-                if controller == "cpuset":
+            path = os.path.join(mounts[controller], own[controller].lstrip("/"), PARENT, name,
+                                CONTAINER)
+            make_dirs(path)
+            if controller == "cpuset":
+                for directory in (os.path.dirname(share_of(path)), share_of(path), path,
+                                  union_of(path)):
                     _inherit_cpuset(directory)
             paths[controller] = path
         return cls(paths)
@@ -58,10 +59,21 @@ class CgroupV1:
         for path in self.paths.values():
             write(os.path.join(path, "cgroup.procs"), pid)
 
+    def add_union_daemon(self, pid: int, memory: int | None) -> None:
+        """Put the container's union daemon in its cgroup, with ``memory``
+        as its limit."""
+        for controller, path in self.paths.items():
+            union = union_of(path)
+            if controller == "memory" and memory is not None:
+                write(f"{union}/memory.limit_in_bytes", memory)
+            if controller == "cpu":
+                write(f"{union}/cpu.shares", UNION_CPU_SHARES)
+            write(f"{union}/cgroup.procs", pid)
+
     def releaser(self):
         """What moves a pid back to the cgroup pycontainer runs in."""
-        return ProcsWriter([os.path.join(os.path.dirname(os.path.dirname(path)), "cgroup.procs")
-                             for path in self.paths.values()])
+        return ProcsWriter([os.path.join(home_of(path), "cgroup.procs")
+                            for path in self.paths.values()])
 
     def apply(self, limits) -> None:
         """Set ``limits`` and docker's device rules."""
@@ -77,11 +89,11 @@ class CgroupV1:
             write(swap_file, limits.memory_swap)
         if limits.cpus is not None:
             _require(cpu, "--cpus")
-            write(f"{cpu}/cpu.cfs_period_us", CFS_PERIOD_US)
-            write(f"{cpu}/cpu.cfs_quota_us", round(limits.cpus * CFS_PERIOD_US))
+            write(f"{share_of(cpu)}/cpu.cfs_period_us", CFS_PERIOD_US)
+            write(f"{share_of(cpu)}/cpu.cfs_quota_us", round(limits.cpus * CFS_PERIOD_US))
         if limits.cpu_shares is not None:
             _require(cpu, "--cpu-shares")
-            write(f"{cpu}/cpu.shares", limits.cpu_shares)
+            write(f"{share_of(cpu)}/cpu.shares", limits.cpu_shares)
         if limits.cpuset_cpus is not None:
             _require(cpuset, "--cpuset-cpus")
             write(f"{cpuset}/cpuset.cpus", limits.cpuset_cpus)
@@ -99,7 +111,7 @@ class CgroupV1:
             memory_limit=None if limit is None or limit >= 1 << 62 else limit,
             memory_failcnt=read_int(f"{memory}/memory.failcnt"),
             oom_kills=read_keyed(f"{memory}/memory.oom_control").get("oom_kill"),
-            cpu_usage_ns=read_int(f"{cpuacct}/cpuacct.usage"),
+            cpu_usage_ns=read_int(f"{share_of(cpuacct)}/cpuacct.usage"),
             pids_current=read_int(f"{pids}/pids.current"),
         )
 
@@ -124,9 +136,11 @@ class CgroupV1:
     def remove(self) -> None:
         self.kill_all()
         for path in self.paths.values():
-            rmdir_patiently(path)
+            evict(union_of(path), to=home_of(path))
+            for directory in (path, union_of(path), share_of(path)):
+                rmdir_patiently(directory)
             with contextlib.suppress(OSError):  # others may still use the parent
-                os.rmdir(os.path.dirname(path))
+                os.rmdir(os.path.dirname(share_of(path)))
 
 
 def _require(path: str | None, option: str) -> None:

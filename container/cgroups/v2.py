@@ -13,12 +13,17 @@ import contextlib
 import os
 import time
 
-from . import (PARENT, ROOT, CgroupError, Stats, own_paths, ProcsWriter, read_int, read_keyed,
-               rmdir_patiently, write)
+from . import (CONTAINER, PARENT, ROOT, UNION_CPU_SHARES, CgroupError, Stats, evict, home_of,
+               make_dirs, own_paths, ProcsWriter, read_int, read_keyed, rmdir_patiently,
+               share_of, union_of, write)
 from . import devices_bpf
 from .devices import DEFAULT_ALLOWED
 
 CPU_PERIOD_US = 100_000
+
+
+#: the limits set on the container's share (with its union daemon), not on it
+SHARED = ("cpu.max", "cpu.weight")
 
 
 def limit_files(limits) -> dict[str, str]:
@@ -32,8 +37,7 @@ def limit_files(limits) -> dict[str, str]:
     if limits.cpus is not None:
         files["cpu.max"] = f"{round(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}"
     if limits.cpu_shares is not None:
-        # runc's conversion of v1 shares (2..262144) to v2 weight (1..10000)
-        files["cpu.weight"] = str(1 + ((limits.cpu_shares - 2) * 9999) // 262142)
+        files["cpu.weight"] = str(_weight(limits.cpu_shares))
     if limits.cpuset_cpus is not None:
         files["cpuset.cpus"] = limits.cpuset_cpus
     if limits.pids is not None:
@@ -48,37 +52,43 @@ class CgroupV2:
 
     @classmethod
     def create(cls, name: str, root: str = ROOT) -> CgroupV2:
-        parent = os.path.join(root, own_paths()[""].lstrip("/"), PARENT)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(parent)
-        _enable_controllers(parent)
-        path = os.path.join(parent, name)
-        os.mkdir(path)
+        path = os.path.join(root, own_paths()[""].lstrip("/"), PARENT, name, CONTAINER)
+        make_dirs(path)
+        _enable_controllers(share_of(path))
         return cls(path)
 
     def add(self, pid: int) -> None:
         write(f"{self.path}/cgroup.procs", pid)
 
+    def add_union_daemon(self, pid: int, memory: int | None) -> None:
+        """Put the container's union daemon in its cgroup, with ``memory``
+        as its limit."""
+        union = union_of(self.path)
+        if memory is not None:  # apply() has made sure the controller is there
+            write(f"{union}/memory.max", memory)
+        if os.path.exists(f"{union}/cpu.weight"):
+            write(f"{union}/cpu.weight", _weight(UNION_CPU_SHARES))
+        write(f"{union}/cgroup.procs", pid)
+
     def releaser(self):
         """What moves a pid back to the cgroup pycontainer runs in."""
-        return ProcsWriter([os.path.join(os.path.dirname(os.path.dirname(self.path)),
-                                          "cgroup.procs")])
+        return ProcsWriter([os.path.join(home_of(self.path), "cgroup.procs")])
 
     def apply(self, limits) -> None:
         """Set ``limits`` and docker's device rules."""
         for name, value in limit_files(limits).items():
-            target = f"{self.path}/{name}"
+            target = f"{share_of(self.path) if name in SHARED else self.path}/{name}"
             if not os.path.exists(target):
                 controller = name.split(".")[0]
                 raise CgroupError(f"the {controller} controller is not available to "
-                                  f"{os.path.dirname(self.path)} on this machine")
+                                  f"{os.path.dirname(target)} on this machine")
             write(target, value)
         devices_bpf.attach(self.path, DEFAULT_ALLOWED)
 
     def stats(self) -> Stats:
         memory_max = read_int(f"{self.path}/memory.max")
         events = read_keyed(f"{self.path}/memory.events")
-        cpu = read_keyed(f"{self.path}/cpu.stat")
+        cpu = read_keyed(f"{share_of(self.path)}/cpu.stat")  # with its union daemon's
         return Stats(
             memory_usage=read_int(f"{self.path}/memory.current"),
             memory_max_usage=read_int(f"{self.path}/memory.peak"),
@@ -105,14 +115,22 @@ class CgroupV2:
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.kill_all()
-        rmdir_patiently(self.path)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(self.path))
+        evict(union_of(self.path), to=home_of(self.path))
+        for directory in (self.path, union_of(self.path), share_of(self.path)):
+            rmdir_patiently(directory)
+        with contextlib.suppress(OSError):  # others may still use the parent
+            os.rmdir(os.path.dirname(share_of(self.path)))
 
 
-def _enable_controllers(parent: str) -> None:
-    """Make the controllers the kernel offers here available below ``parent``."""
-    for directory in (os.path.dirname(parent), parent):
+def _weight(shares: int) -> int:
+    """runc's conversion of v1 shares (2..262144) to v2 weight (1..10000)."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def _enable_controllers(share: str) -> None:
+    """Make the controllers the kernel offers here available below ``share``."""
+    parent = os.path.dirname(share)
+    for directory in (os.path.dirname(parent), parent, share):
         with open(f"{directory}/cgroup.controllers") as f:
             available = f.read().split()
         for controller in available:
