@@ -17,6 +17,7 @@ import errno
 import functools
 import os
 import shlex
+import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -270,10 +271,13 @@ def side_by_side(image_root, stand_in_host, probe_dir, tmp_path_factory):
 
 def _runc(tmp_path_factory, image_root, probe_dir, how: str) -> dict:
     work, volume = tmp_path_factory.mktemp("runc"), tmp_path_factory.mktemp("runc-vol")
-    done = runc_as_docker.run(
-        work, str(image_root), ["sh", "-c", script()], memory=MEMORY, pids=PIDS,
-        binds={"/probe": (str(probe_dir), True), "/vol": (str(volume), False)},
-        pass_fds=(LEAKED_FD,), via_exec=how == "exec")
+    try:
+        done = runc_as_docker.run(
+            work, str(image_root), ["sh", "-c", script()], memory=MEMORY, pids=PIDS,
+            binds={"/probe": (str(probe_dir), True), "/vol": (str(volume), False)},
+            pass_fds=(LEAKED_FD,), via_exec=how == "exec")
+    finally:
+        shutil.rmtree(volume)  # it holds device nodes (the host's disk among them)
     assert done.returncode == 0, done.stderr
     return parse(done.stdout)
 
@@ -294,6 +298,7 @@ def _pycontainer(tmp_path_factory, probe_dir, how: str) -> dict:
                               pass_fds=(LEAKED_FD,))
     finally:
         subprocess.run([*PYCONTAINER, "rm", "-f", name], capture_output=True)
+        shutil.rmtree(volume)
     assert leftovers([name]) == ([], [], [], [])
     assert done.returncode == 0, done.stderr
     return parse(done.stdout)
