@@ -36,7 +36,7 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
             results.append(Result(START, "busybox true", runtime,
                                   missing=f"{runtime} is not installed"))
             continue
-        bundle = bundle or _oci_bundle(workdir / "bundle", rootfs, runtime)
+        bundle = bundle or oci_bundle(workdir / "bundle", rootfs, runtime)
         results.append(_time_starts(runtime, lambda i, runtime=runtime: [
             runtime, "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
             runs, warmups))
@@ -60,12 +60,15 @@ def _time_starts(system: str, command, runs: int, warmups: int) -> Result:
     return result
 
 
-def _oci_bundle(bundle: Path, rootfs: str, runtime: str) -> Path:
+def oci_bundle(bundle: Path, rootfs: str, runtime: str, args=("true",),
+               readonly: bool = True) -> Path:
+    """An OCI bundle made by ``RUNTIME spec``: ``args`` run on ``rootfs``,
+    without a terminal; the rest is that runtime's defaults."""
     bundle.mkdir(parents=True)
     subprocess.run([runtime, "spec"], cwd=bundle, check=True, capture_output=True)
     config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(terminal=False, args=["true"])
-    config["root"] = {"path": rootfs, "readonly": True}
+    config["process"].update(terminal=False, args=list(args))
+    config["root"] = {"path": rootfs, "readonly": readonly}
     (bundle / "config.json").write_text(json.dumps(config))
     return bundle
 

@@ -80,21 +80,18 @@ class SeccompFilter:
     process about to exec."""
 
     def __init__(self, capabilities: frozenset[int] = DEFAULT_CAPABILITIES):
-        native = _native_arch()
-        kernel = _kernel_version()
+        native, rules = rules_for(capabilities)
         self._filter = libseccomp.SyscallFilter(libseccomp.ERRNO(profile.DEFAULT_ERRNO))
         for name in profile.COMPAT_ARCHES.get(native, ()):
             self._filter.add_arch(getattr(libseccomp.Arch, name))
         for name in profile.ALLOWED:
             self._add(libseccomp.ALLOW, name, [])
-        for rule in profile.RULES:
-            if _applies(rule, capabilities, native, kernel):
-                action = (libseccomp.ALLOW if rule.errno is None
-                          else libseccomp.ERRNO(rule.errno))
-                args = [libseccomp.Arg(index, getattr(libseccomp, op), a, b)
-                        for index, op, a, b in rule.args]
-                for name in rule.names:
-                    self._add(action, name, args)
+        for rule in rules:
+            action = libseccomp.ALLOW if rule.errno is None else libseccomp.ERRNO(rule.errno)
+            args = [libseccomp.Arg(index, getattr(libseccomp, op), a, b)
+                    for index, op, a, b in rule.args]
+            for name in rule.names:
+                self._add(action, name, args)
 
     def _add(self, action, name: str, args: list) -> None:
         """Add a rule for every architecture of the filter, unless this
@@ -104,6 +101,16 @@ class SeccompFilter:
 
     def load(self) -> None:
         self._filter.load()
+
+
+def rules_for(capabilities: frozenset[int]) -> tuple[str, list[profile.Rule]]:
+    """This machine's native architecture (libseccomp's name) and the
+    profile's rules that apply on it to a container holding
+    ``capabilities``, as docker resolves them before handing its runtime
+    a filter."""
+    native, kernel = _native_arch(), _kernel_version()
+    return native, [rule for rule in profile.RULES
+                    if _applies(rule, capabilities, native, kernel)]
 
 
 def _applies(rule: profile.Rule, capabilities: frozenset[int], native: str,

@@ -136,6 +136,18 @@ def image_root():
 
 
 @pytest.fixture(scope="session")
+def probe_dir(tmp_path_factory):
+    """A directory holding the compiled probe (tests/probe.c), to bind into
+    containers."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the probe")
+    out = tmp_path_factory.mktemp("probe")
+    subprocess.run(["gcc", "-static", "-O2", "-o", out / "probe",
+                    Path(__file__).with_name("probe.c")], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def stand_in_host():
     """The stand-in host's network namespace, with its loopback up."""
     holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])

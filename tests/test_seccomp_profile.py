@@ -1,12 +1,10 @@
 """Docker's default seccomp profile, tried with a static probe
-(tests/seccomp_probe.c) that makes one system call and prints its errno (0
+(tests/probe.c) that makes one system call and prints its errno (0
 for success): inside real containers, and on the host under filters built
 for other capability sets."""
 
 import errno
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,6 @@ from container.security import DEFAULT_CAPABILITIES, SeccompFilter
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 I386_GETPID, I386_CLONE, I386_UNSHARE = 20, 120, 310  # arch/x86/entry/syscalls
-
-
-@pytest.fixture(scope="session")
-def probe_dir(tmp_path_factory):
-    """A directory holding the compiled probe, to bind into containers."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the probe")
-    out = tmp_path_factory.mktemp("probe")
-    subprocess.run(["gcc", "-static", "-O2", "-o", out / "probe",
-                    Path(__file__).with_name("seccomp_probe.c")], check=True)
-    return out
 
 
 @pytest.fixture
