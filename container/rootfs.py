@@ -20,6 +20,7 @@ container opens for no one, in it or on the host.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 
 from . import syscalls as sc
@@ -29,9 +30,11 @@ _PATH_ONLY = os.O_PATH | os.O_CLOEXEC
 _IN_ROOT = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                "/proc/latency_stats", "/proc/acpi", "/proc/scsi", "/sys/firmware",
-                "/sys/devices/virtual/powercap")
+#: docker's list (moby's default spec); the globs match per-CPU entries
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+                "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
+                "/sys/devices/system/cpu/cpu*/thermal_throttle")
 READ_ONLY_PATHS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
@@ -86,7 +89,7 @@ def _make_dev(dev: str) -> None:
 
 def _protect() -> None:
     """Mask what leaks the host; make kernel knobs read-only (as runc)."""
-    for path in MASKED_PATHS:
+    for path in (found for pattern in MASKED_PATHS for found in glob.glob(pattern)):
         if os.path.isdir(path):
             sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
         elif os.path.exists(path):

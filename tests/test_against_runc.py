@@ -37,13 +37,6 @@ I386_GETPID, I386_UNSHARE = 20, 310
 PTRACE_SEIZE = 0x4206
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "uts", "user")
 
-#: Known rows where pycontainer is weaker, each with why; the test of its
-#: row fails if one is no longer weaker (then drop it from here).
-KNOWN_WEAKER = {
-    ("masked paths", "/proc/interrupts"):
-        "container/rootfs.py MASKED_PATHS lacks /proc/interrupts, which docker "
-        "masks (GHSA-6fw5-f8r9-fgfm): the host's per-CPU interrupt counts show",
-}
 
 
 @dataclass(frozen=True)
@@ -322,10 +315,4 @@ def test_pycontainer_is_no_weaker_than_runc(side_by_side, how, row):
     weaker = {(row, probe.key) for probe in PROBES if probe.row == row
               and not probe.no_weaker(values["pycontainer"][row, probe.key],
                                       values["runc"][row, probe.key])}
-    known = {key for key in KNOWN_WEAKER if key[0] == row}
-    assert weaker <= known, f"weaker than runc on {sorted(weaker - known)}:\n" \
-                            + table(values, [row])
-    assert weaker == known, f"no longer weaker on {sorted(known - weaker)}: drop it from " \
-                            "KNOWN_WEAKER"
-    if known:
-        pytest.xfail("; ".join(KNOWN_WEAKER[key] for key in sorted(known)))
+    assert not weaker, f"weaker than runc on {sorted(weaker)}:\n" + table(values, [row])
