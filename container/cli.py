@@ -19,7 +19,8 @@ import time
 
 import click
 
-from . import cgroups, images, networking, networks, ports, runtime, spec as specs
+from . import cgroups, images, logs as container_logs, networking, networks, ports, runtime
+from . import spec as specs
 from .cgroups import CgroupError
 
 
@@ -103,13 +104,18 @@ def image(name: str) -> None:
               help="Publish a container's port on the host's 127.0.0.1.")
 @click.option("--security-opt", "security_opts", multiple=True,
               help="seccomp=unconfined turns the seccomp filter off.")
+@click.option("--log-opt", "log_opts", multiple=True, metavar="KEY=VALUE",
+              help="With -d: max-size=SIZE (k, m, g) rotates the log, max-file=N keeps N files.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
         detach, interactive, tty, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
-        pids_limit, network, ip, dns, publish, security_opts) -> None:
+        pids_limit, network, ip, dns, publish, security_opts, log_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
         command = ("/bin/sh",)
+    if log_opts and not detach:
+        raise specs.SpecError("--log-opt needs -d: only a detached container has a log")
+    log_policy = container_logs.parse_options(log_opts)
     name = specs.check_name(name) if name else secrets.token_hex(6)
     hostname = specs.check_hostname(hostname) if hostname else name[:63]
     memory_bytes = specs.parse_memory(memory) if memory else None
@@ -134,7 +140,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         network=specs.check_network(network, ip, published),
         ip=ip, dns=tuple(specs.parse_dns(d) for d in dns), publish=published,
     )
-    sys.exit(runtime.run(spec, detach=detach, remove=remove))
+    sys.exit(runtime.run(spec, detach=detach, remove=remove, log_policy=log_policy))
 
 
 @cli.command("exec", context_settings={"allow_interspersed_args": False})
@@ -271,24 +277,14 @@ def stop(name: str, timeout: int) -> None:
 @click.option("-f", "--follow", is_flag=True)
 @_fail_cleanly
 def logs(name: str, follow: bool) -> None:
-    """Show the output of a detached container."""
+    """Show the output of a detached container (what its log keeps, oldest
+    first); with -f, go on until it ends."""
     state = runtime.State.load(name)
     if not state.log:
         raise runtime.ContainerError(f"{name} was not run with -d: its output went to its terminal")
-    try:
-        log = open(state.log, "rb")
-    except FileNotFoundError:  # removed since its state was read
-        raise runtime.ContainerError(f"no such container: {name}") from None
-    with log as f:
-        while True:
-            # Looked at before the read, so the last output before the end is read.
-            running = follow and _still_running(name)
-            while chunk := f.read(65536):
-                sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            if not running:
-                break
-            time.sleep(0.1)
+    for chunk in container_logs.read(state.log, (lambda: _still_running(name)) if follow else None):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
 
 
 @cli.command()

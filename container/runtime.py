@@ -49,7 +49,7 @@ from unionfs import daemon as union_daemon
 from unionfs import mounts
 from unionfs import options as union_options
 
-from . import cgroups, images, init, networking, networks, ports, security, terminal
+from . import cgroups, images, init, logs, networking, networks, ports, security, terminal
 from . import syscalls as sc
 from .networking import Attachment
 from .spec import SPECIAL_NETWORKS, ContainerSpec
@@ -193,8 +193,10 @@ def _load_if_there(name: str) -> State | None:
         return None
 
 
-def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
-    """Run a container to its end; returns its exit code (docker's codes)."""
+def run(spec: ContainerSpec, detach: bool = False, remove: bool = False,
+        log_policy: logs.Policy = logs.Policy()) -> int:
+    """Run a container to its end; returns its exit code (docker's codes).
+    Detached, its output goes to its log, kept as ``log_policy`` says."""
     image_root = images.path_of(spec.image)
     if spec.network not in SPECIAL_NETWORKS:
         networks.get(spec.network)  # a missing one is refused before anything is made
@@ -203,15 +205,16 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False) -> int:
     background = None
     if detach:
         state.log = os.path.join(state.state_dir, "log")
-        background = _Background(state.log)
+        background = _Background(state.log, log_policy)
         if background.in_caller:
             return background.wait_for_start(state.name)
         state.supervise_here()
         state.save()
     try:
-        return _supervise(spec, state, image_root,
-                          background.started if background else lambda: None)
+        return _supervise(spec, state, image_root, background)
     finally:
+        if background:
+            background.output_ended()  # before cleanup, which may remove the log
         cleanup(state, remove)
         if background:
             background.ended()
@@ -236,7 +239,7 @@ def _claim(spec: ContainerSpec, remove: bool) -> State:
 
 
 def _supervise(spec: ContainerSpec, state: State, image_root: str,
-               started: Callable[[], None]) -> int:
+               background: _Background | None) -> int:
     upper = os.path.join(state.data_dir, "upper")
     _private_dir(DATA_DIR)
     os.mkdir(state.data_dir, 0o700)
@@ -266,7 +269,7 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     attachment = _join_network(spec, state)
     proxy = ports.PortProxy(spec.publish, attachment.address) if spec.publish else None
     try:
-        return _run_container(spec, state, group, attachment, started)
+        return _run_container(spec, state, group, attachment, background)
     finally:
         if proxy is not None:
             proxy.close()
@@ -300,7 +303,7 @@ def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
 
 
 def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachment | None,
-                   started: Callable[[], None]) -> int:
+                   background: _Background | None) -> int:
     etc_dir = _write_etc_files(state, spec, attachment)
     errors_r, errors_w = os.pipe()
     began_r, began_w = os.pipe()
@@ -312,13 +315,14 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
         state.save()
 
     child, init_pid = _start(spec, state, group, etc_dir, (errors_w, began_w), console,
-                             wire if attachment else None)
+                             wire if attachment else None,
+                             background.output() if background else None)
     os.close(errors_w)
     os.close(began_w)
     state.init_pid, state.status = init_pid, "running"
     state.save()
-    if _command_began(began_r, errors_r) and init_pid is not None:
-        started()
+    if _command_began(began_r, errors_r) and init_pid is not None and background:
+        background.started()
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
             signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
@@ -365,16 +369,20 @@ def _command_began(began_r: int, errors_r: int) -> bool:
 
 
 def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[int, int],
-           console: Console | None, wire: Callable[[int], None] | None):
+           console: Console | None, wire: Callable[[int], None] | None, output: int | None):
     """Fork C, put it in the cgroup, give its network namespace its
     interfaces (``wire``), and get the PID of the container's init.
-    ``pipes`` are the write ends of the errors and began pipes, for init."""
+    ``pipes`` are the write ends of the errors and began pipes, for init;
+    ``output``, if given, is the container's stdout and stderr."""
     errors_w, began_w = pipes
     go_r, go_w = os.pipe()
     pid_r, pid_w = os.pipe()
     unshared_r, unshared_w = os.pipe()
     child = os.fork()
     if child == 0:  # C
+        if output is not None:
+            for target in (1, 2):
+                os.dup2(output, target)
         with _helper_process(spec, errors_w, "container start",
                              keep=(began_w, go_r, pid_w, unshared_w, *_fds_of(console))):
             os.read(go_r, 1)  # in the cgroup now
@@ -559,10 +567,13 @@ class _Background:
     """A supervisor forked into the background for ``run -d``.  The caller
     returns, as docker's does, only once the container's command has
     started, or with the supervisor's own output and exit code when it
-    could not start."""
+    could not start.  The container's output goes to its log (logs.py),
+    and so does the supervisor's own while the command runs."""
 
-    def __init__(self, log: str):
-        self._log = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    def __init__(self, log: str, policy: logs.Policy):
+        self._log, self._policy, self._relay = log, policy, None
+        # What the supervisor says until the command runs: the caller's to print.
+        self._said = os.memfd_create("pycontainer-run")
         start_r, self._start_w = os.pipe()
         self._pid = os.fork()
         self.in_caller = self._pid != 0
@@ -574,14 +585,34 @@ class _Background:
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.dup2(self._log, 1)
-        os.dup2(self._log, 2)
-        os.close(self._log)
         os.close(devnull)
+        self._say_to(self._said)
+
+    def output(self) -> int:
+        """In the supervisor: start the log; the descriptor the container
+        is to write its output to."""
+        self._relay = logs.Relay(self._log, self._policy)
+        return self._relay.fd
 
     def started(self) -> None:
         """In the supervisor: the container's command has been exec'd."""
+        self._say_to(self._relay.fd)
         self._tell(b"1")
+
+    def output_ended(self) -> None:
+        """In the supervisor, once the container has ended: all it wrote
+        is in its log."""
+        self._say_to(self._said)
+        if self._relay is not None:
+            self._relay.close()
+
+    @staticmethod
+    def _say_to(fd: int) -> None:
+        """Make ``fd`` the supervisor's stdout and stderr."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target in (1, 2):
+            os.dup2(fd, target)
 
     def ended(self) -> None:
         """In the supervisor: all is cleaned up (after a start or not)."""
@@ -596,13 +627,13 @@ class _Background:
     def wait_for_start(self, name: str) -> int:
         """In the caller: print ``name`` once the command has started, or what
         the supervisor printed when it did not start; the exit code."""
-        with self._start, os.fdopen(self._log, "rb") as log:
+        with self._start, os.fdopen(self._said, "rb") as said_file:
             if self._start.read(1) == b"1":
                 print(name)
                 return 0
             _, status = os.waitpid(self._pid, 0)
-            log.seek(0)  # the supervisor's writes moved the offset both share
-            said = log.read()
+            said_file.seek(0)  # the supervisor's writes moved the offset both share
+            said = said_file.read()
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
             said += f"pycontainer: the supervisor was killed by signal {-code}\n".encode()

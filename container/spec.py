@@ -20,7 +20,7 @@ MAX_SIZE = 1 << 63
 #: runc's bound on user and group IDs (2^31 - 1); 2^32 - 1 is "no ID" to the kernel.
 MAX_ID = (1 << 31) - 1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -90,13 +90,14 @@ def spec_from_dict(data: dict) -> ContainerSpec:
     })
 
 
-def parse_size(text: str, option: str) -> int:
-    """``256m``, ``1g``, ``1.5G``, ``512kb``, ``1024`` (bytes), as docker reads them."""
+def parse_size(text: str, option: str, base: int = 1024) -> int:
+    """``256m``, ``1g``, ``1.5G``, ``512kb``, ``1024`` (bytes), as docker reads them:
+    k is 1024 bytes, or 1000 with ``base=1000`` (docker's log sizes)."""
     match = _SIZE.match(text)
     if not match:
         raise SpecError(f"{option}: invalid size {text!r} (use a number with b, k, m or g)")
     number, unit = match.groups()
-    size = float(number) * _UNITS[unit.lower()]
+    size = float(number) * base ** _POWERS[unit.lower()]
     if size >= MAX_SIZE:
         raise SpecError(f"{option}: {text!r} is too big (a cgroup takes less than 8 EiB)")
     return int(size)
