@@ -49,8 +49,9 @@ class Policy:
 
 def parse_options(options: Iterable[str]) -> Policy:
     """docker's json-file ``--log-opt`` values: ``max-size=SIZE`` (k, m, g
-    in thousands, as docker reads them) and ``max-file=N``, which needs
-    ``max-size`` (without it there is nothing to rotate)."""
+    in thousands, as docker reads them) and ``max-file=N``, which, as in
+    docker, is checked but has no effect without ``max-size`` (there is
+    nothing to rotate then)."""
     given = {}
     for option in options:
         key, sep, value = option.partition("=")
@@ -59,16 +60,14 @@ def parse_options(options: Iterable[str]) -> Policy:
         if key not in ("max-size", "max-file"):
             raise SpecError(f"--log-opt: unknown option {key!r} (known: max-size, max-file)")
         given[key] = value
+    max_files = given.get("max-file", "1")
+    if not (max_files.isascii() and max_files.isdigit()) or int(max_files) < 1:
+        raise SpecError(f"--log-opt max-file: {max_files!r} must be a whole number, 1 or more")
     if "max-size" not in given:
-        if "max-file" in given:
-            raise SpecError("--log-opt: max-file needs max-size")
         return Policy()
     max_size = parse_size(given["max-size"], "--log-opt max-size", base=1000)
     if max_size < 1:
         raise SpecError(f"--log-opt max-size: {given['max-size']!r} must be at least 1 byte")
-    max_files = given.get("max-file", "1")
-    if not (max_files.isascii() and max_files.isdigit()) or int(max_files) < 1:
-        raise SpecError(f"--log-opt max-file: {max_files!r} must be a whole number, 1 or more")
     return Policy(max_size, int(max_files))
 
 

@@ -126,7 +126,7 @@ def read_until(proc: subprocess.Popen, before: bytes, marker: bytes) -> bytes:
     (["max-size=10q"], True, "invalid size"),
     (["max-size=0"], True, "at least 1 byte"),
     (["max-size=-1"], True, "invalid size"),
-    (["max-file=3"], True, "max-file needs max-size"),
+    (["max-file=0"], True, "max-file: '0'"),
     (["max-size=1m", "max-file=0"], True, "max-file: '0'"),
     (["max-size=1m", "max-file=two"], True, "max-file: 'two'"),
 ])
@@ -143,6 +143,7 @@ def test_bad_log_options_are_one_line_and_leave_nothing(pyc, options, detached, 
 
 def test_options_read_as_docker_reads_them():
     assert logs.parse_options([]) == logs.Policy(None, 1)
+    assert logs.parse_options(["max-file=3"]) == logs.Policy(None, 1)  # no effect, as docker's
     assert logs.parse_options(["max-size=10m", "max-file=3"]) == logs.Policy(10_000_000, 3)
     assert logs.parse_options(["max-size=1.5k"]) == logs.Policy(1500, 1)
     assert logs.parse_options(["max-size=2g", "max-size=1kb"]) == logs.Policy(1000, 1)  # last wins
