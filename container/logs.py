@@ -24,14 +24,13 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import signal
 import sys
 import termios
-import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from . import background
 from .spec import SpecError, parse_size
 
 _CHUNK = 65536
@@ -79,15 +78,7 @@ class Relay:
         self._files = _Files(directory, policy)
         self._pipe, self.fd = os.pipe()
         self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._copy, name="log relay", daemon=True)
-        # Signals go to the main thread, whose handlers must run at once
-        # (a signal taken by this thread would wait for the main one's
-        # next bytecode, which a blocked waitpid may never reach).
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            self._thread.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        self._thread = background.start(self._copy, name="log relay")
 
     def close(self) -> None:
         """Copy what is left in the pipe, then stop.  Call once nothing

@@ -16,6 +16,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from . import background
+
 _PUBLISH = re.compile(r"(\d+):(\d+)(?:/(tcp|udp))?")
 _LOOPBACK = "127.0.0.1"
 _BUFFER = 64 * 1024
@@ -86,7 +88,7 @@ class PortProxy:
 
     @staticmethod
     def _thread(target, *args) -> None:
-        threading.Thread(target=target, args=args, daemon=True).start()
+        background.start(target, *args)
 
     def _accept(self, listener: socket.socket, target: tuple[str, int]) -> None:
         while not self._closed.is_set():
