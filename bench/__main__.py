@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             what[pagecache.NAME] = pagecache.WHAT
         if not args.only or args.only in "containers":
             results += containers.measure(args.quick, runs, 1, Path(work), progress)
-            what[containers.START] = "`pycontainer run --rm busybox true` beside `runc run` and `crun run`"
-            what[containers.MEMORY] = "PSS of pycontainer's own processes per running container"
+            what[containers.START] = ("`pycontainer run --rm busybox true` beside `runc run` and "
+                                      "`crun run`; `run -d` of each container while the "
+                                      "ones started before it run")
+            what[containers.MEMORY] = ("PSS of pycontainer's own processes per running "
+                                       "container; and of all of them, over their number")
         facts = report.machine_facts(Path(work))
     table = report.write(results, facts, what, args.out)
     print(table)

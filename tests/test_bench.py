@@ -26,7 +26,10 @@ def test_quick_bench_produces_every_row(tmp_path):
         for mounts in (1, 4):
             row = rows[("page cache", f"16 MiB through {mounts} mount(s)", system.name)]
             assert row["error"] is None and (row["missing"] or row["times"]), row
-    assert rows[("memory per container", "3 running", "pycontainer")]["times"]
+    assert len(rows[("memory per container", "3 running", "pycontainer")]["times"]) == 3
+    assert rows[("memory per container", "3 running: their total / 3", "pycontainer")]["times"]
+    assert len(rows[("container start", "run -d with 0 to 2 running", "pycontainer")]
+               ["times"]) == 3
     table = (tmp_path / "LATEST.md").read_text()
     assert table.count("| pyunion |") == sum(len(w.quick_params)
                                              for w in workloads.all_workloads()) + 2  # page cache
