@@ -239,8 +239,10 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     # own copy of a file goes when the file is closed (pagecache=drop).
     # allow_other: its processes run as any uid.  The container's own mount
     # of its root takes suid back (rootfs.py); the host's has none.
+    # --storage-opt size= is the union's quota on the writable branch.
+    quota = f",quota={spec.storage_size}" if spec.storage_size else ""
     config = union_options.parse(
-        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"],
+        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop{quota}"],
         state.rootfs, f"pycontainer-{state.name}")
     state.daemon_pid = union_daemon.spawn(config, die_with_parent=True)
     state.daemon_start = start_time(state.daemon_pid)
