@@ -91,15 +91,16 @@ def test_writes_stop_at_the_quota_and_deleting_makes_room(branches, unions):
 
 def test_a_copy_up_that_does_not_fit_is_refused_and_leaves_nothing(branches, unions):
     up, low = branches
+    os.rename(low / "big", low / "dir/big")
     mnt = unions.mount([up, low], "quota=1m", "copyup=full", rw=True)
     before = used(mnt)
     with pytest.raises(OSError) as refused:
-        open(mnt / "big", "ab")
+        open(mnt / "dir/big", "ab")
     assert refused.value.errno == errno.ENOSPC
-    assert not (up / "big").exists()
+    assert sorted(os.listdir(up)) == [META]  # not even its directory was copied up
     assert os.listdir(up / META / "work") == []
     assert used(mnt) == before == walked(up)
-    assert (mnt / "big").read_bytes() == (low / "big").read_bytes()
+    assert (mnt / "dir/big").read_bytes() == (low / "dir/big").read_bytes()
     with open(mnt / "small", "a") as f:  # a copy-up that fits
         f.write("er")
     assert (up / "small").read_text() == "smaller"

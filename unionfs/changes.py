@@ -17,8 +17,9 @@ bookkeeping is the caller's.  Copying a big file is awaited off the event
 loop; everything else is a few metadata calls done in place.
 
 Under a quota (``quota.py``), a new name, a link and a copy-up need room
-first; a copy-up's data is kept room for while it copies, and the copy,
-as made, must fit, or it is discarded.  Removals never ask for room.
+first (a copy-up, for its data too, before anything is copied up); a
+copy-up's data is kept room for while it copies, and the copy, as made,
+must fit, or it is discarded.  Removals never ask for room.
 """
 
 from __future__ import annotations
@@ -97,15 +98,16 @@ class Changes:
         st = entry.top.layer.lstat(entry.top.path)
         if stat.S_ISDIR(st.st_mode):
             return self.upper_dir(entry)
-        self.upper.quota.room_for_name()
+        # Its data is up already (in the index) if its top is writable.
+        data = None if entry.top.layer.writable else self._data_to_copy(st, with_data)
+        self.upper.quota.room_for_name(st.st_blocks * SECTOR if data is Data.ALL else 0)
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
-        if entry.top.layer.writable:  # its data is up already, in the index
+        if data is None:
             with self._parent_times_kept(entry.path):
                 self.upper.layer.link(entry.top.path, entry.path)
         else:
             marks = Marks(origin=self.numbers.of(entry, st),
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
-            data = self._data_to_copy(st, marks, with_data)
             if data is Data.LATER:
                 marks = dataclasses.replace(marks, partial=ChunkMap.new_id())
             with self._chunk_map_kept(marks.partial, entry.path):  # gone if this fails
@@ -118,11 +120,11 @@ class Changes:
             entry = Entry(entry.path, entry.locations, marks)
         return Entry(entry.path, (Location(self.upper.layer, entry.path),), entry.marks)
 
-    def _data_to_copy(self, st: os.stat_result, marks: Marks, with_data: bool) -> Data:
+    def _data_to_copy(self, st: os.stat_result, with_data: bool) -> Data:
         if not with_data:
             return Data.NONE
         # A file with other names below keeps a whole copy in the index.
-        if self.partial_copies and stat.S_ISREG(st.st_mode) and st.st_size and marks.nlink is None:
+        if self.partial_copies and stat.S_ISREG(st.st_mode) and st.st_size and st.st_nlink == 1:
             return Data.LATER
         return Data.ALL
 

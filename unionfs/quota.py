@@ -77,7 +77,7 @@ class Unlimited:
     def room(self, size: int) -> None:
         pass
 
-    def room_for_name(self) -> None:
+    def room_for_name(self, data: int = 0) -> None:
         pass
 
     def room_for(self, fd: int, start: int, stop: int) -> None:
@@ -168,9 +168,10 @@ class Quota:
             if size > self._free():
                 raise _no_space()
 
-    def room_for_name(self) -> None:
-        """A change that makes a name (or copies one up) needs a free block."""
-        self.room(self.block)
+    def room_for_name(self, data: int = 0) -> None:
+        """A change that makes a name (or copies one up, with ``data``
+        bytes) needs a free block (and room for the data)."""
+        self.room(self.block + data)
 
     def room_for(self, fd: int, start: int, stop: int) -> None:
         """Room to write bytes ``start`` to ``stop`` of the file ``fd``: for
