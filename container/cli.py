@@ -104,12 +104,15 @@ def image(name: str) -> None:
               help="Publish a container's port on the host's 127.0.0.1.")
 @click.option("--security-opt", "security_opts", multiple=True,
               help="seccomp=unconfined turns the seccomp filter off.")
+@click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
+              help="What the container may store in its writable layer, e.g. size=1g.")
 @click.option("--log-opt", "log_opts", multiple=True, metavar="KEY=VALUE",
               help="With -d: max-size=SIZE (k, m, g) rotates the log, max-file=N keeps N files.")
 @_fail_cleanly
 def run(image_name, command, name, hostname, env, env_file, workdir, user, volumes, remove,
         detach, interactive, tty, read_only, memory, memory_swap, cpus, cpu_shares, cpuset_cpus,
-        pids_limit, network, ip, dns, publish, security_opts, log_opts) -> None:
+        pids_limit, network, ip, dns, publish, security_opts, storage_opts,
+        log_opts) -> None:
     """Run COMMAND in a new container made from IMAGE."""
     if not command:
         command = ("/bin/sh",)
@@ -139,6 +142,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
         seccomp=specs.parse_security_opts(security_opts),
         network=specs.check_network(network, ip, published),
         ip=ip, dns=tuple(specs.parse_dns(d) for d in dns), publish=published,
+        storage_size=specs.parse_storage_opts(storage_opts),
     )
     sys.exit(runtime.run(spec, detach=detach, remove=remove, log_policy=log_policy))
 

@@ -245,10 +245,6 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     os.mkdir(state.data_dir, 0o700)
     os.mkdir(upper)
     os.mkdir(state.rootfs)
-    # Containers of one image share its files' page cache: each container's
-    # own copy of a file goes when the file is closed (pagecache=drop).
-    # allow_other: its processes run as any uid.  The container's own mount
-    # of its root takes suid back (rootfs.py); the host's has none.
     group = cgroups.create(state.name)
     state.cgroup_paths = group.paths
     state.save()
@@ -256,10 +252,16 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
         group.apply(spec.limits)
     except (cgroups.CgroupError, OSError) as exc:
         raise ContainerError(f"cannot apply limits: {exc}") from None
+    # Containers of one image share its files' page cache: each container's
+    # own copy of a file goes when the file is closed (pagecache=drop).
+    # allow_other: its processes run as any uid.  The container's own mount
+    # of its root takes suid back (rootfs.py); the host's has none.
+    # --storage-opt size= is the union's quota on the writable branch.
     daemon_memory = cgroups.union_memory(spec.limits.memory)
+    bounds = (f",max_open={daemon_memory // OPEN_FILE_COST}" if daemon_memory else "") \
+        + (f",quota={spec.storage_size}" if spec.storage_size else "")
     config = union_options.parse(
-        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop"
-         + (f",max_open={daemon_memory // OPEN_FILE_COST}" if daemon_memory else "")],
+        [f"br={upper}=rw:{image_root}=ro,allow_other,nosuid,nodev,pagecache=drop{bounds}"],
         state.rootfs, f"pycontainer-{state.name}")
     state.daemon_pid = union_daemon.spawn(config, die_with_parent=True)
     state.daemon_start = start_time(state.daemon_pid)

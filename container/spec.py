@@ -74,6 +74,7 @@ class ContainerSpec:
     ip: str | None = None              # the address wanted on the network
     dns: tuple[str, ...] = ()          # name servers; the host's when empty
     publish: tuple[Published, ...] = ()
+    storage_size: int | None = None    # bytes its writable branch may hold (a pyunion quota)
 
 
 def spec_from_dict(data: dict) -> ContainerSpec:
@@ -99,7 +100,7 @@ def parse_size(text: str, option: str, base: int = 1024) -> int:
     number, unit = match.groups()
     size = float(number) * base ** _POWERS[unit.lower()]
     if size >= MAX_SIZE:
-        raise SpecError(f"{option}: {text!r} is too big (a cgroup takes less than 8 EiB)")
+        raise SpecError(f"{option}: {text!r} is too big (the most is just under 8 EiB)")
     return int(size)
 
 
@@ -223,6 +224,20 @@ def read_env_file(path: str) -> list[tuple[str, str]]:
         raise SpecError(f"--env-file: {path}: {exc.strerror}") from None
     return [parse_env(line.strip()) for line in lines
             if line.strip() and not line.lstrip().startswith("#")]
+
+
+def parse_storage_opts(options) -> int | None:
+    """The bytes a container may store (``--storage-opt size=SIZE``, as
+    docker's), or None: only ``size`` is understood."""
+    size = None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key != "size" or not sep:
+            raise SpecError(f"--storage-opt: {option!r} is not supported (only size=SIZE)")
+        size = parse_size(value, "--storage-opt size")
+        if size == 0:
+            raise SpecError(f"--storage-opt size: {value!r} must be more than 0")
+    return size
 
 
 def parse_security_opts(options) -> bool:

@@ -50,11 +50,12 @@ class Unions:
         """Unmount one mount now (a writable branch serves one mount at a time)."""
         pyunion("umount", str(mnt))
 
-    def mount_overlay_style(self, lower: list[Path], upper: Path, work: Path) -> Path:
+    def mount_overlay_style(self, lower: list[Path], upper: Path, work: Path,
+                            *options: str) -> Path:
         mnt = self.new_mountpoint()
         self.track(mnt, lower)
-        pyunion("mount", "-o", f"lowerdir={':'.join(map(str, lower))},upperdir={upper},"
-                f"workdir={work}", str(mnt))
+        pyunion("mount", "-o", ",".join([f"lowerdir={':'.join(map(str, lower))},"
+                                         f"upperdir={upper},workdir={work}", *options]), str(mnt))
         return mnt
 
     def new_mountpoint(self) -> Path:

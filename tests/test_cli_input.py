@@ -40,6 +40,9 @@ def nothing_left(name: str) -> bool:
     (["-v", "/tmp:/proc/sys/kernel"], "cannot mount onto /proc/sys/kernel:"),
     (["-v", "/tmp:/sys"], "cannot mount onto /sys:"),
     (["-v", "/tmp:/dev/shm"], "cannot mount onto /dev/shm:"),
+    (["--storage-opt", "size=lots"], "--storage-opt size: invalid size 'lots'"),
+    (["--storage-opt", "size=0"], "--storage-opt size: '0' must be more than 0"),
+    (["--storage-opt", "quota=1g"], "--storage-opt: 'quota=1g' is not supported"),
 ])
 def test_bad_run_options_leave_nothing(pyc, args, message):
     name = pyc.name()

@@ -58,10 +58,22 @@ def test_overlay_options(stack):
     (["upperdir={s}/up"], "lowerdir= is required"),
     (["br={s}/low,max_open=0"], "max_open= must be a whole number above 0, not '0'"),
     (["br={s}/low,max_open=lots"], "max_open= must be a whole number"),
+    (["br={s}/up=rw:{s}/low=ro,quota=1.5g"], r"^quota= must be a size such as 512m or 10g, not '1.5g'$"),
+    (["br={s}/up=rw:{s}/low=ro,quota=-1"], "quota= must be a size"),
+    (["br={s}/up=rw:{s}/low=ro,quota=8192p"], "quota= must be a size"),
+    (["br={s}/up=rw:{s}/low=ro,quota=8388608t"], r"^quota=8388608t is too big \(the most is 8 EiB\)$"),
+    (["br={s}/low=ro,quota=1m"], "^quota= needs a writable branch$"),
 ])
 def test_bad_options(stack, options, message):
     with pytest.raises(BranchError, match=message):
         parse([o.format(s=stack) for o in options], str(stack / "mnt"))
+
+
+def test_quota_sizes(stack):
+    for text, size in (("4096", 4096), ("512k", 512 << 10), ("10M", 10 << 20), ("2g", 2 << 30)):
+        config = parse([f"br={stack}/up=rw:{stack}/low=ro,quota={text}"], str(stack / "mnt"))
+        assert config.quota == size
+    assert parse([f"br={stack}/up=rw:{stack}/low=ro"], str(stack / "mnt")).quota is None
 
 
 @pytest.mark.parametrize("mnt, message", [

@@ -184,6 +184,16 @@ def test_memory_limit_oom_kills(pyc):
     assert "survived" not in done.stdout
 
 
+def test_storage_opt_size_bounds_what_a_container_stores(pyc):
+    done = pyc("run", "--rm", "--network", "none", "--storage-opt", "size=8m", "busybox", "sh",
+               "-c", "df -k / | tail -1; dd if=/dev/zero of=/big bs=1M count=20; echo dd $?; "
+               "rm /big; dd if=/dev/zero of=/again bs=1M count=6 && echo written again")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "8192"  # df: the size, in KiB
+    assert "/big': No space left on device" in done.stderr
+    assert "dd 1" in done.stdout and "written again" in done.stdout
+
+
 def test_pids_limit_stops_a_fork_loop(pyc):
     done = pyc("run", "--rm", "--pids-limit", "20", "busybox", "sh", "-c",
                "n=0; while [ $n -lt 50 ]; do sleep 5 & n=$((n+1)); echo $n; done")

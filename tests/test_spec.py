@@ -51,6 +51,19 @@ def test_bad_values_get_one_line_errors(call, text, message):
     assert "\n" not in str(caught.value)
 
 
+def test_storage_opts():
+    assert s.parse_storage_opts([]) is None
+    assert s.parse_storage_opts(["size=10m"]) == 10 << 20
+    assert s.parse_storage_opts(["size=1g", "size=1.5G"]) == 3 << 29  # the last one counts
+    for options, message in ((["size=lots"], "^--storage-opt size: invalid size 'lots'"),
+                             (["size=0"], "^--storage-opt size: '0' must be more than 0$"),
+                             (["size=100000000t"], "^--storage-opt size: .* too big"),
+                             (["size"], "^--storage-opt: 'size' is not supported"),
+                             (["quota=1g"], r"^--storage-opt: 'quota=1g' is not supported \(only")):
+        with pytest.raises(s.SpecError, match=message):
+            s.parse_storage_opts(options)
+
+
 def test_memory_swap():
     assert s.parse_memory_swap("-1", 64 << 20) == -1
     assert s.parse_memory_swap("128m", 64 << 20) == 128 << 20

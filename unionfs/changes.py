@@ -15,6 +15,11 @@ leaves the union showing either the old state or the new one:
 Names and entries are union-level (:class:`~unionfs.tree.Entry`); inode
 bookkeeping is the caller's.  Copying a big file is awaited off the event
 loop; everything else is a few metadata calls done in place.
+
+Under a quota (``quota.py``), a new name, a link and a copy-up need room
+first (a copy-up, for its data too, before anything is copied up); a
+copy-up's data is kept room for while it copies, and the copy, as made,
+must fit, or it is discarded.  Removals never ask for room.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .index import INDEX_DIR, Index
 from .intents import Intents
 from .inodes import InodeNumbers
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT, child, split
+from .quota import SECTOR
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import META_DIR, Marks
@@ -92,37 +98,38 @@ class Changes:
         st = entry.top.layer.lstat(entry.top.path)
         if stat.S_ISDIR(st.st_mode):
             return self.upper_dir(entry)
+        # Its data is up already (in the index) if its top is writable.
+        data = None if entry.top.layer.writable else self._data_to_copy(st, with_data)
+        self.upper.quota.room_for_name(st.st_blocks * SECTOR if data is Data.ALL else 0)
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
-        if entry.top.layer.writable:  # its data is up already, in the index
+        if data is None:
             with self._parent_times_kept(entry.path):
                 self.upper.layer.link(entry.top.path, entry.path)
         else:
             marks = Marks(origin=self.numbers.of(entry, st),
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
-            data = self._data_to_copy(st, marks, with_data)
             if data is Data.LATER:
                 marks = dataclasses.replace(marks, partial=ChunkMap.new_id())
             with self._chunk_map_kept(marks.partial, entry.path):  # gone if this fails
                 if data is Data.LATER:
                     self._new_chunk_map(marks.partial, entry.top, st)
-                staged = await self._stage_off_loop(entry, st, marks, data)
+                staged = await self._stage_in_room(entry, st, marks, data)
                 if marks.nlink is not None:
                     self._index(staged, marks.origin)
                 self._install_copy(staged, entry.path)
             entry = Entry(entry.path, entry.locations, marks)
         return Entry(entry.path, (Location(self.upper.layer, entry.path),), entry.marks)
 
-    def _data_to_copy(self, st: os.stat_result, marks: Marks, with_data: bool) -> Data:
+    def _data_to_copy(self, st: os.stat_result, with_data: bool) -> Data:
         if not with_data:
             return Data.NONE
         # A file with other names below keeps a whole copy in the index.
-        if self.partial_copies and stat.S_ISREG(st.st_mode) and st.st_size and marks.nlink is None:
+        if self.partial_copies and stat.S_ISREG(st.st_mode) and st.st_size and st.st_nlink == 1:
             return Data.LATER
         return Data.ALL
 
     def _new_chunk_map(self, map_id: str, source: Location, st: os.stat_result) -> None:
-        ChunkMap.create(self.upper.chunks_fd, map_id, Source(source.layer.index, source.path),
-                        st.st_size).close()
+        self.upper.new_chunk_map(map_id, Source(source.layer.index, source.path), st.st_size)
 
     def _chunk_map_kept(self, map_id: str | None, path: str):
         """Around the steps that make or unlink the partial file at
@@ -142,13 +149,27 @@ class Changes:
             return
         with self._chunk_map_kept(entry.marks.partial, entry.path):
             yield
-            ChunkMap.remove(self.upper.chunks_fd, entry.marks.partial)
+            self.upper.remove_chunk_map(entry.marks.partial)
 
     async def _stage_off_loop(self, entry: Entry, st: os.stat_result, marks: Marks,
                               data: Data) -> str:
         if stat.S_ISREG(st.st_mode) and data is Data.ALL and st.st_size:
             return await trio.to_thread.run_sync(self._stage, entry, st, marks, data)
         return self._stage(entry, st, marks, data)
+
+    async def _stage_in_room(self, entry: Entry, st: os.stat_result, marks: Marks,
+                             data: Data) -> str:
+        """``_stage_off_loop`` under the quota: room is kept for the data
+        while it copies, and the copy as made must fit (else it goes)."""
+        quota = self.upper.quota
+        with quota.reserved(st.st_blocks * SECTOR if data is Data.ALL else 0):
+            staged = await self._stage_off_loop(entry, st, marks, data)
+        try:
+            quota.room_for_file(self.upper.work_fd, staged)
+        except BaseException:
+            self.upper.discard(staged)
+            raise
+        return staged
 
     def _stage(self, entry: Entry, st: os.stat_result, marks: Marks, data: Data) -> str:
         staged = self.upper.staging_name()
@@ -255,7 +276,7 @@ class Changes:
             self._set_count(record["number"], record["named" if named else "unnamed"])
         elif record["kind"] == "map":
             if self._partial_map_at(record["path"]) != record["id"]:
-                ChunkMap.remove(self.upper.chunks_fd, record["id"])
+                self.upper.remove_chunk_map(record["id"])
         else:
             st = self.upper.layer.lstat_or_none(record["path"])
             if st is not None and st.st_ino == record["ino"]:
@@ -308,6 +329,7 @@ class Changes:
 
     async def link(self, entry: Entry, parent: Entry, name: str) -> tuple[Entry, Entry]:
         """A new name for ``entry``; returns (entry after copy-up, new entry)."""
+        self.upper.quota.room_for_name()
         entry = await self.copy_up(entry)
         parent = self.upper_dir(parent)
         path = child(parent.path, name)
@@ -319,6 +341,7 @@ class Changes:
 
     def _make(self, parent: Entry, name: str, mode: int, uid: int, gid: int,
               make: Callable[[str], None]) -> Entry:
+        self.upper.quota.room_for_name()
         parent = self.upper_dir(parent)
         parent_st = self.upper.layer.lstat(parent.path)
         is_dir = stat.S_ISDIR(mode)

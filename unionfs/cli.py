@@ -45,7 +45,18 @@ def cli(debug: bool) -> None:
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
 @click.option("--source", help="Branch list or name shown in the mount table (mount.fuse3 form).")
 def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, source: str | None) -> None:
-    """Mount a union of branches on MOUNTPOINT."""
+    """Mount a union of branches on MOUNTPOINT.
+
+    \b
+    Options of the union itself (the other -o options go to FUSE):
+      br=B1=rw:B2=ro:...           the branches, leftmost on top
+      lowerdir=,upperdir=,workdir= the same, overlayfs style
+      copyup=partial|full          copy data up chunk by chunk as written, or all at once
+      flatten                      complete partial copies at unmount
+      pagecache=keep|drop|direct   what the kernel keeps of lower files read
+      quota=SIZE                   what the writable branch may hold (bytes, or k, m, g, t):
+                                   writes past it fail with ENOSPC; df shows it as the size
+    """
     debugging = logging.getLogger().isEnabledFor(logging.DEBUG)
     try:
         config = options.parse(list(option_args), mountpoint, source)

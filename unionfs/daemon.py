@@ -39,7 +39,9 @@ from . import mounts, upperlock
 from .fs import UnionOperations
 from .handles import PageCache
 from .layer import Layer
+from .metered import MeteredLayer
 from .options import MountConfig
+from .quota import UNLIMITED, Quota
 from .upper import Upper
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,10 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     os.umask(0)
     _raise_open_file_limit()
     with upperlock.held(config.stack):
-        layers = [Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
-        upper = Upper(layers[0], config.stack.workdir) if layers[0].writable else None
+        quota = Quota(config.quota) if config.quota is not None else UNLIMITED
+        layers = [MeteredLayer(branch, i, quota) if i == 0 and config.quota is not None
+                  else Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
+        upper = Upper(layers[0], config.stack.workdir, quota) if layers[0].writable else None
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
@@ -94,6 +98,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                     if upper is not None:
                         upper.prepare()
                         operations.recover()
+                        upper.count()
                     trio.run(_main_loop, on_ready)
                 finally:
                     pyfuse3.close(unmount=True)

@@ -41,6 +41,7 @@ from .copyup import copy_entry
 from .index import Index
 from .inodes import InodeNumbers
 from .layer import ROOT, Layer, child, split
+from .quota import SECTOR
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
 from .whiteout import Marks
@@ -167,8 +168,9 @@ class Flattening:
         data and link count, and each one's copy-up is a link."""
         marks = Marks(origin=self._numbers.of(entry, st), nlink=st.st_nlink)
         staged = self._upper.staging_name()
-        await trio.to_thread.run_sync(copy_entry, entry.top, st, self._upper.work_fd, staged,
-                                      marks)
+        with self._upper.quota.reserved(st.st_blocks * SECTOR):
+            await trio.to_thread.run_sync(copy_entry, entry.top, st, self._upper.work_fd, staged,
+                                          marks)
         try:
             if self._index.find(st) is None:  # not put there while this copied
                 self._index.add(self._upper.work_fd, staged, marks.origin)

@@ -44,6 +44,7 @@ from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
 from .layer import ROOT, Layer
 from .partial import PartialFiles
+from .quota import UNLIMITED
 from .target import Target
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
@@ -128,6 +129,7 @@ class UnionOperations(pyfuse3.Operations):
                                     [layer.lstat(ROOT).st_dev for layer in layers])
         index = Index(upper.layer, self.numbers) if upper else None
         self.tree = Tree(layers, index)
+        self._quota = upper.quota if upper else UNLIMITED
         self.inodes = InodeTable()
         self._changes = (Changes(self.tree, upper, self.numbers, index, partial_copies)
                          if upper else None)
@@ -392,14 +394,14 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def statfs(self, ctx):
+        """The writable branch's file system (as its quota shows it), or
+        the top branch's; ``f_namemax`` too, since a long name's whiteout
+        is a device of that name."""
         layers = self.tree.layers
         source = next((l for l in layers if l.writable), layers[0])
-        vfs = source.statvfs()
         out = pyfuse3.StatvfsData()
-        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                      "f_files", "f_ffree", "f_favail"):
-            setattr(out, field, getattr(vfs, field))
-        out.f_namemax = vfs.f_namemax  # a long name's whiteout is a device of that name
+        for field, value in self._quota.statvfs(source.statvfs()).items():
+            setattr(out, field, value)
         return out
 
     @_fuse_errors
@@ -569,14 +571,14 @@ class UnionOperations(pyfuse3.Operations):
         """What a change to ``node``'s attributes acts on: its entry, copied
         up first; or, for an open file with no name left, a descriptor."""
         if self._nameless(node) is None:
-            return Target(await self._copied_up(node, with_data))
+            return Target(await self._copied_up(node, with_data), quota=self._quota)
         if node.fds:
-            return Target(None, self._open_files.unnamed(node))
+            return Target(None, self._open_files.unnamed(node), self._quota)
         if not node.removed.writable:  # a removed directory, still open
             copy = Held(private_copy(node.removed.fd, self._writer.upper), True)
             os.close(node.removed.fd)
             node.removed = copy
-        return Target(None, node.removed.fd)
+        return Target(None, node.removed.fd, self._quota)
 
     def _nameless(self, node: Node) -> int | None:
         """For a file with no name left (open, then unlinked; a removed

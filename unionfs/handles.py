@@ -6,6 +6,11 @@ A handle's number is its real descriptor.  A handle opened on a lower file
 keeps reading it until the file is copied up; then it reads the copy
 (``moved_up``).  Handles of one partially copied-up file share one
 :class:`~unionfs.partial.PartialFile`.
+
+Under a quota (``quota.py``), a write needs room for the holes it fills,
+every write and truncate is measured, and each descriptor of a file of the
+writable branch is a holder of it: a file unlinked while open is freed
+when its last holder closes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pyfuse3 import FileInfo
 from .copyup import copy_data
 from .inodes import Node
 from .partial import PartialFile, PartialFiles
+from .quota import SECTOR, UNLIMITED
 from .tree import Entry
 from .upper import Upper
 from .whiteout import is_private_xattr
@@ -53,12 +59,15 @@ class _OpenFile:
     sync: bool = False
     #: its data is all in a read-only branch (not copied up, even partly)
     lower_only: bool = False
+    #: the descriptor is of a file of the writable branch (a quota holder)
+    held: bool = False
 
 
 class OpenFiles:
     def __init__(self, upper: Upper | None, partials: PartialFiles | None,
                  pagecache: PageCache):
         self._upper = upper
+        self._quota = upper.quota if upper else UNLIMITED
         self._partials = partials
         self._pagecache = pagecache
         self._files: dict[int, _OpenFile] = {}
@@ -89,6 +98,8 @@ class OpenFiles:
             raise
         node.fds.add(fd)
         self._files[fd] = open_file
+        if not open_file.lower_only:
+            self._hold(open_file, fd)
         # Data changes only through this mount, which keeps the kernel's
         # cache in step, so pages may stay cached across opens.
         direct = self._pagecache is PageCache.DIRECT and open_file.lower_only
@@ -105,7 +116,9 @@ class OpenFiles:
     def write(self, fh: int, offset: int, data: bytes) -> int:
         open_file = self._files[fh]
         if open_file.partial is None:
-            return os.pwrite(fh, data, offset)
+            with self._quota.measured(fh):
+                self._quota.room_for(fh, offset, offset + len(data))
+                return os.pwrite(fh, data, offset)
         written = open_file.partial.write(offset, data)
         if open_file.sync:
             open_file.partial.fsync(datasync=True)
@@ -126,6 +139,8 @@ class OpenFiles:
         open_file.node.fds.discard(fh)
         if open_file.partial is not None:
             self._partials.release(open_file.partial)
+        if open_file.held:
+            self._quota.let_go(fh)
         os.close(fh)
         if (self._pagecache is PageCache.DROP and open_file.lower_only
                 and not open_file.node.fds):
@@ -139,7 +154,8 @@ class OpenFiles:
             if partial is not None:
                 partial.truncate(size)
             else:
-                os.ftruncate(fh, size)
+                with self._quota.measured(fh):
+                    os.ftruncate(fh, size)
         elif entry.marks.partial is not None:
             partial = self._partials.acquire(entry.top, entry.marks)
             try:
@@ -149,7 +165,8 @@ class OpenFiles:
         else:
             fd = entry.top.layer.open(entry.top.path, os.O_WRONLY)
             try:
-                os.ftruncate(fd, size)
+                with self._quota.measured(fd):
+                    os.ftruncate(fd, size)
             finally:
                 os.close(fd)
 
@@ -168,6 +185,7 @@ class OpenFiles:
                 new = entry.top.layer.open(entry.top.path, os.O_RDONLY)
                 os.dup2(new, fd)
                 os.close(new)
+                self._hold(open_file, fd)
 
     def descriptor(self, node: Node) -> int:
         """A descriptor of ``node``'s file, to read its attributes when it
@@ -192,9 +210,15 @@ class OpenFiles:
             for fd in node.fds:
                 os.dup2(copy, fd)
                 self._files[fd].lower_only = False
+                self._hold(self._files[fd], fd)
         finally:
             os.close(copy)
         return next(iter(node.fds))
+
+    def _hold(self, open_file: _OpenFile, fd: int) -> None:
+        """``fd`` is now of a file of the writable branch."""
+        self._quota.hold(fd)
+        open_file.held = True
 
 
 def private_copy(src: int, upper: Upper) -> int:
@@ -203,8 +227,9 @@ def private_copy(src: int, upper: Upper) -> int:
     union name left: it takes them instead.  A file's copy is unlinked at
     once and lives as long as descriptors of it; a directory's stays until
     the next mount empties the work directory.  Returns a descriptor of
-    the copy (``O_PATH`` for a directory)."""
+    the copy (``O_PATH`` for a directory), counted by the quota."""
     st = os.fstat(src)
+    upper.quota.room(st.st_blocks * SECTOR)
     name = upper.staging_name()
     if stat.S_ISDIR(st.st_mode):
         os.mkdir(name, 0o700, dir_fd=upper.work_fd)
@@ -223,6 +248,7 @@ def private_copy(src: int, upper: Upper) -> int:
         os.chown(copy, st.st_uid, st.st_gid)
         os.chmod(copy, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
         os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+        upper.quota.arrived(fd)
     except BaseException:
         os.close(fd)
         raise

@@ -42,7 +42,7 @@ class Index:
         for directory in (META_DIR, INDEX_DIR):
             with contextlib.suppress(FileExistsError):
                 self.layer.mkdir(directory, 0o700)
-        os.link(name, self.location(number).path, src_dir_fd=dir_fd, dst_dir_fd=self.layer.fd)
+        self.layer.link_in(dir_fd, name, self.location(number).path)
 
     def remove(self, number: int) -> None:
         with contextlib.suppress(FileNotFoundError):

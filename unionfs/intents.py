@@ -89,6 +89,7 @@ class Intents:
 
     def _dir(self) -> int:
         for path in (META_DIR, INTENTS_DIR):
-            with contextlib.suppress(FileExistsError):
+            with contextlib.suppress(FileExistsError), \
+                    self._upper.quota.making(self._upper.layer.fd, path):
                 os.mkdir(path, 0o700, dir_fd=self._upper.layer.fd)
         return self._upper.layer.open(INTENTS_DIR, os.O_RDONLY | os.O_DIRECTORY)

@@ -249,6 +249,12 @@ class Layer:
         with self.at(path) as (fd, leaf):
             renameat2(dir_fd, name, fd, leaf, flags)
 
+    def link_in(self, dir_fd: int, name: str, path: str) -> None:
+        """A new name ``path`` in the branch for ``name`` of the directory
+        ``dir_fd`` (the work directory)."""
+        with self.at(path) as (fd, leaf):
+            os.link(name, leaf, src_dir_fd=dir_fd, dst_dir_fd=fd, follow_symlinks=False)
+
     def move_out(self, path: str, dir_fd: int, name: str, flags: int = 0) -> None:
         """Rename ``path`` in the branch to ``name`` in ``dir_fd``."""
         with self.at(path) as (fd, leaf):

@@ -10,7 +10,8 @@ Three kinds of option are accepted:
   through the mount: see ``fs.PageCache``); ``max_open=N`` (how many
   files and directories the daemon keeps open for the mount's users at
   once: past it, an open fails with EMFILE, so they cannot make the daemon
-  grow without end);
+  grow without end); ``quota=SIZE`` (what the
+  writable branch may hold: see ``quota.py``);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -21,6 +22,7 @@ Anything else is refused with a one-line error, before anything is mounted.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from . import branches
@@ -29,7 +31,7 @@ from .branches import BranchError, BranchStack
 FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
-_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open"}
+_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open", "quota"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
@@ -40,6 +42,9 @@ _FUSE_FLAGS = {
 _FUSE_KEYS = {"fsname", "subtype", "max_read", "blksize"}
 _MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner",
                 "group", "_netdev", "nofail", "comment"}
+_SIZE = re.compile(r"([0-9]+)([kmgt]?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_QUOTA = 1 << 63
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class MountConfig:
     flatten_at_umount: bool = False
     pagecache: str = "keep"
     max_open: int | None = None
+    #: bytes the writable branch may hold; None: no quota
+    quota: int | None = None
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -89,13 +96,17 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 raise BranchError(f"unknown mount option {option!r}")
             path_before = option if key in _PATH_KEYS and sep else None
     copyup, pagecache = (_choice(union, key) for key in ("copyup", "pagecache"))
+    quota = _quota(union.pop("quota")) if "quota" in union else None
     stack = _stack(union, source)
     if flatten and stack.upper is None:
         raise BranchError("flatten needs a writable branch")
+    if quota is not None and stack.upper is None:
+        raise BranchError("quota= needs a writable branch")
     mnt = branches.check_mountpoint(mountpoint, stack)
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial", flatten_at_umount=flatten,
-                       pagecache=pagecache, max_open=_count(union, "max_open"))
+                       pagecache=pagecache, max_open=_count(union, "max_open"),
+                       quota=quota)
 
 
 def _fsname(source: str) -> str:
@@ -131,6 +142,18 @@ def _count(union: dict[str, str], key: str) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise BranchError(f"{key}= must be a whole number above 0, not {value!r}")
     return int(value)
+
+
+def _quota(text: str) -> int:
+    """A ``quota=`` size: bytes, or a whole number with k, m, g or t
+    (powers of 1024)."""
+    match = _SIZE.fullmatch(text)
+    size = int(match[1]) * _UNITS[match[2].lower()] if match else 0
+    if not size:
+        raise BranchError(f"quota= must be a size such as 512m or 10g, not {text!r}")
+    if size >= MAX_QUOTA:
+        raise BranchError(f"quota={text} is too big (the most is 8 EiB)")
+    return size
 
 
 def _stack(union: dict[str, str], source: str | None) -> BranchStack:

@@ -28,6 +28,11 @@ file is an ordinary file.
 Reads and writes run on the event loop and touch at most the chunks of one
 request; completing a file runs in a thread.  A lock per file keeps the two
 apart.
+
+Under a quota (``quota.py``), a write needs room for the holes in the
+chunks it touches (what it may bring up), a completion step keeps room
+for the chunks it brings up, and both are measured (the upper file and
+the map); a partial file's descriptors are holders of their files.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .copyup import copy_range, data_extents
 from .flatten import Flattening
 from .inodes import InodeNumbers
 from .layer import ROOT, Layer, child
+from .quota import UNLIMITED, Quota, Unlimited
 from .tree import Entry, Location, read_marks
 from .upper import Upper
 from .whiteout import META_DIR, XATTR, Marks
@@ -57,11 +63,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class PartialFile:
-    def __init__(self, map_id: str, upper_fd: int, lower_fd: int, chunk_map: ChunkMap):
+    def __init__(self, map_id: str, upper_fd: int, lower_fd: int, chunk_map: ChunkMap,
+                 quota: Quota | Unlimited = UNLIMITED):
         self.map_id = map_id
         self.upper_fd = upper_fd
         self._lower_fd = lower_fd
         self._map = chunk_map
+        self._quota = quota
         self._lock = threading.Lock()
         self.users = 0
         #: set by every write and truncate (a completion keeps the times
@@ -89,10 +97,17 @@ class PartialFile:
                     out[start - offset:start - offset + len(below)] = below
             return bytes(out)
 
+    @property
+    def held_fds(self) -> tuple[int, int]:
+        """Its descriptors of files of the writable branch."""
+        return self.upper_fd, self._map.fd
+
     def write(self, offset: int, data: bytes) -> int:
-        with self._lock:
+        with self._lock, self._quota.measured(*self.held_fds):
             end = offset + len(data)
             touched = self._map.chunks(offset, end)
+            self._quota.room_for(self.upper_fd, touched.start * self._map.chunk,
+                                 touched.stop * self._map.chunk)
             absent = self._map.absent(offset, end)
             whole = [i for i in absent if offset <= self._map.span(i)[0]
                      and self._map.span(i)[1] <= end]
@@ -119,7 +134,7 @@ class PartialFile:
             self.changed = True
 
     def truncate(self, size: int) -> None:
-        with self._lock:
+        with self._lock, self._quota.measured(*self.held_fds):
             self.changed = True
             os.ftruncate(self.upper_fd, size)
             self._map.shrink(size)
@@ -136,8 +151,12 @@ class PartialFile:
         total = len(self._map.chunks(0, self._map.limit))
         for first in range(0, total, _COMPLETE_STEP):
             with self._lock:
-                self._bring_up([i for i in range(first, first + _COMPLETE_STEP)
-                                if self._map.is_absent(i)])
+                absent = [i for i in range(first, first + _COMPLETE_STEP)
+                          if self._map.is_absent(i)]
+                size = sum(self._map.span(i)[1] - self._map.span(i)[0] for i in absent)
+                with self._quota.reserved(size), \
+                        self._quota.measured(*self.held_fds, long=True):
+                    self._bring_up(absent)
         with self._lock:
             if not self.changed:  # the copying is no change to the file
                 os.utime(self.upper_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -216,6 +235,7 @@ class PartialFiles:
     def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers):
         self._layers = layers
         self._upper = upper
+        self._quota = upper.quota
         self._numbers = numbers
         self._open: dict[str, PartialFile] = {}
 
@@ -264,12 +284,16 @@ class PartialFiles:
         partial.users -= 1
         if partial.users == 0:
             del self._open[partial.map_id]
+            for fd in partial.held_fds:
+                self._quota.let_go(fd)
             partial.close()
 
     def finish(self, partial: PartialFile, marks: Marks) -> None:
         """After :meth:`PartialFile.complete`: the file is an ordinary one."""
-        os.setxattr(partial.upper_fd, XATTR, dataclasses.replace(marks, partial=None).encode())
-        ChunkMap.remove(self._upper.chunks_fd, partial.map_id)
+        with self._quota.measured(partial.upper_fd):
+            os.setxattr(partial.upper_fd, XATTR,
+                        dataclasses.replace(marks, partial=None).encode())
+        self._upper.remove_chunk_map(partial.map_id)
 
     def _load(self, top: Location, marks: Marks) -> PartialFile:
         upper = top.layer.open(top.path, os.O_RDWR)
@@ -284,7 +308,10 @@ class PartialFiles:
             os.close(upper)
             chunk_map.close()
             raise
-        return PartialFile(marks.partial, upper, lower, chunk_map)
+        partial = PartialFile(marks.partial, upper, lower, chunk_map, self._quota)
+        for fd in partial.held_fds:
+            self._quota.hold(fd)
+        return partial
 
     def _open_lower(self, source: Source, origin: int, path: str) -> int:
         """The lower file, checked to be the one the copy was made from (a

@@ -6,6 +6,9 @@ open), a descriptor of its copy in the writable branch.
 POSIX lets a process change an open file whatever became of its names
 (``fchmod``, ``futimens``, ``fsetxattr``...); a :class:`Target` lets the
 FUSE layer do both cases with the same calls.
+
+An xattr needs room under a quota (``quota.py``); what it takes of a named
+file is counted by the layer, of a nameless one here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .quota import UNLIMITED, Quota, Unlimited
 from .tree import Entry
 
 
@@ -24,6 +28,7 @@ class Target:
     #: a descriptor of the nameless file (unused when ``entry`` is set);
     #: ``O_PATH`` ones too, so calls go through its ``/proc/self/fd`` link
     fd: int = -1
+    quota: Quota | Unlimited = UNLIMITED
 
     def lstat(self) -> os.stat_result:
         if self.entry is None:
@@ -49,14 +54,17 @@ class Target:
             self.entry.top.layer.utime(self.entry.top.path, times_ns)
 
     def setxattr(self, name: str, value: bytes) -> None:
+        self.quota.room(len(name) + len(value))
         if self.entry is None:
-            os.setxattr(self._fd_path(), name, value)
+            with self.quota.measured(self.fd):
+                os.setxattr(self._fd_path(), name, value)
         else:
             self.entry.top.layer.setxattr(self.entry.top.path, name, value)
 
     def removexattr(self, name: str) -> None:
         if self.entry is None:
-            os.removexattr(self._fd_path(), name)
+            with self.quota.measured(self.fd):
+                os.removexattr(self._fd_path(), name)
         else:
             self.entry.top.layer.removexattr(self.entry.top.path, name)
 

@@ -13,6 +13,10 @@ Whiteouts are written here, in the form ``whiteout.py`` gives a name (a
 ``.wh.`` file, or a device in the name's own place): each method that
 takes a name out, moves it or puts one back handles both, so callers never
 ask which.
+
+What leaves the branch here (a retired entry, a chunk map) is reported to
+the branch's quota (``quota.py``) once it is gone; what comes in goes
+through the layer, which reports it (``metered.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import itertools
 import os
 import stat
 
+from .branches import Branch, Mode
+from .chunkmap import ChunkMap, Source
 from .copyup import remove_staged
 from .layer import RENAME_EXCHANGE, RENAME_WHITEOUT, ROOT, Layer, child, split
+from .quota import UNLIMITED, Quota, Unlimited, tree_blocks
 from .whiteout import META_DIR, OPAQUE, XATTR, Marks, is_whiteout_device, named_whiteout
 
 def _subdirectory(parent_fd: int, name: str) -> int:
@@ -35,9 +42,11 @@ def _subdirectory(parent_fd: int, name: str) -> int:
 
 
 class Upper:
-    def __init__(self, layer: Layer, workdir: str | None):
+    def __init__(self, layer: Layer, workdir: str | None, quota: Quota | Unlimited = UNLIMITED):
         self.layer = layer
         self._workdir = workdir
+        #: what the branch may hold (a quota's layer is a ``MeteredLayer``)
+        self.quota = quota
         self.work_fd = -1
         #: where the chunk maps of partially copied-up files live
         self.chunks_fd = -1
@@ -62,6 +71,20 @@ class Upper:
         for stale in os.listdir(self.work_fd):
             remove_staged(self.work_fd, stale)
 
+    def count(self) -> None:
+        """Have the quota count what the branch holds, with the work and
+        chunk directories of a ``workdir=``: at mount, once prepared and
+        recovered."""
+        if self.quota.limit is None:
+            return
+        own = Layer(Branch(self._workdir, Mode.RW), -1) if self._workdir else None
+        try:
+            self.quota.count([(self.layer, ROOT)] + ([(own, "work"), (own, "chunks")]
+                                                     if own else []), [self.work_fd])
+        finally:
+            if own is not None:
+                own.close()
+
     def close(self) -> None:
         for fd in (self.work_fd, self.chunks_fd):
             if fd >= 0:
@@ -80,8 +103,9 @@ class Upper:
             if not self._has_device_whiteout(path):
                 raise
             # rename(2) puts no directory over a device: swap, drop the device.
-            self.layer.move_in(self.work_fd, staged, path, RENAME_EXCHANGE)
-            remove_staged(self.work_fd, staged)
+            with self.quota.removing(lambda: self.layer.open(path, os.O_PATH)):
+                self.layer.move_in(self.work_fd, staged, path, RENAME_EXCHANGE)
+                remove_staged(self.work_fd, staged)
 
     def retire(self, path: str, whiteout: bool = False) -> None:
         """Take ``path`` out of the branch at once (leaving a whiteout of its
@@ -159,8 +183,22 @@ class Upper:
 
     def _retire(self, path: str, flags: int) -> None:
         staged = self.staging_name()
-        self.layer.move_out(path, self.work_fd, staged, flags)
-        remove_staged(self.work_fd, staged)
+        with self.quota.removing(lambda: self.layer.open(path, os.O_PATH),
+                                 lambda: tree_blocks(self.layer, path)):
+            self.layer.move_out(path, self.work_fd, staged, flags)
+            remove_staged(self.work_fd, staged)
+
+    def new_chunk_map(self, map_id: str, source: Source, limit: int) -> None:
+        """Make the chunk map ``map_id`` of a file about to be copied up."""
+        with self.quota.making(self.chunks_fd, map_id):
+            ChunkMap.create(self.chunks_fd, map_id, source, limit).close()
+
+    def remove_chunk_map(self, map_id: str) -> None:
+        """Remove a chunk map (open ones live on until closed); a missing
+        one is no error."""
+        with self.quota.removing(lambda: os.open(
+                map_id, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.chunks_fd)):
+            ChunkMap.remove(self.chunks_fd, map_id)
 
     def mark_opaque(self, path: str, in_work: bool = False) -> None:
         """Hide what lies below the directory ``path`` (of the work
