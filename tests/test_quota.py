@@ -302,4 +302,8 @@ def test_the_count_matches_a_walk_after_concurrent_changes(tmp_path, unions, sta
     mnt = unions.mount(stack, "quota=1g", rw=True)
     problems, _ = _run_concurrent(3, 300, mnt, tmp_path / "logs")
     assert not problems, problems[:10]
-    assert wait_for(lambda: used(mnt) == walked(stack[0])), (used(mnt), walked(stack[0]))
+    # Files written at once by several workers are fragmented: ext4 may give
+    # one an extent block at writeback, which the count sees only at the
+    # next mount (README, Quota).  Anything else is drift.
+    assert wait_for(lambda: 0 <= walked(stack[0]) - used(mnt) <= 4 * 4096), \
+        (used(mnt), walked(stack[0]))
