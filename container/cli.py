@@ -247,10 +247,20 @@ def ps(show_all: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
 @_fail_cleanly
 def rm(names: tuple[str, ...], force: bool) -> None:
-    """Remove containers (their state, writable branch and leftovers)."""
+    """Remove containers (their state, writable branch and leftovers).  As
+    docker's, it goes on past a name it cannot remove, says why, and exits
+    1 at the end."""
+    failed = False
     for name in names:
-        runtime.remove(name, force=force)
-        click.echo(name)
+        try:
+            runtime.remove(name, force=force)
+        except runtime.ContainerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed = True
+        else:
+            click.echo(name)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -323,3 +323,17 @@ def test_stop_kills_what_ignores_sigterm_and_stats_streams(pyc):
     assert time.monotonic() - started < 5
     line = next(l for l in pyc("ps", "-a").stdout.splitlines() if l.startswith(name))
     assert "exited (137)" in line
+
+
+def test_rm_goes_on_past_a_name_it_cannot_remove(pyc):
+    """As docker's: each name it removes is printed, each it cannot is an
+    ``Error:`` line, and the exit status is 1 if any failed."""
+    first, second = pyc.name(), pyc.name()
+    for name in (first, second):
+        assert pyc("run", "--name", name, "--network", "none", "busybox", "true").returncode == 0
+    done = pyc("rm", first, "nosuch-container", second)
+    assert done.returncode == 1
+    assert done.stdout.split() == [first, second]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: ")
+    assert "nosuch-container" in done.stderr
+    assert first not in pyc("ps", "-a").stdout and second not in pyc("ps", "-a").stdout
