@@ -83,13 +83,19 @@ def make_dirs(container_path: str) -> None:
             os.mkdir(directory)
 
 
-def evict(cgroup: str, to: str) -> None:
-    """Move every process still in ``cgroup`` to ``to`` (a union daemon
-    still unmounting, when its container's cgroups go)."""
-    with contextlib.suppress(FileNotFoundError), open(f"{cgroup}/cgroup.procs") as f:
+def remove_dirs(container_path: str) -> None:
+    """Undo :func:`make_dirs` once the container's processes are gone: a
+    union daemon still unmounting moves back home; ``pycontainer/`` stays
+    while other containers use it."""
+    union = union_of(container_path)
+    with contextlib.suppress(FileNotFoundError), open(f"{union}/cgroup.procs") as f:
         for pid in f.read().split():
             with contextlib.suppress(ProcessLookupError):
-                write(f"{to}/cgroup.procs", pid)
+                write(f"{home_of(container_path)}/cgroup.procs", pid)
+    for directory in (container_path, union, share_of(container_path)):
+        rmdir_patiently(directory)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(share_of(container_path)))
 
 
 class CgroupError(RuntimeError):

@@ -12,9 +12,9 @@ import os
 import signal
 import time
 
-from . import (CONTAINER, PARENT, UNION_CPU_SHARES, CgroupError, Stats, evict, home_of,
-               make_dirs, own_paths, ProcsWriter, read_int, read_keyed, rmdir_patiently,
-               share_of, union_of, write)
+from . import (CONTAINER, PARENT, UNION_CPU_SHARES, CgroupError, Stats, home_of, make_dirs,
+               own_paths, ProcsWriter, read_int, read_keyed, remove_dirs, share_of, union_of,
+               write)
 from .devices import DEFAULT_ALLOWED
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "devices")
@@ -136,11 +136,7 @@ class CgroupV1:
     def remove(self) -> None:
         self.kill_all()
         for path in self.paths.values():
-            evict(union_of(path), to=home_of(path))
-            for directory in (path, union_of(path), share_of(path)):
-                rmdir_patiently(directory)
-            with contextlib.suppress(OSError):  # others may still use the parent
-                os.rmdir(os.path.dirname(share_of(path)))
+            remove_dirs(path)
 
 
 def _require(path: str | None, option: str) -> None:

@@ -13,9 +13,9 @@ import contextlib
 import os
 import time
 
-from . import (CONTAINER, PARENT, ROOT, UNION_CPU_SHARES, CgroupError, Stats, evict, home_of,
-               make_dirs, own_paths, ProcsWriter, read_int, read_keyed, rmdir_patiently,
-               share_of, union_of, write)
+from . import (CONTAINER, PARENT, ROOT, UNION_CPU_SHARES, CgroupError, Stats, home_of,
+               make_dirs, own_paths, ProcsWriter, read_int, read_keyed, remove_dirs, share_of,
+               union_of, write)
 from . import devices_bpf
 from .devices import DEFAULT_ALLOWED
 
@@ -115,11 +115,7 @@ class CgroupV2:
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.kill_all()
-        evict(union_of(self.path), to=home_of(self.path))
-        for directory in (self.path, union_of(self.path), share_of(self.path)):
-            rmdir_patiently(directory)
-        with contextlib.suppress(OSError):  # others may still use the parent
-            os.rmdir(os.path.dirname(share_of(self.path)))
+        remove_dirs(self.path)
 
 
 def _weight(shares: int) -> int:
