@@ -85,22 +85,25 @@ class ChunkMap:
         fd = os.open(map_id, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             raw = os.pread(fd, os.fstat(fd).st_size, 0)
-            magic, header_len, limit = _FIXED.unpack_from(raw)
-            if magic != _MAGIC:
-                raise ChunkMapError(errno.EIO, f"chunk map {map_id} is not one")
-            bitmap_at = _FIXED.size + header_len
-            header = json.loads(raw[_FIXED.size:bitmap_at])
+            header, limit, bitmap_at = _parse(raw, map_id)
             chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
                             bytearray(raw[bitmap_at:]), bitmap_at)
             # Recorded, so that a later extension cannot bring the data back.
             chunk_map.shrink(file_size)
-        except (struct.error, ValueError, KeyError, TypeError) as exc:
-            os.close(fd)
-            raise ChunkMapError(errno.EIO, f"chunk map {map_id} is damaged: {exc!r}") from None
         except BaseException:
             os.close(fd)
             raise
         return chunk_map
+
+    @staticmethod
+    def source_of(dir_fd: int, map_id: str) -> Source:
+        """Where the map's absent chunks live, read without changing it."""
+        fd = os.open(map_id, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            header = _parse(os.pread(fd, os.fstat(fd).st_size, 0), map_id)[0]
+        finally:
+            os.close(fd)
+        return Source(header["layer"], header["path"])
 
     @staticmethod
     def remove(dir_fd: int, map_id: str) -> None:
@@ -151,3 +154,17 @@ class ChunkMap:
 
     def fsync(self) -> None:
         os.fsync(self.fd)
+
+
+def _parse(raw: bytes, map_id: str) -> tuple[dict, int, int]:
+    """A map's header, limit, and where its bitmap starts."""
+    try:
+        magic, header_len, limit = _FIXED.unpack_from(raw)
+        if magic != _MAGIC:
+            raise ChunkMapError(errno.EIO, f"chunk map {map_id} is not one")
+        bitmap_at = _FIXED.size + header_len
+        header = json.loads(raw[_FIXED.size:bitmap_at])
+        header["layer"], header["path"], header["chunk"]  # noqa: B018 - all must be there
+        return header, limit, bitmap_at
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ChunkMapError(errno.EIO, f"chunk map {map_id} is damaged: {exc!r}") from None
