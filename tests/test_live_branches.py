@@ -209,15 +209,22 @@ def test_force_takes_it_out_and_says_what_became_of_users(stack):
     pyunion("branch", "add", str(mnt), str(new))
     reader = open(mnt / "fileA")
     writer = open(mnt / "written", "w")
+    inside = subprocess.Popen(["sh", "-c", "read line; ls -a; touch made"], text=True,
+                              cwd=mnt / "only-new", stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         pyunion("branch", "del", "--force", str(mnt), str(new))
         assert reader.read() == "new A, longer\n"  # its file, though no name leads to it
+        out, err = inside.communicate("go\n", timeout=30)
+        assert out == "" and "touch" in err  # a removed directory, as after rmdir
         pyunion("branch", "mod", "--force", str(mnt), f"{up}=ro")
         writer.write("x")
         with pytest.raises(OSError) as caught:
             writer.flush()
         assert caught.value.errno == errno.EROFS
     finally:
+        inside.kill()
+        inside.wait()
         reader.close()
         with pytest.raises(OSError):
             writer.close()
@@ -294,3 +301,24 @@ def test_a_stale_control_socket_is_no_trouble(stack):
         s.shutdown(socket.SHUT_WR)
         assert "malformed request" in json.loads(s.recv(4096))["error"]
     assert len(branches_of(mnt)) == 2
+
+
+def test_writers_write_on_across_changes(stack):
+    """Handles open for writing, on a new file and on a partial copy of a
+    lower one, keep writing the file they opened while branches come and go."""
+    mnt, up, base, new = stack
+    with open(mnt / "log", "w") as log, open(mnt / "fileA", "r+") as copied:
+        log.write("one\n")
+        log.flush()
+        copied.write("BASE")
+        copied.flush()
+        pyunion("branch", "add", str(mnt), str(new))
+        log.write("two\n")
+        copied.seek(0, os.SEEK_END)
+        copied.write("more\n")
+        log.flush()
+        copied.flush()
+        pyunion("branch", "del", str(mnt), str(new))
+        log.write("three\n")
+    assert (mnt / "log").read_text() == "one\ntwo\nthree\n"
+    assert (mnt / "fileA").read_text() == "BASE A\nmore\n"

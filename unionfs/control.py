@@ -43,9 +43,14 @@ async def serve(path: str, handle: Callable[[dict], Awaitable[dict]],
         os.unlink(path)  # of a daemon that was killed
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await listener.bind(path)
-        os.chmod(path, 0o600)  # before listen: nobody can connect until then
-        listener.listen(8)
+        try:
+            await listener.bind(path)
+            os.chmod(path, 0o600)  # before listen: nobody can connect until then
+            listener.listen(8)
+        except OSError as exc:  # the mount serves on without
+            log.warning("no control channel at %s: %s", path, exc.strerror)
+            task_status.started()
+            return
         task_status.started()
         async with trio.open_nursery() as nursery:
             while True:

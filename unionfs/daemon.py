@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -318,8 +319,10 @@ def pidfile_path(mountpoint: str) -> str:
 
 
 def control_path(mountpoint: str) -> str:
-    """Where the daemon serving ``mountpoint`` takes requests (``control``)."""
-    return _record_path(mountpoint, ".sock")
+    """Where the daemon serving ``mountpoint`` takes requests (``control``):
+    named by a digest, since a socket's path must fit in 108 bytes."""
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:32]
+    return os.path.join(PID_DIR, digest + ".sock")
 
 
 def _failure_path(mountpoint: str) -> str:
@@ -341,9 +344,10 @@ def _records(mountpoint: str):
         os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
         for name in os.listdir(PID_DIR):  # left by daemons that were killed
             if name.endswith(".pid") and _live_pid(os.path.join(PID_DIR, name)) is None:
-                for left in (name, name.removesuffix(".pid") + ".sock"):
+                left = urllib.parse.unquote_to_bytes(name.removesuffix(".pid"))
+                for stale in (os.path.join(PID_DIR, name), control_path(os.fsdecode(left))):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(PID_DIR, left))
+                        os.unlink(stale)
         with contextlib.suppress(FileNotFoundError):  # of an earlier daemon here
             os.unlink(_failure_path(mountpoint))
         held = _locked_record(path, f"{os.getpid()}\n")

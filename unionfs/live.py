@@ -41,7 +41,7 @@ from . import branches, mounts, restack
 from .branches import Branch, BranchError
 from .chunkmap import ChunkMap
 from .handles import OpenFiles
-from .inodes import InodeNumbers, InodeTable, Node
+from .inodes import Held, InodeNumbers, InodeTable, Node
 from .layer import ROOT, Layer
 from .partial import PartialFiles
 from .tree import Entry, Location, Tree, is_opaque
@@ -102,7 +102,11 @@ class LiveStack:
             removed = [layer for layer in self._layers if layer not in layers]
             made_ro = [layer for layer, branch in zip(layers, wanted)
                        if layer.writable and not branch.writable]
-            complaint, partial_copies = await self._in_use(removed, made_ro, mountpoint)
+            processes = await trio.to_thread.run_sync(
+                _directories_of_processes, _device(mountpoint)) if removed else {}
+            # From here to the swap nothing waits, unless forced: what was
+            # found unused is still unused when the stack changes.
+            complaint, partial_copies = self._in_use(removed, made_ro, processes)
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
         except BaseException:
@@ -156,16 +160,12 @@ class LiveStack:
             raise
         return list(stack.branches), layers, opened
 
-    async def _in_use(self, removed: list[Layer], made_ro: list[Layer],
-                      mountpoint: str) -> tuple[str, int]:
+    def _in_use(self, removed: list[Layer], made_ro: list[Layer],
+                processes: dict[int, list[str]]) -> tuple[str, int]:
         """What keeps ``removed`` from going, or ``made_ro`` from becoming
         read-only, in one line (empty if nothing does); and how many
-        partial copies read from the branches that go."""
-        if not removed and not made_ro:
-            return "", 0
-        found = mounts.find(mountpoint)
-        device = os.makedev(*map(int, found.device.split(":"))) if found else None
-        processes = await trio.to_thread.run_sync(_directories_of_processes, device)
+        partial copies read from the branches that go.  ``processes``:
+        the directories processes are in (:func:`_directories_of_processes`)."""
         said, partial_copies = [], 0
         for layer in removed + made_ro:
             going = layer in removed
@@ -247,7 +247,15 @@ class LiveStack:
                             != stat.S_IFMT(after[1].st_mode)):
             stale.entries.append((parent, name))
             if (node := self._inodes.find(old)) is not None:
-                self._inodes.unlink(node, parent, name)
+                self._inodes.unlink(node, parent, name, self._held_if_last(node, before[0]))
+
+    def _held_if_last(self, node: Node, entry: Entry) -> Held | None:
+        """When its last name goes: the file, for the inode the kernel holds
+        (a working directory that was only in a branch taken out is then a
+        removed directory, as after ``rmdir``)."""
+        if len(node.links) > 1 or node.removed is not None:
+            return None
+        return Held(entry.top.layer.open(entry.top.path, os.O_PATH), entry.top.layer.writable)
 
     def _swap(self, layers: list[Layer], wanted: list[Branch], removed: list[Layer],
               stale: _Stale) -> None:
@@ -292,6 +300,11 @@ def _names_touched(before: Entry, after: Entry, changed: set[Layer]) -> set[str]
 def _is_directory(entry: Entry) -> bool:
     st = entry.top.layer.lstat_or_none(entry.top.path)
     return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _device(mountpoint: str) -> int | None:
+    found = mounts.find(mountpoint)
+    return os.makedev(*map(int, found.device.split(":"))) if found else None
 
 
 def _directories_of_processes(device: int | None) -> dict[int, list[str]]:
