@@ -6,7 +6,9 @@ directory, named by the id the upper file's marks carry::
 
     magic (8) | header length (4) | limit (8) | header (JSON) | bitmap
 
-* ``header`` names the lower file: ``{"layer": N, "path": P, "chunk": C}``.
+* ``header`` names the lower file: ``{"layer": N, "path": P, "chunk": C,
+  "origin": I}``: its branch's place in the stack then, its path there, and
+  its union inode number.
 * ``limit``: bytes below it that are in no present chunk come from the lower
   file; everything at or above it comes from the upper file.  It starts at
   the lower file's size and only ever shrinks (truncate).
@@ -44,6 +46,8 @@ class Source:
 
     layer: int
     path: str
+    #: its union inode number (maps made before it was recorded lack it)
+    origin: int | None = None
 
 
 class ChunkMapError(OSError):
@@ -66,8 +70,8 @@ class ChunkMap:
 
     @classmethod
     def create(cls, dir_fd: int, map_id: str, source: Source, limit: int) -> ChunkMap:
-        header = json.dumps({"layer": source.layer, "path": source.path, "chunk": CHUNK},
-                            separators=(",", ":")).encode()
+        header = json.dumps({"layer": source.layer, "path": source.path, "chunk": CHUNK,
+                             "origin": source.origin}, separators=(",", ":")).encode()
         fd = os.open(map_id, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
         try:
@@ -86,7 +90,7 @@ class ChunkMap:
         try:
             raw = os.pread(fd, os.fstat(fd).st_size, 0)
             header, limit, bitmap_at = _parse(raw, map_id)
-            chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
+            chunk_map = cls(fd, _source(header), header["chunk"], limit,
                             bytearray(raw[bitmap_at:]), bitmap_at)
             # Recorded, so that a later extension cannot bring the data back.
             chunk_map.shrink(file_size)
@@ -103,7 +107,7 @@ class ChunkMap:
             header = _parse(os.pread(fd, os.fstat(fd).st_size, 0), map_id)[0]
         finally:
             os.close(fd)
-        return Source(header["layer"], header["path"])
+        return _source(header)
 
     @staticmethod
     def remove(dir_fd: int, map_id: str) -> None:
@@ -154,6 +158,10 @@ class ChunkMap:
 
     def fsync(self) -> None:
         os.fsync(self.fd)
+
+
+def _source(header: dict) -> Source:
+    return Source(header["layer"], header["path"], header.get("origin"))
 
 
 def _parse(raw: bytes, map_id: str) -> tuple[dict, int, int]:

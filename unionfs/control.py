@@ -68,17 +68,18 @@ async def _answer(connection, handle) -> None:
     async with stream:
         _, uid, _ = _CREDENTIALS.unpack(connection.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
-        if uid not in (0, os.geteuid()):
-            reply = {"error": f"only root or the mount's owner (uid {os.geteuid()}) may "
-                              "change its branches"}
-        else:
-            try:
-                reply = await handle(await _read_request(stream))
-            except ValueError as exc:
-                reply = {"error": f"malformed request: {exc}"}
-            except Exception as exc:  # noqa: BLE001 - the mount must go on serving
-                log.exception("control request failed")
-                reply = {"error": f"the daemon failed: {exc}"}
+        try:
+            request = await _read_request(stream)  # all of it: the caller then reads
+            if uid not in (0, os.geteuid()):
+                reply = {"error": f"only root or the mount's owner (uid {os.geteuid()}) may "
+                                  "change its branches"}
+            else:
+                reply = await handle(request)
+        except ValueError as exc:
+            reply = {"error": f"malformed request: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - the mount must go on serving
+            log.exception("control request failed")
+            reply = {"error": f"the daemon failed: {exc}"}
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(json.dumps(reply).encode())
 

@@ -193,15 +193,18 @@ class LiveStack:
             return None  # no name left: it refers to no branch
 
     def _partial_copies_from(self, layer: Layer) -> int:
-        """The partial copies whose absent chunks may come from ``layer``
-        (its file at their source path is a regular file)."""
+        """The partial copies whose absent chunks come from ``layer``: it
+        holds their source file (by number; any regular file at their
+        source path, for maps made before numbers were recorded)."""
         if self._upper is None:
             return 0
         count = 0
         for map_id in os.listdir(self._upper.chunks_fd):
             with contextlib.suppress(OSError):
-                st = layer.lstat_or_none(ChunkMap.source_of(self._upper.chunks_fd, map_id).path)
-                count += st is not None and stat.S_ISREG(st.st_mode)
+                source = ChunkMap.source_of(self._upper.chunks_fd, map_id)
+                st = layer.lstat_or_none(source.path)
+                count += st is not None and stat.S_ISREG(st.st_mode) and (
+                    source.origin is None or self._numbers(st) == source.origin)
         return count
 
     def _stale(self, layers: list[Layer], changed: set[Layer]) -> _Stale:
