@@ -129,7 +129,8 @@ class Changes:
         return Data.ALL
 
     def _new_chunk_map(self, map_id: str, source: Location, st: os.stat_result) -> None:
-        self.upper.new_chunk_map(map_id, Source(source.layer.index, source.path), st.st_size)
+        self.upper.new_chunk_map(map_id, Source(source.layer.index, source.path, self.numbers(st)),
+                                 st.st_size)
 
     def _chunk_map_kept(self, map_id: str | None, path: str):
         """Around the steps that make or unlink the partial file at

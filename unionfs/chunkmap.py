@@ -6,7 +6,9 @@ directory, named by the id the upper file's marks carry::
 
     magic (8) | header length (4) | limit (8) | header (JSON) | bitmap
 
-* ``header`` names the lower file: ``{"layer": N, "path": P, "chunk": C}``.
+* ``header`` names the lower file: ``{"layer": N, "path": P, "chunk": C,
+  "origin": I}``: its branch's place in the stack then, its path there, and
+  its union inode number.
 * ``limit``: bytes below it that are in no present chunk come from the lower
   file; everything at or above it comes from the upper file.  It starts at
   the lower file's size and only ever shrinks (truncate).
@@ -44,6 +46,8 @@ class Source:
 
     layer: int
     path: str
+    #: its union inode number (maps made before it was recorded lack it)
+    origin: int | None = None
 
 
 class ChunkMapError(OSError):
@@ -66,8 +70,8 @@ class ChunkMap:
 
     @classmethod
     def create(cls, dir_fd: int, map_id: str, source: Source, limit: int) -> ChunkMap:
-        header = json.dumps({"layer": source.layer, "path": source.path, "chunk": CHUNK},
-                            separators=(",", ":")).encode()
+        header = json.dumps({"layer": source.layer, "path": source.path, "chunk": CHUNK,
+                             "origin": source.origin}, separators=(",", ":")).encode()
         fd = os.open(map_id, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
         try:
@@ -85,22 +89,25 @@ class ChunkMap:
         fd = os.open(map_id, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             raw = os.pread(fd, os.fstat(fd).st_size, 0)
-            magic, header_len, limit = _FIXED.unpack_from(raw)
-            if magic != _MAGIC:
-                raise ChunkMapError(errno.EIO, f"chunk map {map_id} is not one")
-            bitmap_at = _FIXED.size + header_len
-            header = json.loads(raw[_FIXED.size:bitmap_at])
-            chunk_map = cls(fd, Source(header["layer"], header["path"]), header["chunk"], limit,
+            header, limit, bitmap_at = _parse(raw, map_id)
+            chunk_map = cls(fd, _source(header), header["chunk"], limit,
                             bytearray(raw[bitmap_at:]), bitmap_at)
             # Recorded, so that a later extension cannot bring the data back.
             chunk_map.shrink(file_size)
-        except (struct.error, ValueError, KeyError, TypeError) as exc:
-            os.close(fd)
-            raise ChunkMapError(errno.EIO, f"chunk map {map_id} is damaged: {exc!r}") from None
         except BaseException:
             os.close(fd)
             raise
         return chunk_map
+
+    @staticmethod
+    def source_of(dir_fd: int, map_id: str) -> Source:
+        """Where the map's absent chunks live, read without changing it."""
+        fd = os.open(map_id, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            header = _parse(os.pread(fd, os.fstat(fd).st_size, 0), map_id)[0]
+        finally:
+            os.close(fd)
+        return _source(header)
 
     @staticmethod
     def remove(dir_fd: int, map_id: str) -> None:
@@ -151,3 +158,21 @@ class ChunkMap:
 
     def fsync(self) -> None:
         os.fsync(self.fd)
+
+
+def _source(header: dict) -> Source:
+    return Source(header["layer"], header["path"], header.get("origin"))
+
+
+def _parse(raw: bytes, map_id: str) -> tuple[dict, int, int]:
+    """A map's header, limit, and where its bitmap starts."""
+    try:
+        magic, header_len, limit = _FIXED.unpack_from(raw)
+        if magic != _MAGIC:
+            raise ChunkMapError(errno.EIO, f"chunk map {map_id} is not one")
+        bitmap_at = _FIXED.size + header_len
+        header = json.loads(raw[_FIXED.size:bitmap_at])
+        header["layer"], header["path"], header["chunk"]  # noqa: B018 - all must be there
+        return header, limit, bitmap_at
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ChunkMapError(errno.EIO, f"chunk map {map_id} is damaged: {exc!r}") from None

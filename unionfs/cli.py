@@ -4,14 +4,18 @@
     pyunion mount -o lowerdir=/base,upperdir=/upper,workdir=/work MNT
     pyunion umount MNT
     pyunion flatten MNT [PATH]                     # complete partial copies
+    pyunion branch add|del|mod|ls MNT ...          # change the branches of a live mount
     mount -t fuse.pyunion /upper=rw:/base=ro MNT   # via mount.fuse3 / fstab
+    mount -o remount,add:1:/new=ro,del:/old MNT    # the same, aufs's spelling
 
 mount.fuse3 runs the program as ``pyunion SOURCE MNT -o OPTIONS``; that form
-is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``.
+is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``, and with
+``remount`` among the options it asks the running daemon for the change.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -20,7 +24,7 @@ import time
 
 import click
 
-from . import daemon, mounts, options
+from . import control, daemon, mounts, options, restack
 from .branches import BranchError
 from .whiteout import FLATTEN_XATTR
 
@@ -57,6 +61,11 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
       quota=SIZE                   what the writable branch may hold (bytes, or k, m, g, t):
                                    writes past it fail with ENOSPC; df shows it as the size
     """
+    if any("remount" in arg.split(",") for arg in option_args):
+        # mount -o remount,add:1:/new=ro MNT, through mount.fuse3
+        _ask_daemon(mountpoint, lambda: {"changes": [c.to_json() for c in
+                                                     restack.parse_remount(list(option_args))]})
+        return
     debugging = logging.getLogger().isEnabledFor(logging.DEBUG)
     try:
         config = options.parse(list(option_args), mountpoint, source)
@@ -108,6 +117,83 @@ def flatten(mountpoint: str, path: str | None) -> None:
         os.setxattr(target, FLATTEN_XATTR, b"", follow_symlinks=False)
     except OSError as exc:
         raise click.ClickException(f"cannot flatten {target}: {exc.strerror}") from None
+
+
+@cli.group()
+def branch() -> None:
+    """Change the branches of a mounted union (as root or its owner).
+
+    \b
+    Taking a branch out, or making the rw branch ro, is refused while
+    something uses it (an open file or memory map of it, a partial copy
+    reading from it, an open directory or a process's working directory
+    that lies in it; for ro, a file open for writing).  --force goes on:
+    partial copies are completed first, open files keep the file they
+    opened (writes to a branch no longer writable fail with EROFS), and a
+    working directory that was only in the branch becomes a removed one.
+    """
+
+
+@branch.command("add")
+@click.argument("mountpoint")
+@click.argument("directory", metavar="DIR[=ro|rw]")
+@click.option("--index", type=click.IntRange(min=0), metavar="N",
+              help="Where it goes: 0 is the top (default: just below the writable branch).")
+def branch_add(mountpoint: str, directory: str, index: int | None) -> None:
+    """Add DIR to the union on MOUNTPOINT (read-only unless =rw)."""
+    _change_branch(mountpoint, "add", directory, index=index)
+
+
+@branch.command("del")
+@click.argument("mountpoint")
+@click.argument("directory", metavar="DIR")
+@click.option("--force", is_flag=True, help="Take it out even while in use (see above).")
+def branch_del(mountpoint: str, directory: str, force: bool) -> None:
+    """Take DIR out of the union on MOUNTPOINT."""
+    _change_branch(mountpoint, "del", directory, force=force)
+
+
+@branch.command("mod")
+@click.argument("mountpoint")
+@click.argument("directory", metavar="DIR=ro|rw")
+@click.option("--force", is_flag=True, help="Make it ro even while written (see above).")
+def branch_mod(mountpoint: str, directory: str, force: bool) -> None:
+    """Make the branch DIR read-only or writable again."""
+    _change_branch(mountpoint, "mod", directory, force=force)
+
+
+@branch.command("ls")
+@click.argument("mountpoint")
+@click.option("--json", "as_json", is_flag=True, help="As a JSON list.")
+def branch_ls(mountpoint: str, as_json: bool) -> None:
+    """List the branches of MOUNTPOINT, top first: index, mode, path."""
+    stack = _ask_daemon(mountpoint, lambda: {})
+    if as_json:
+        click.echo(json.dumps([{"index": i, **b} for i, b in enumerate(stack)]))
+    else:
+        for i, b in enumerate(stack):
+            click.echo(f"{i}\t{b['mode']}\t{b['path']}")
+
+
+def _change_branch(mountpoint: str, action: str, directory: str, index: int | None = None,
+                   force: bool = False) -> None:
+    _ask_daemon(mountpoint, lambda: {
+        "changes": [restack.branch_argument(directory, action, index).to_json()],
+        "force": force})
+
+
+def _ask_daemon(mountpoint: str, make_request) -> list[dict]:
+    """Send the request ``make_request`` builds to the daemon of
+    ``mountpoint``; the branches it has then.  Every failure is one line."""
+    mnt = os.path.realpath(mountpoint)
+    if not _is_pyunion_mount(mnt):
+        raise click.ClickException(f"{mnt} is not a pyunion mount")
+    try:
+        return control.request(daemon.control_path(mnt), make_request())["branches"]
+    except BranchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except control.ControlError as exc:
+        raise click.ClickException(f"{mnt}: {exc}") from None
 
 
 def _is_pyunion_mount(mnt: str) -> bool:

@@ -12,10 +12,11 @@ Each daemon records its PID in ``/run/pyunion/`` under its mount point's
 name, so ``pyunion umount`` can wait for it to be gone.  It holds a lock on
 its record while it lives, so the next daemon that starts knows the records
 of killed ones (whatever started them: pyunion, pycontainer) and removes
-them.  A
-daemon that fails after its mount was ready (a flatten at unmount that runs
-out of space, say) logs one line and leaves that line in a failure record
-beside, for ``pyunion umount`` to report.
+them.  Beside its record it takes requests to change its branches
+(``control.py``, ``live.py``).  A daemon that fails after its mount was
+ready (a flatten at unmount that runs out of space, say) logs one line and
+leaves that line in a failure record beside, for ``pyunion umount`` to
+report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -30,12 +33,13 @@ import resource
 import signal
 import tempfile
 import urllib.parse
-from typing import Callable
+from typing import Awaitable, Callable
 
 import pyfuse3
 import trio
 
-from . import mounts, upperlock
+from . import control, mounts, restack, upperlock
+from .branches import BranchError
 from .fs import UnionOperations
 from .handles import PageCache
 from .layer import Layer
@@ -81,6 +85,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         layers = [MeteredLayer(branch, i, quota) if i == 0 and config.quota is not None
                   else Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
         upper = Upper(layers[0], config.stack.workdir, quota) if layers[0].writable else None
+        operations = None
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
@@ -93,13 +98,15 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                     raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
             # The kernel sets the readahead when the daemon answers its INIT.
             operations.after_init = lambda: _widen_readahead(config.mountpoint)
-            with _records(config.mountpoint):
+            with _records(config.mountpoint) as recorded:
                 try:
                     if upper is not None:
                         upper.prepare()
                         operations.recover()
                         upper.count()
-                    trio.run(_main_loop, on_ready)
+                    controls = functools.partial(_answer_control, operations, config)
+                    trio.run(_main_loop, on_ready,
+                             control_path(config.mountpoint) if recorded else None, controls)
                 finally:
                     pyfuse3.close(unmount=True)
                 if config.flatten_at_umount:
@@ -109,6 +116,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                 upper.close()
             for layer in layers:
                 layer.close()
+            if operations is not None:
+                operations.close()
 
 
 def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool = False) -> int:
@@ -188,12 +197,34 @@ def _live_pid(pidfile: str) -> int | None:
         os.close(fd)
 
 
-async def _main_loop(on_ready: Callable[[], None]) -> None:
+async def _main_loop(on_ready: Callable[[], None], control_at: str | None,
+                     controls: Callable[[dict], Awaitable[dict]]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        if control_at is not None:
+            await nursery.start(control.serve, control_at, controls)
         on_ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _answer_control(operations: UnionOperations, config: MountConfig,
+                          request: dict) -> dict:
+    """A request on the control channel: list the branches, or change them."""
+    try:
+        changes = [restack.Change.from_json(c) for c in request.get("changes", [])]
+        if changes:
+            stack = await operations.change_branches(changes, config.mountpoint,
+                                                     config.stack.workdir,
+                                                     force=bool(request.get("force")))
+            log.info("branches now %s", ":".join(f"{b.path}={b.mode.value}" for b in stack))
+        else:
+            stack = operations.branches()
+    except BranchError as exc:
+        return {"error": str(exc)}
+    except OSError as exc:
+        return {"error": f"{exc.filename or 'branch change'}: {exc.strerror}"}
+    return {"branches": [{"path": b.path, "mode": b.mode.value} for b in stack]}
 
 
 async def _stop_on_signal() -> None:
@@ -287,6 +318,13 @@ def pidfile_path(mountpoint: str) -> str:
     return _record_path(mountpoint, ".pid")
 
 
+def control_path(mountpoint: str) -> str:
+    """Where the daemon serving ``mountpoint`` takes requests (``control``):
+    named by a digest, since a socket's path must fit in 108 bytes."""
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:32]
+    return os.path.join(PID_DIR, digest + ".sock")
+
+
 def _failure_path(mountpoint: str) -> str:
     return _record_path(mountpoint, ".failed")
 
@@ -306,15 +344,17 @@ def _records(mountpoint: str):
         os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
         for name in os.listdir(PID_DIR):  # left by daemons that were killed
             if name.endswith(".pid") and _live_pid(os.path.join(PID_DIR, name)) is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(PID_DIR, name))
+                left = urllib.parse.unquote_to_bytes(name.removesuffix(".pid"))
+                for stale in (os.path.join(PID_DIR, name), control_path(os.fsdecode(left))):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(stale)
         with contextlib.suppress(FileNotFoundError):  # of an earlier daemon here
             os.unlink(_failure_path(mountpoint))
         held = _locked_record(path, f"{os.getpid()}\n")
     except OSError:
         path = held = None
     try:
-        yield
+        yield path is not None
     except BaseException as exc:
         if path:
             with contextlib.suppress(OSError):

@@ -42,9 +42,12 @@ from .changes import Changes
 from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache, private_copy
 from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
+from .branches import Branch
 from .layer import ROOT, Layer
+from .live import LiveStack
 from .partial import PartialFiles
 from .quota import UNLIMITED
+from .restack import Change
 from .target import Target
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
@@ -141,11 +144,27 @@ class UnionOperations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._change_lock = trio.Lock()
         self._max_open = max_open
+        self._live = LiveStack(layers, self.tree, self.numbers, self.inodes, self._open_files,
+                               upper, self._partials, self._entry,
+                               lambda: [listing.ino for listing in self._dir_listings.values()])
         #: run once the kernel has been answered its INIT
         self.after_init: Callable[[], None] = lambda: None
 
     def init(self):
         trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
+
+    def branches(self) -> list[Branch]:
+        return [layer.branch for layer in self.tree.layers]
+
+    async def change_branches(self, changes: list[Change], mountpoint: str,
+                              workdir: str | None, force: bool = False) -> list[Branch]:
+        """Change the branches of the live mount (``live.py``)."""
+        async with self._change_lock:
+            return await self._live.change(changes, mountpoint, workdir, force)
+
+    def close(self) -> None:
+        """At the end: close the branches taken out while mounted."""
+        self._live.close()
 
     def recover(self) -> None:
         """Before the first request: finish or undo the changes a killed
@@ -453,7 +472,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @property
     def _writer(self) -> Changes:
-        if self._changes is None:
+        if self._changes is None or not self.tree.layers[0].writable:
             raise FUSEError(errno.EROFS)
         return self._changes
 
@@ -570,6 +589,7 @@ class UnionOperations(pyfuse3.Operations):
     async def _target(self, node: Node, with_data: bool = True) -> Target:
         """What a change to ``node``'s attributes acts on: its entry, copied
         up first; or, for an open file with no name left, a descriptor."""
+        self._writer  # noqa: B018 - EROFS on a read-only union
         if self._nameless(node) is None:
             return Target(await self._copied_up(node, with_data), quota=self._quota)
         if node.fds:

@@ -28,6 +28,7 @@ from pyfuse3 import FileInfo
 
 from .copyup import copy_data
 from .inodes import Node
+from .layer import Layer
 from .partial import PartialFile, PartialFiles
 from .quota import SECTOR, UNLIMITED
 from .tree import Entry
@@ -61,6 +62,10 @@ class _OpenFile:
     lower_only: bool = False
     #: the descriptor is of a file of the writable branch (a quota holder)
     held: bool = False
+    #: the branch of the file the descriptor is on
+    layer: Layer | None = None
+    #: opened for writing
+    writing: bool = False
 
 
 class OpenFiles:
@@ -71,6 +76,10 @@ class OpenFiles:
         self._partials = partials
         self._pagecache = pagecache
         self._files: dict[int, _OpenFile] = {}
+        #: False once the writable branch was made read-only or taken out
+        #: (``pyunion branch ... --force``): writes through handles already
+        #: open fail with EROFS
+        self.writable = True
 
     def __len__(self) -> int:
         return len(self._files)
@@ -85,7 +94,8 @@ class OpenFiles:
     def adopt(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
         """Make the open descriptor ``fd`` a handle (closed on failure)."""
         open_file = _OpenFile(node, sync=bool(flags & (os.O_SYNC | os.O_DSYNC)),
-                              lower_only=not entry.top.layer.writable)
+                              lower_only=not entry.top.layer.writable, layer=entry.top.layer,
+                              writing=flags & os.O_ACCMODE != os.O_RDONLY)
         try:
             if entry.marks.partial is not None:
                 open_file.partial = self._partials.acquire(entry.top, entry.marks)
@@ -114,6 +124,8 @@ class OpenFiles:
         return await trio.to_thread.run_sync(os.pread, fh, size, offset)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
+        if not self.writable:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         open_file = self._files[fh]
         if open_file.partial is None:
             with self._quota.measured(fh):
@@ -123,6 +135,14 @@ class OpenFiles:
         if open_file.sync:
             open_file.partial.fsync(datasync=True)
         return written
+
+    def users_of(self, layer: Layer, writing: bool = False) -> int:
+        """How many handles are on files of ``layer``, or read a partial
+        copy's data from it (with ``writing``: only those open for writing)."""
+        return sum(1 for f in self._files.values()
+                   if (f.layer is layer or (f.partial is not None
+                                            and f.partial.lower_layer is layer))
+                   and (f.writing or not writing))
 
     def node(self, fh: int) -> Node:
         return self._files[fh].node
@@ -179,6 +199,7 @@ class OpenFiles:
             if not open_file.lower_only:
                 continue
             open_file.lower_only = False
+            open_file.layer = entry.top.layer
             if entry.marks.partial is not None:
                 open_file.partial = self._partials.acquire(entry.top, entry.marks)
             else:

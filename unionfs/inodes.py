@@ -47,6 +47,10 @@ class InodeNumbers:
         # The root is always ROOT_INODE, so its own number is free: a file
         # whose number would clash with ROOT_INODE gets it instead.
         self._root_stand_in = self._compose(root)
+        #: a directory that came to stand on another branch's directory in
+        #: a live change of the stack keeps its number (cwds and mounts on it
+        #: stay valid): the real (st_dev, st_ino) of its new top -> number
+        self._kept: dict[tuple[int, int], int] = {}
 
     def of(self, entry: Entry, st: os.stat_result) -> int:
         """The number of ``entry``: the one it had before any copy-up."""
@@ -57,8 +61,14 @@ class InodeNumbers:
     def __call__(self, st: os.stat_result) -> int:
         if (st.st_dev, st.st_ino) == self._root:
             return ROOT_INODE
+        if (kept := self._kept.get((st.st_dev, st.st_ino))) is not None:
+            return kept
         number = self._compose(st)
         return self._root_stand_in if number == ROOT_INODE else number
+
+    def keep(self, st: os.stat_result, number: int) -> None:
+        """From now on, the entry whose real stat is ``st`` has ``number``."""
+        self._kept[(st.st_dev, st.st_ino)] = number
 
     def _compose(self, st: os.stat_result) -> int:
         if st.st_ino >> _FS_SHIFT:
@@ -127,6 +137,9 @@ class InodeTable:
 
     def find(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
 
     def new_epoch(self) -> None:
         self.epoch += 1

@@ -31,7 +31,8 @@ import functools
 import os
 from typing import Iterator
 
-from .branches import Branch
+from .branches import Branch, Mode
+from .whiteout import META_DIR
 
 ROOT = "."
 _LISTINGS_KEPT = 4096  # directories of a read-only branch whose names are kept
@@ -70,6 +71,9 @@ class Layer:
         self.index = index
         self.fd = os.open(branch.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._names = functools.lru_cache(maxsize=_LISTINGS_KEPT)(self._read_names)
+        #: its entries may carry pyunion's marks (``tree.read_marks``): it is
+        #: writable, or was a writable branch once
+        self.keeps_marks = branch.writable or self.lstat_or_none(META_DIR) is not None
 
     def __repr__(self) -> str:
         return f"<Layer {self.index} {self.branch.path} {self.branch.mode.value}>"
@@ -80,6 +84,12 @@ class Layer:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def set_mode(self, mode: Mode) -> None:
+        """Make the branch ``rw`` or ``ro`` (a live change of the stack);
+        its kept names are read afresh from then on."""
+        self.branch = Branch(self.branch.path, mode)
+        self._names.cache_clear()
 
     @contextlib.contextmanager
     def at(self, path: str) -> Iterator[tuple[int, str]]:

@@ -64,8 +64,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class PartialFile:
     def __init__(self, map_id: str, upper_fd: int, lower_fd: int, chunk_map: ChunkMap,
-                 quota: Quota | Unlimited = UNLIMITED):
+                 quota: Quota | Unlimited = UNLIMITED, lower_layer: Layer | None = None):
         self.map_id = map_id
+        #: the branch its absent chunks come from
+        self.lower_layer = lower_layer
         self.upper_fd = upper_fd
         self._lower_fd = lower_fd
         self._map = chunk_map
@@ -303,25 +305,29 @@ class PartialFiles:
             os.close(upper)
             raise
         try:
-            lower = self._open_lower(chunk_map.source, marks.origin, top.path)
+            lower_layer, lower = self._open_lower(chunk_map.source, marks.origin, top.path)
         except BaseException:
             os.close(upper)
             chunk_map.close()
             raise
-        partial = PartialFile(marks.partial, upper, lower, chunk_map, self._quota)
+        partial = PartialFile(marks.partial, upper, lower, chunk_map, self._quota, lower_layer)
         for fd in partial.held_fds:
             self._quota.hold(fd)
         return partial
 
-    def _open_lower(self, source: Source, origin: int, path: str) -> int:
-        """The lower file, checked to be the one the copy was made from (a
-        remount over other branches must not mix in another file's data)."""
-        try:
-            fd = self._layers[source.layer].open(source.path, os.O_RDONLY)
-        except (IndexError, FileNotFoundError):
-            fd = None
-        if fd is not None and self._numbers(os.fstat(fd)) == origin:
-            return fd
-        if fd is not None:
+    def _open_lower(self, source: Source, origin: int, path: str) -> tuple[Layer, int]:
+        """The lower file and its branch, checked to be the one the copy was
+        made from (a remount over other branches must not mix in another
+        file's data).  The map names the branch by its place in the stack
+        then; branches added or removed since move it, so the others are
+        asked too."""
+        recorded = self._layers[source.layer:source.layer + 1]
+        for layer in recorded + [l for l in self._layers if l not in recorded and not l.writable]:
+            try:
+                fd = layer.open(source.path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if self._numbers(os.fstat(fd)) == origin:
+                return layer, fd
             os.close(fd)
-        raise OSError(errno.EIO, f"the lower data of {path} is gone from {source}")
+        raise OSError(errno.EIO, f"the lower data of {path} is gone from {source.path}")

@@ -109,7 +109,8 @@ class Tree:
         st = top.layer.lstat_or_none(top.path)
         if st is None or is_whiteout_device(st.st_mode, st.st_rdev):
             return None
-        below = [loc for loc in parent.locations if loc.layer.index > top.layer.index]
+        layers = [location.layer for location in parent.locations]
+        below = parent.locations[layers.index(top.layer) + 1:]
         return self._complete(child(parent.path, name), (top, st), _matches(below, name))
 
     def listdir(self, directory: Entry) -> dict[str, Location]:
@@ -138,9 +139,9 @@ class Tree:
             indexed = self.index.find(st)
             if indexed is not None:
                 top, st = indexed, indexed.layer.lstat(indexed.path)
-        marks = read_marks(top) if top.layer.writable else NO_MARKS
+        marks = read_marks(top) if top.layer.keeps_marks else NO_MARKS
         locations = [top]
-        if stat.S_ISDIR(st.st_mode) and not _is_opaque(top):
+        if stat.S_ISDIR(st.st_mode) and not is_opaque(top):
             if marks.redirect is not None:
                 locations += self._redirected(marks.redirect, top.layer)
             else:
@@ -148,13 +149,13 @@ class Tree:
                     if not stat.S_ISDIR(lower_st.st_mode):
                         break
                     locations.append(location)
-                    if _is_opaque(location):
+                    if is_opaque(location):
                         break
         return Entry(path, tuple(locations), marks), st
 
     def _redirected(self, path: str, above: Layer) -> tuple[Location, ...]:
         """The directory at ``path`` in the branches below ``above``."""
-        roots = Entry(ROOT, _stack_roots([l for l in self.layers if l.index > above.index]))
+        roots = Entry(ROOT, _stack_roots(self.layers[self.layers.index(above) + 1:]))
         try:
             found = _walk(self.lookup, roots, path)
         except (FileNotFoundError, NotADirectoryError):
@@ -203,11 +204,11 @@ def _stack_roots(layers: list[Layer]) -> tuple[Location, ...]:
     locations = []
     for layer in layers:
         locations.append(Location(layer, ROOT))
-        if _is_opaque(locations[-1]):
+        if is_opaque(locations[-1]):
             break
     return tuple(locations)
 
 
-def _is_opaque(location: Location) -> bool:
+def is_opaque(location: Location) -> bool:
     layer, path = location
     return layer.may_hold(path, OPAQUE) and layer.lstat_or_none(child(path, OPAQUE)) is not None
