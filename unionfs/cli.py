@@ -12,6 +12,7 @@ is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -76,8 +77,11 @@ def umount(mountpoint: str) -> None:
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
     pid = daemon.pid_of(mnt)
+    # A mount whose daemon died is detached even if still in use: nothing
+    # it holds can be written any more.
+    lazy = ["-z"] if pid is None and _disconnected(mnt) else []
     # Its messages name the mount point, whose bytes need not be UTF-8.
-    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True,
+    done = subprocess.run(["fusermount3", "-u", *lazy, mnt], capture_output=True, text=True,
                           errors="surrogateescape")
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
@@ -113,6 +117,16 @@ def flatten(mountpoint: str, path: str | None) -> None:
 def _is_pyunion_mount(mnt: str) -> bool:
     found = mounts.find(mnt)
     return found is not None and found.fstype == f"fuse.{options.FSTYPE}"
+
+
+def _disconnected(mnt: str) -> bool:
+    """True for a FUSE mount whose daemon is gone: statfs, which the
+    kernel never answers from its cache, fails with ENOTCONN."""
+    try:
+        os.statvfs(mnt)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
