@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 
 from helpers import DIR, build, pyunion
+from unionfs.layer import renameat2
 from stacks import BASE_MTIME_NS, WHITEOUT_PREFIX, Dir, File, Link, Whiteout
 from test_writes_against_overlayfs import Pair
 
 T = BASE_MTIME_NS
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
 
 
 def _layer(index: int, spec: dict) -> dict:
@@ -211,6 +214,14 @@ def _writes(mnt: Path) -> list[str]:
         attempt(lambda: (mnt / "top").mkdir()),
         # the merged directory "deep/sub" (opaque in L1) to another directory
         attempt(lambda: os.rename(mnt / "deep/sub", mnt / "alt/sub")),
+        # in a merged directory with a whiteout in L2: a name made over it by rename
+        attempt(lambda: (mnt / "deep/new").write_text("new")),
+        attempt(lambda: os.rename(mnt / "deep/k5", mnt / "deep/k4")),
+        # a name over a whiteout over a file, removed
+        attempt(lambda: os.unlink(mnt / "reborn")),
+        # a directory (over a file, over a directory) swapped with a copied-up file
+        attempt(lambda: renameat2(AT_FDCWD, str(mnt / "alt"), AT_FDCWD, str(mnt / "n2"),
+                                  RENAME_EXCHANGE)),
     ]
 
 
@@ -219,6 +230,7 @@ def test_writes_over_clashes_match_overlayfs_and_the_rules(pair, unions):
     fresh_ino = os.stat(pair.union / "rebornd").st_ino
     outcomes = _writes(pair.union)
     assert outcomes == _writes(pair.ovl)
+    assert set(outcomes) == {"ok", "EISDIR", "ENOTDIR"}
     assert outcomes[10:13] == ["EISDIR", "ENOTDIR", "ENOTDIR"]
     seen = view(pair.union)
     assert view(pair.ovl) == seen
@@ -237,14 +249,33 @@ def test_writes_over_clashes_match_overlayfs_and_the_rules(pair, unions):
         "gone": ("f", "new"), "top": ("d", None),
         "alt/sub": ("d", None), "alt/sub/s0": ("f", "L0:deep/sub/s0"),
         "alt/sub/s1": ("f", "L1:deep/sub/s1"),
+        "deep/new": ("f", "new"), "deep/k4": want.pop("deep/k5"),
     })
+    del want["reborn"]
+    want = {_swapped(path): what for path, what in want.items()}
     assert seen == want
-    assert os.stat(pair.union / "n2").st_ino == n2_ino
+    for rel in AFTER_WRITES_HIDDEN:
+        assert _errno_of(pair.union / rel) in ("ENOENT", "ENOTDIR"), rel
+        assert _errno_of(pair.union / rel) == _errno_of(pair.ovl / rel), rel
+    assert os.stat(pair.union / "alt").st_ino == n2_ino
     assert os.stat(pair.union / "fresh").st_ino == fresh_ino
 
+    numbers = {path: os.lstat(pair.union / path).st_ino for path in seen}
     pyunion("umount", str(pair.union))
     unions.mount([pair.union_upper, *pair.union_lowers], rw=True, mnt=pair.union)
     assert view(pair.union) == seen
+    assert {path: os.lstat(pair.union / path).st_ino for path in seen} == numbers
+
+
+AFTER_WRITES_HIDDEN = ["merge/m3", "opq/o2", "reborn", "top/t2", "gonedir/g3", "gonedir/d3",
+                       "rebornd/r0", "fresh/r3", "deep/k5", "n", "n/inner", "n/deep", "alt/c2",
+                       "n2/c2", "alt/under", "n2/under"]
+
+
+def _swapped(path: str) -> str:
+    """Where ``path`` is once "alt" and "n2" have been exchanged."""
+    top, sep, rest = path.partition("/")
+    return {"alt": "n2", "n2": "alt"}.get(top, top) + sep + rest
 
 
 def test_a_whiteout_beside_a_directory_stops_the_merge_below(tmp_path, unions):
