@@ -73,17 +73,24 @@ def spelling(request):
 
 
 def view(mnt: Path) -> dict[str, tuple]:
-    """What identifies each entry: kind, st_ino, st_nlink, mode, size, data."""
-    seen = {}
-    for dirpath, dirnames, filenames in os.walk(mnt):
-        for name in [".", *dirnames, *filenames] if dirpath == str(mnt) else [*dirnames,
-                                                                               *filenames]:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            data = (hashlib.sha256(Path(path).read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode)
-                    else os.readlink(path) if stat.S_ISLNK(st.st_mode) else None)
-            seen[os.path.normpath(os.path.relpath(path, mnt))] = (
-                stat.S_IFMT(st.st_mode), st.st_ino, st.st_nlink, st.st_mode, st.st_size, data)
+    """What identifies each entry: kind, st_ino, st_nlink, mode, size, data
+    (checking on the way that each listing gives the number lstat gives)."""
+    st = os.lstat(mnt)
+    seen = {".": (stat.S_IFMT(st.st_mode), st.st_ino, st.st_nlink, st.st_mode, st.st_size, None)}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        for entry in os.scandir(mnt / rel):
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            st = entry.stat(follow_symlinks=False)
+            assert entry.inode() == st.st_ino, f"{path}: d_ino {entry.inode()}, st_ino {st.st_ino}"
+            data = (hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
+                    if stat.S_ISREG(st.st_mode)
+                    else os.readlink(entry.path) if stat.S_ISLNK(st.st_mode) else None)
+            seen[path] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_nlink, st.st_mode,
+                          st.st_size, data)
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(path)
     return seen
 
 
@@ -102,7 +109,12 @@ def change(mnt: Path) -> None:
         f.write(" and changed")
     os.link(mnt / "new", mnt / "new_link")
     os.link(mnt / "deep/file", mnt / "deep_link")  # a link made to a lower file
-    os.rename(mnt / "tree", mnt / "moved")  # a merged directory, by redirect
+    os.link(mnt / "big", mnt / "big_link")  # a link to a partial copy
+    os.rename(mnt / "h2", mnt / "h2_moved")  # an indexed name, renamed
+    os.rename(mnt / "tree", mnt / "moved_once")  # a merged directory, by redirect
+    os.rename(mnt / "moved_once", mnt / "moved")  # and again
+    with open(mnt / "moved/a/y", "r+b") as f:  # copied up under its new name
+        f.write(b"Y")
     os.unlink(mnt / "merged/two")
     (mnt / "merged/sub").mkdir()
     os.rmdir(mnt / "gone")
@@ -111,11 +123,12 @@ def change(mnt: Path) -> None:
 
 def check_identity(before: dict, after: dict) -> None:
     """Numbers kept by the changes, and hard links that share them."""
-    for old, new in [("f", "f"), ("big", "big"), ("meta", "meta"), ("h1", "h1"), ("h2", "h2"),
+    for old, new in [("f", "f"), ("big", "big"), ("meta", "meta"), ("h1", "h1"), ("h2", "h2_moved"),
                      ("tree", "moved"), ("tree/a/x", "moved/a/x"), ("tree/a/y", "moved/a/y"),
                      ("deep/file", "deep/file")]:
         assert after[new][1] == before[old][1], f"{old} -> {new}: number changed"
-    for a, b, links in [("h1", "h2", 2), ("new", "new_link", 2), ("deep/file", "deep_link", 2)]:
+    for a, b, links in [("h1", "h2_moved", 2), ("new", "new_link", 2), ("big", "big_link", 2),
+                        ("deep/file", "deep_link", 2)]:
         assert after[a][1] == after[b][1] and after[a][2] == after[b][2] == links, (a, b)
     assert after["moved/a/y"][0] == stat.S_IFREG and "tree" not in after
 
