@@ -77,12 +77,11 @@ def umount(mountpoint: str) -> None:
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
     pid = daemon.pid_of(mnt)
-    # A mount whose daemon died is detached even if still in use: nothing
-    # it holds can be written any more.
-    lazy = ["-z"] if pid is None and _disconnected(mnt) else []
-    # Its messages name the mount point, whose bytes need not be UTF-8.
-    done = subprocess.run(["fusermount3", "-u", *lazy, mnt], capture_output=True, text=True,
-                          errors="surrogateescape")
+    done = _fusermount(mnt)
+    if done.returncode != 0 and pid is None and _disconnected(mnt):
+        # Its daemon died and files are still open on it: detach it, since
+        # nothing it holds can be written any more.
+        done = _fusermount(mnt, "-z")
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise click.ClickException(message[0])
@@ -117,6 +116,13 @@ def flatten(mountpoint: str, path: str | None) -> None:
 def _is_pyunion_mount(mnt: str) -> bool:
     found = mounts.find(mnt)
     return found is not None and found.fstype == f"fuse.{options.FSTYPE}"
+
+
+def _fusermount(mnt: str, *flags: str) -> subprocess.CompletedProcess:
+    """``fusermount3 -u``; its messages name the mount point, whose bytes
+    need not be UTF-8."""
+    return subprocess.run(["fusermount3", "-u", *flags, mnt], capture_output=True, text=True,
+                          errors="surrogateescape")
 
 
 def _disconnected(mnt: str) -> bool:
