@@ -201,6 +201,8 @@ try:
         with open(f"{mnt}/new/{i}", "w") as f:
             f.write(f"closed {i}")
         ack("closed", i)
+        os.link(f"{mnt}/h1", f"{mnt}/links/{i}")  # the union's link count moves
+        ack("linked", i)
 except OSError as exc:
     ack("error", exc.errno)
 sys.stdin.read()  # the files stay open on the dead mount until told
@@ -214,6 +216,7 @@ def test_a_daemon_killed_under_a_writer_keeps_what_was_acknowledged(tmp_path, un
     mnt = stack.mount(unions)
     os.link(mnt / "h1", mnt / "h3")
     (mnt / "new").mkdir()
+    (mnt / "links").mkdir()
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mnt)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -240,7 +243,10 @@ def test_a_daemon_killed_under_a_writer_keeps_what_was_acknowledged(tmp_path, un
             writer.wait(timeout=60)
     mnt = remounted(stack, unions)
     assert {p: os.lstat(mnt / p).st_ino for p in numbers} == numbers
-    assert os.stat(mnt / "h1").st_nlink == 3
+    links = [mnt / name for name in ("h1", "h2", "h3")] + list((mnt / "links").iterdir())
+    assert len(links) >= 3 + acked["linked"] + 1
+    assert {(os.lstat(p).st_ino, os.lstat(p).st_nlink) for p in links} == {
+        (numbers["h1"], len(links))}
     log = (mnt / "log").read_bytes()
     assert log[:RECORD * (acked["log"] + 1)] == b"".join(
         f"{i:063d}\n".encode() for i in range(acked["log"] + 1))
