@@ -51,8 +51,8 @@ class Unions:
         pyunion("umount", str(mnt))
 
     def mount_overlay_style(self, lower: list[Path], upper: Path, work: Path,
-                            *options: str) -> Path:
-        mnt = self.new_mountpoint()
+                            *options: str, mnt: Path | None = None) -> Path:
+        mnt = mnt or self.new_mountpoint()
         self.track(mnt, lower)
         pyunion("mount", "-o", ",".join([f"lowerdir={':'.join(map(str, lower))},"
                                          f"upperdir={upper},workdir={work}", *options]), str(mnt))

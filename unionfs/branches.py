@@ -19,6 +19,7 @@ This module only reads the file system; opening branches for use is
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -155,10 +156,13 @@ def _absolute(path: str, index: int | None) -> str:
 def _require_directory(path: str, what: str) -> None:
     try:
         st = os.stat(path)
+        os.statvfs(path)  # a dead FUSE mount may answer stat from the kernel's cache
     except FileNotFoundError:
         raise BranchError(f"{what} {path}: no such directory") from None
     except OSError as exc:
-        raise BranchError(f"{what} {path}: {exc.strerror}") from None
+        dead = (" (a FUSE mount whose daemon died: unmount it first)"
+                if exc.errno == errno.ENOTCONN else "")
+        raise BranchError(f"{what} {path}: {exc.strerror}{dead}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise BranchError(f"{what} {path}: not a directory")
 

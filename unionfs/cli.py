@@ -15,6 +15,7 @@ is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``, and with
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -85,9 +86,11 @@ def umount(mountpoint: str) -> None:
     if not _is_pyunion_mount(mnt):
         raise click.ClickException(f"{mnt} is not a pyunion mount")
     pid = daemon.pid_of(mnt)
-    # Its messages name the mount point, whose bytes need not be UTF-8.
-    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True,
-                          errors="surrogateescape")
+    done = _fusermount(mnt)
+    if done.returncode != 0 and pid is None and _disconnected(mnt):
+        # Its daemon died and files are still open on it: detach it, since
+        # nothing it holds can be written any more.
+        done = _fusermount(mnt, "-z")
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise click.ClickException(message[0])
@@ -199,6 +202,23 @@ def _ask_daemon(mountpoint: str, make_request) -> list[dict]:
 def _is_pyunion_mount(mnt: str) -> bool:
     found = mounts.find(mnt)
     return found is not None and found.fstype == f"fuse.{options.FSTYPE}"
+
+
+def _fusermount(mnt: str, *flags: str) -> subprocess.CompletedProcess:
+    """``fusermount3 -u``; its messages name the mount point, whose bytes
+    need not be UTF-8."""
+    return subprocess.run(["fusermount3", "-u", *flags, mnt], capture_output=True, text=True,
+                          errors="surrogateescape")
+
+
+def _disconnected(mnt: str) -> bool:
+    """True for a FUSE mount whose daemon is gone: statfs, which the
+    kernel never answers from its cache, fails with ENOTCONN."""
+    try:
+        os.statvfs(mnt)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:

@@ -106,12 +106,12 @@ class Tree:
     def entry_at(self, parent: Entry, name: str, top: Location):
         """The entry of a name whose top location is already known (from
         :meth:`listdir`), or None if it went away since."""
-        st = top.layer.lstat_or_none(top.path)
-        if st is None or is_whiteout_device(st.st_mode, st.st_rdev):
-            return None
         layers = [location.layer for location in parent.locations]
-        below = parent.locations[layers.index(top.layer) + 1:]
-        return self._complete(child(parent.path, name), (top, st), _matches(below, name))
+        matches = _matches(parent.locations[layers.index(top.layer):], name)
+        first = next(matches, None)
+        if first is None or first[0] != top:
+            return None
+        return self._complete(child(parent.path, name), first, matches)
 
     def listdir(self, directory: Entry) -> dict[str, Location]:
         """The visible names of a directory, each with its topmost location.
@@ -186,7 +186,8 @@ def read_marks(location: Location) -> Marks:
 
 
 def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
-    """Each branch's ``name`` in ``directories``, top-down, until a whiteout."""
+    """Each branch's ``name`` in ``directories``, top-down, until a whiteout
+    (which may sit beside the name in the branch that ends the descent)."""
     whiteout = named_whiteout(name)
     for layer, dir_path in directories:
         path = child(dir_path, name)
@@ -195,7 +196,8 @@ def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
             if is_whiteout_device(st.st_mode, st.st_rdev):
                 return
             yield Location(layer, path), st
-        elif whiteout and layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
+        # A whiteout beside the name hides what lies below it, not the name.
+        if whiteout and layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
                 child(dir_path, whiteout)):
             return
 
