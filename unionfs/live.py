@@ -63,6 +63,8 @@ class _Stale:
     attributes: set[int] = field(default_factory=set)
     #: (real stat of a directory's new top, the number it keeps)
     kept: list[tuple[os.stat_result, int]] = field(default_factory=list)
+    #: (node, directory inode, name, its old entry): links that go
+    dropped: list[tuple[Node, int, str, Entry]] = field(default_factory=list)
 
 
 class LiveStack:
@@ -109,14 +111,15 @@ class LiveStack:
             complaint, partial_copies = self._in_use(removed, made_ro, processes)
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
+            if partial_copies:
+                await self._partials.complete_below(Location(self._upper.layer, ROOT),
+                                                    self._inodes.new_epoch)
+            stale = self._stale(layers, set(removed) | {l for l in layers
+                                                        if l not in self._layers})
         except BaseException:
             for layer in opened:
                 layer.close()
             raise
-        if partial_copies:
-            await self._partials.complete_below(Location(self._upper.layer, ROOT),
-                                                self._inodes.new_epoch)
-        stale = self._stale(layers, set(removed) | {l for l in layers if l not in self._layers})
         self._swap(layers, wanted, removed, stale)
         await trio.to_thread.run_sync(_tell_kernel, stale)
         return wanted
@@ -250,7 +253,7 @@ class LiveStack:
                             != stat.S_IFMT(after[1].st_mode)):
             stale.entries.append((parent, name))
             if (node := self._inodes.find(old)) is not None:
-                self._inodes.unlink(node, parent, name, self._held_if_last(node, before[0]))
+                stale.dropped.append((node, parent, name, before[0]))
 
     def _held_if_last(self, node: Node, entry: Entry) -> Held | None:
         """When its last name goes: the file, for the inode the kernel holds
@@ -258,7 +261,11 @@ class LiveStack:
         removed directory, as after ``rmdir``)."""
         if len(node.links) > 1 or node.removed is not None:
             return None
-        return Held(entry.top.layer.open(entry.top.path, os.O_PATH), entry.top.layer.writable)
+        try:
+            return Held(entry.top.layer.open(entry.top.path, os.O_PATH),
+                        entry.top.layer.writable)
+        except OSError:
+            return None  # gone from its branch too
 
     def _swap(self, layers: list[Layer], wanted: list[Branch], removed: list[Layer],
               stale: _Stale) -> None:
@@ -272,6 +279,8 @@ class LiveStack:
         self._tree.index = self._index if self._upper and self._upper.layer in layers else None
         for st, number in stale.kept:
             self._numbers.keep(st, number)
+        for node, parent, name, entry in stale.dropped:
+            self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
         self._open_files.writable = layers[0].writable
         self._inodes.new_epoch()
 
