@@ -42,6 +42,7 @@ from .layer import Layer
 from .metered import MeteredLayer
 from .options import MountConfig
 from .quota import UNLIMITED, Quota
+from .udba import Mode
 from .upper import Upper
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
-                                         max_open=config.max_open)
+                                         max_open=config.max_open, udba=Mode(config.udba))
             with _stderr_captured() as complaint:
                 try:
                     pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
@@ -99,7 +100,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                         upper.prepare()
                         operations.recover()
                         upper.count()
-                    trio.run(_main_loop, on_ready)
+                    trio.run(_main_loop, on_ready, operations)
                 finally:
                     pyfuse3.close(unmount=True)
                 if config.flatten_at_umount:
@@ -188,9 +189,10 @@ def _live_pid(pidfile: str) -> int | None:
         os.close(fd)
 
 
-async def _main_loop(on_ready: Callable[[], None]) -> None:
+async def _main_loop(on_ready: Callable[[], None], operations: UnionOperations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(operations.watch_below)
         on_ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

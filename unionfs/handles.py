@@ -31,6 +31,7 @@ from .inodes import Node
 from .partial import PartialFile, PartialFiles
 from .quota import SECTOR, UNLIMITED
 from .tree import Entry
+from .udba import changed_below, seen
 from .upper import Upper
 from .whiteout import is_private_xattr
 
@@ -75,12 +76,30 @@ class OpenFiles:
     def __len__(self) -> int:
         return len(self._files)
 
-    def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
-        """Open ``entry``'s top file (copied up already if writing)."""
+    async def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
+        """Open ``entry``'s top file (copied up already if writing).
+
+        A lower file changed below since the kernel was told of it
+        (``udba.changed_below``; another file under its name fails with
+        ESTALE) has the kernel's attributes and pages of it dropped before
+        the answer, and none kept: a read gets the new data, never the old
+        pages of another size mixed with it."""
         partial = entry.marks.partial is not None
         kept = flags & OPEN_FLAGS_KEPT
         fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
-        return self.adopt(node, fd, entry, flags)
+        changed = False
+        if not entry.top.layer.writable:
+            try:
+                changed = changed_below(node.told, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        info = self.adopt(node, fd, entry, flags)
+        if changed:
+            node.told = seen(os.fstat(fd))
+            await _drop_cached_pages(node.ino)
+            info.keep_cache = False
+        return info
 
     def adopt(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
         """Make the open descriptor ``fd`` a handle (closed on failure)."""
@@ -256,6 +275,7 @@ def private_copy(src: int, upper: Upper) -> int:
 
 
 async def _drop_cached_pages(ino: int) -> None:
-    """Off the loop: the kernel may wait for requests the loop must answer."""
+    """The kernel's attributes and pages of ``ino``, dropped off the loop:
+    the kernel may wait for requests the loop must answer."""
     with contextlib.suppress(OSError):
         await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
