@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from helpers import PYUNION, mounted, wait_for
-from unionfs import daemon, udba
+from unionfs import daemon, udba, watch
 from unionfs.branches import Branch, Mode as BranchMode
+from unionfs.fs import UnionOperations
 from unionfs.layer import Layer
 from unionfs.watch import Watcher
 
@@ -41,6 +42,18 @@ def _mount(unions, lower: Path, mode: str) -> Path:
 
 def _exists(path: Path) -> bool:
     return os.path.lexists(path)
+
+
+def _make_with_number(path: Path, ino: int, make) -> None:
+    """``make`` a file at ``path`` with the inode number ``ino`` (just
+    freed): most file systems give it to one of the next files made."""
+    for attempt in range(100):
+        made = path.with_name(f"made{attempt}")
+        make(made)
+        if os.lstat(made).st_ino == ino:
+            os.rename(made, path)
+            return
+    pytest.skip("this file system did not reuse the inode number")
 
 
 def _held_by(pid: int, path: Path) -> bool:
@@ -112,14 +125,7 @@ def test_a_file_replaced_below_reusing_its_inode_number(unions, lower, mode):
     # the file, and its number is not free.
     assert wait_for(lambda: not _held_by(daemon.pid_of(str(mnt)), lower / "f"))
     (lower / "f").unlink()
-    for attempt in range(100):  # the freed number is most often the next one given
-        made = lower / f"made{attempt}"
-        made.write_text("another file")
-        if os.stat(made).st_ino == ino:
-            os.rename(made, lower / "f")
-            break
-    else:
-        pytest.skip("this file system did not reuse the inode number")
+    _make_with_number(lower / "f", ino, lambda path: path.write_text("another file"))
     assert (mnt / "f").read_text() == "another file"
 
 
@@ -139,12 +145,22 @@ def test_an_open_of_a_file_replaced_below_looks_the_name_up_again(unions, lower,
         assert f.read() == b"another file"
 
 
+@pytest.mark.parametrize("reusing", [False, True], ids=["new number", "same number"])
 @pytest.mark.parametrize("mode", MODES)
-def test_a_file_that_became_a_directory_below(unions, lower, mode):
+def test_a_file_that_became_a_directory_below(unions, lower, mode, reusing):
+    """A directory given the file's number is another file too: the kernel
+    cannot change an inode's type, so it must look the name up again."""
     mnt = _mount(unions, lower, mode)
     assert (mnt / "f").read_text() == "old"
+    ino = os.stat(lower / "f").st_ino
+    assert wait_for(lambda: not _held_by(daemon.pid_of(str(mnt)), lower / "f"))
+    if not reusing:
+        os.link(lower / "f", lower / "kept")  # its number stays taken
     (lower / "f").unlink()
-    (lower / "f").mkdir()
+    if reusing:
+        _make_with_number(lower / "f", ino, Path.mkdir)
+    else:
+        (lower / "f").mkdir()
     (lower / "f" / "inside").write_text("x")
     with pytest.raises(IsADirectoryError):  # never read as the old file
         (mnt / "f").read_bytes()
@@ -186,7 +202,10 @@ def test_notify_keeps_what_did_not_change(unions, lower):
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(target)], check=True)
     try:
         (lower / "d" / "a").write_text("changed below")
-        (lower / "x").write_text("new")
+        os.rename(lower / "d", lower / "moved")  # d is still the upper one, merged
+        (lower / "d").mkdir()
+        os.utime(lower / "d")
+        (lower / "x").write_text("new")  # its event comes after the others
         assert wait_for(lambda: _exists(mnt / "x"), udba.SHORT / 2)
         assert mounted(target, "tmpfs")
     finally:
@@ -259,4 +278,21 @@ def test_past_the_watch_limit_directories_are_checked_at_use(lower, caplog):
     finally:
         policy.retire(layer)
         watcher.close()
+        layer.close()
+
+
+def test_without_an_inotify_instance_notify_checks_as_reval(lower, monkeypatch, caplog):
+    """The user's inotify instances are all taken (a machine-wide limit:
+    the failure is injected): the mount still comes up, as reval."""
+    def no_instance(*args, **kwargs):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(watch, "INotify", no_instance)
+    layer = Layer(Branch(str(lower), BranchMode.RO), 0)
+    try:
+        with caplog.at_level(logging.WARNING, "unionfs.watch"):
+            UnionOperations([layer], udba=udba.Mode.NOTIFY)
+        assert layer.check_dirs and layer.watch is None
+        assert "checking as udba=reval does" in caplog.text
+    finally:
         layer.close()

@@ -132,7 +132,9 @@ class UnionOperations(pyfuse3.Operations):
         self.tree = Tree(layers, index)
         self._quota = upper.quota if upper else UNLIMITED
         self.inodes = InodeTable()
-        watcher = Watcher() if udba is Mode.NOTIFY else None
+        watcher = Watcher.opened() if udba is Mode.NOTIFY else None
+        if udba is Mode.NOTIFY and watcher is None:
+            udba = Mode.REVAL
         self._udba = Policy(udba, watcher)
         self._notifier = (Notifier(watcher, self.tree, self.numbers, self.inodes)
                           if watcher is not None else None)

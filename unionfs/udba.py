@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import stat
 from typing import NamedTuple
 
 from .layer import Layer
@@ -48,18 +49,22 @@ class Mode(enum.Enum):
 
 
 class Seen(NamedTuple):
-    """What the kernel was last told of a lower file: which file it is and
-    what would make its cached attributes and pages wrong."""
+    """What the kernel was last told of a lower file: which file it is
+    (a number reused for a file of another type is another file: the
+    kernel cannot change an inode's type) and what would make its cached
+    attributes and pages wrong."""
 
     dev: int
     ino: int
+    kind: int
     size: int
     mtime_ns: int
     ctime_ns: int
 
 
 def seen(st: os.stat_result) -> Seen:
-    return Seen(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return Seen(st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns,
+                st.st_ctime_ns)
 
 
 def changed_below(told: Seen | None, fd: int) -> bool:
@@ -70,7 +75,7 @@ def changed_below(told: Seen | None, fd: int) -> bool:
     now = seen(os.fstat(fd))
     if told is None or now == told:
         return False
-    if (now.dev, now.ino) != (told.dev, told.ino):
+    if now[:3] != told[:3]:
         raise OSError(errno.ESTALE, "replaced in a read-only branch")
     return True
 
@@ -79,7 +84,7 @@ def check_identity(told: Seen | None, st: os.stat_result) -> None:
     """ESTALE if ``st`` (of a lower file, for its attributes) is not of the
     file the kernel holds as this inode: a stat by path is retried with a
     fresh lookup."""
-    if told is not None and (st.st_dev, st.st_ino) != (told.dev, told.ino):
+    if told is not None and seen(st)[:3] != told[:3]:
         raise OSError(errno.ESTALE, "replaced in a read-only branch")
 
 

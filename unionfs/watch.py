@@ -21,7 +21,8 @@ requests the loop must answer.
 
 Past the watch limit (``/proc/sys/fs/inotify/max_user_watches``, shared by
 all of the user's processes), a directory that cannot be watched gets
-reval's checks (``udba.py``); that is logged once.  An overflow of the
+reval's checks (``udba.py``); that is logged once.  Without an inotify
+instance at all (``max_user_instances``) the mount is ``udba=reval``.  An overflow of the
 event queue drops every kept name and the kernel's attributes and pages of
 every file it holds (its names stay: they can only be checked as they are
 used).
@@ -68,6 +69,18 @@ class Watcher:
         self._watched: dict[Layer, dict[str, int]] = {}
         #: directories that could not be watched (past the limit)
         self._unwatched: set[str] = set()
+
+    @classmethod
+    def opened(cls) -> Watcher | None:
+        """A watcher, or None (logged) when the user has all the inotify
+        instances allowed (``/proc/sys/fs/inotify/max_user_instances``):
+        the mount then checks as ``udba=reval`` does."""
+        try:
+            return cls()
+        except OSError as exc:
+            log.warning("udba=notify: no inotify instance (%s): checking as udba=reval does",
+                        exc.strerror)
+            return None
 
     def close(self) -> None:
         self._inotify.close()
@@ -172,8 +185,9 @@ class Notifier:
 
     def _changed(self, batch: list[Event]) -> list[tuple]:
         """The kernel invalidations a batch of events calls for (made after
-        the daemon's own kept names are dropped)."""
-        names, contents = set(), set()
+        the daemon's own kept names are dropped), in the order of the
+        events."""
+        names, contents = {}, {}
         for event in batch:
             if event.mask & _NAMES:
                 event.layer.forget_names(event.dir_path)
@@ -181,10 +195,10 @@ class Notifier:
                     moved = child(event.dir_path, event.name)
                     event.layer.forget_names(moved, below=True)
                     self.watcher.drop_below(event.layer, moved)
-                names.add((event.dir_path, event.name))
+                names[event.dir_path, event.name] = None
             elif event.mask & _CONTENT:
                 path = child(event.dir_path, event.name) if event.name else event.dir_path
-                contents.add((event.layer, path))
+                contents[event.layer, path] = None
         if names:
             self._inodes.new_epoch()  # entries cached on nodes may lead elsewhere now
         calls = []
