@@ -172,7 +172,11 @@ class Notifier:
 
     async def run(self) -> None:
         async for batch in self.watcher.events():
-            calls = self._lost() if batch is None else self._changed(batch)
+            try:
+                calls = self._lost() if batch is None else self._changed(batch)
+            except Exception:  # noqa: BLE001 - the mount must go on: drop all it keeps
+                log.exception("udba=notify: events not understood")
+                calls = self._lost()
             if calls:
                 await trio.to_thread.run_sync(_invalidate, calls)
 
@@ -191,7 +195,7 @@ class Notifier:
         for event in batch:
             if event.mask & _NAMES:
                 event.layer.forget_names(event.dir_path)
-                if event.mask & flags.ISDIR and event.mask & (flags.DELETE | flags.MOVED_FROM):
+                if event.mask & flags.ISDIR:  # gone, moved, or another one there now
                     moved = child(event.dir_path, event.name)
                     event.layer.forget_names(moved, below=True)
                     self.watcher.drop_below(event.layer, moved)
