@@ -46,8 +46,10 @@ def _exists(path: Path) -> bool:
 
 def _make_with_number(path: Path, ino: int, make) -> None:
     """``make`` a file at ``path`` with the inode number ``ino`` (just
-    freed): most file systems give it to one of the next files made."""
-    for attempt in range(100):
+    freed): most file systems give it to one of the next files made
+    (ext4: the lowest free number of the directory's group, so others
+    freed meanwhile come first)."""
+    for attempt in range(1000):
         made = path.with_name(f"made{attempt}")
         make(made)
         if os.lstat(made).st_ino == ino:
