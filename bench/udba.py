@@ -5,8 +5,10 @@ branch shows through the mount.
   the mount finds it (the kernel had cached it as absent just before),
   one change after another.  ``udba=none`` never shows it (not measured).
 * watch cost: a walk of a tree of directories (every one looked into, so
-  watched with notify): the walk's time, the kernel's slab growth
-  (inotify marks, and the directory inodes they pin) and the daemon's RSS.
+  watched with notify), its branch already in the kernel's caches: the
+  walk's time, the growth of the kernel's unreclaimable slab (inotify
+  marks are; the directory inodes each watch pins are counted as
+  reclaimable, so not here) and the daemon's RSS.
 * find: ``find -ls`` of a tree of files (a lookup and a stat each) on a
   fresh mount, then again once reval's short timeouts have run out.
 """
@@ -24,14 +26,13 @@ from unionfs import daemon, udba
 
 from .runner import Result
 from .systems import Pyunion, Stack, System
-from .workloads import drop_caches
 
 DELAY, COST, FIND = "udba: change below to seen", "udba: watch cost", "udba: find"
 WHAT = {
     DELAY: "a name made in a read-only branch until a stat through the mount finds it "
            "(none: never)",
-    COST: "a walk of N directories of a read-only branch (notify watches each): its time, "
-          "slab growth, daemon RSS",
+    COST: "a walk of N directories of a read-only branch, in the kernel's caches (notify "
+          "watches each): its time, unreclaimable slab growth, daemon RSS",
     FIND: "`find -ls` of a read-only tree on a fresh mount, then again past reval's "
           f"{udba.SHORT:g} s timeouts",
 }
@@ -70,21 +71,18 @@ def _delays(quick: bool, workdir: Path, progress) -> list[Result]:
 def _watch_costs(dirs: int, runs: int, workdir: Path, progress) -> list[Result]:
     results = []
     lower = _tree(workdir, dirs=dirs, files=0, fanout=1000)
+    _walk(lower)  # into the kernel's caches: the walks below time the union alone
     for system in (NONE, NOTIFY):
         progress(f"{COST} [{dirs} directories] on {system.name}")
         label = f"walk of {dirs // 1000}k directories"
         timed = Result(COST, f"{label}: time", system.name)
-        slab = Result(COST, f"{label}: slab growth", system.name, unit="B")
+        slab = Result(COST, f"{label}: unreclaimable slab growth", system.name, unit="B")
         rss = Result(COST, f"{label}: daemon RSS", system.name, unit="B")
         for _ in range(runs):
-            drop_caches()
-            before = _meminfo("Slab")
+            before = _meminfo("SUnreclaim")
             with _mounted(system, workdir, lower, timed) as mnt:
-                start = time.perf_counter()
-                subprocess.run(["find", str(mnt), "-type", "d"], check=True,
-                               stdout=subprocess.DEVNULL)
-                timed.times.append(time.perf_counter() - start)
-                slab.times.append(_meminfo("Slab") - before)
+                timed.times.append(_walk(mnt))
+                slab.times.append(_meminfo("SUnreclaim") - before)
                 pid = daemon.pid_of(str(mnt))
                 rss.times.append(_rss(pid))
                 if system is NOTIFY and _watches(pid) < dirs:
@@ -109,6 +107,13 @@ def _finds(files: int, runs: int, workdir: Path, progress) -> list[Result]:
         results += [first, again]
     shutil.rmtree(lower)
     return results
+
+
+def _walk(top: Path) -> float:
+    """Seconds to look into every directory under ``top``."""
+    start = time.perf_counter()
+    subprocess.run(["find", str(top), "-type", "d"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def _find(mnt: Path) -> float:
