@@ -46,8 +46,8 @@ from .layer import ROOT, Layer, split
 from .partial import PartialFiles
 from .quota import UNLIMITED
 from .target import Target
-from .udba import Mode, Policy, check_identity, seen
 from .tree import Entry, Location, Tree, read_marks
+from .udba import Mode, Policy, check_identity, seen
 from .upper import Upper
 from .watch import Notifier, Watcher
 from .whiteout import FLATTEN_XATTR, is_private_xattr, is_reserved, is_whiteout_device

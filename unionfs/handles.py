@@ -31,7 +31,7 @@ from .inodes import Node
 from .partial import PartialFile, PartialFiles
 from .quota import SECTOR, UNLIMITED
 from .tree import Entry
-from .udba import changed_below, seen
+from .udba import changed_below
 from .upper import Upper
 from .whiteout import is_private_xattr
 
@@ -87,7 +87,7 @@ class OpenFiles:
         partial = entry.marks.partial is not None
         kept = flags & OPEN_FLAGS_KEPT
         fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
-        changed = False
+        changed = None
         if not entry.top.layer.writable:
             try:
                 changed = changed_below(node.told, fd)
@@ -95,8 +95,8 @@ class OpenFiles:
                 os.close(fd)
                 raise
         info = self.adopt(node, fd, entry, flags)
-        if changed:
-            node.told = seen(os.fstat(fd))
+        if changed is not None:
+            node.told = changed
             await _drop_cached_pages(node.ino)
             info.keep_cache = False
         return info
@@ -119,8 +119,9 @@ class OpenFiles:
         self._files[fd] = open_file
         if not open_file.lower_only:
             self._hold(open_file, fd)
-        # Data changes only through this mount, which keeps the kernel's
-        # cache in step, so pages may stay cached across opens.
+        # Data changes through this mount, which keeps the kernel's cache in
+        # step, so pages may stay cached across opens (a lower file changed
+        # below is caught by ``open``).
         direct = self._pagecache is PageCache.DIRECT and open_file.lower_only
         return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
 

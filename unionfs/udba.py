@@ -67,17 +67,18 @@ def seen(st: os.stat_result) -> Seen:
                 st.st_ctime_ns)
 
 
-def changed_below(told: Seen | None, fd: int) -> bool:
-    """Whether the lower file just opened as ``fd`` changed since the kernel
-    was told ``told`` of it.  Another file under that name (replaced below)
-    is ESTALE: the kernel then looks the name up again and opens what it
-    finds (it retries an open once with ``LOOKUP_REVAL``)."""
+def changed_below(told: Seen | None, fd: int) -> Seen | None:
+    """What the lower file just opened as ``fd`` is now, if it changed
+    since the kernel was told ``told`` of it, else None.  Another file
+    under that name (replaced below) is ESTALE: the kernel then looks the
+    name up again and opens what it finds (it retries an open once with
+    ``LOOKUP_REVAL``)."""
     now = seen(os.fstat(fd))
     if told is None or now == told:
-        return False
+        return None
     if now[:3] != told[:3]:
         raise OSError(errno.ESTALE, "replaced in a read-only branch")
-    return True
+    return now
 
 
 def check_identity(told: Seen | None, st: os.stat_result) -> None:
