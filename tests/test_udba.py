@@ -312,3 +312,28 @@ def test_without_an_inotify_instance_notify_checks_as_reval(lower, monkeypatch, 
         assert "checking as udba=reval does" in caplog.text
     finally:
         layer.close()
+
+
+def test_layers_added_at_run_time_are_watched_as_looked_into_and_removed_ones_let_go(lower):
+    """``layers_changed`` (after a restack): nothing is watched up front; a
+    branch's directories are watched as the daemon looks into them, and a
+    removed branch takes its watches with it, but not another branch's
+    watch of the same directory (inotify gives both one descriptor)."""
+    first = Layer(Branch(str(lower), BranchMode.RO), 0)
+    added = Layer(Branch(str(lower / "d"), BranchMode.RO), 1)  # first's "d"
+    ops = UnionOperations([first], udba=udba.Mode.NOTIFY)
+    watcher = ops._notifier.watcher
+    try:
+        ops.layers_changed([added], [])
+        assert len(watcher) == 0
+        assert added.may_hold(".", "a") and added.may_hold("missing", "a") is False
+        assert first.may_hold("d", "a") and first.may_hold(".", "d")
+        assert len(watcher) == 2  # "d" (both branches) and first's top
+        ops.layers_changed([], [added])
+        assert len(watcher) == 2 and watcher.layers() == [first]
+        ops.layers_changed([], [first])
+        assert len(watcher) == 0
+    finally:
+        watcher.close()
+        first.close()
+        added.close()
