@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import containers, pagecache, report, runner, systems, workloads
+from . import containers, pagecache, report, runner, systems, udba, workloads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             results += pagecache.measure(_systems_for(pagecache.NAME), args.quick, runs,
                                          Path(work), progress)
             what[pagecache.NAME] = pagecache.WHAT
+        if not args.only or args.only in "udba":
+            results += udba.measure(args.quick, runs, Path(work), progress)
+            what.update(udba.WHAT)
         if not args.only or args.only in "containers":
             results += containers.measure(args.quick, runs, 1, Path(work), progress)
             what[containers.START] = ("`pycontainer run --rm busybox true` beside `runc run` and "

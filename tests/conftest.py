@@ -35,13 +35,15 @@ class Unions:
         self._mounts: list[tuple[Path, dict[Path, dict]]] = []
 
     def mount(self, branches: list[Path], *options: str, rw: bool = False,
-              mnt: Path | None = None) -> Path:
-        """Mount ``branches`` (top first); the top one is writable if ``rw``."""
+              mnt: Path | None = None, changed_below: bool = False) -> Path:
+        """Mount ``branches`` (top first); the top one is writable if ``rw``.
+        With ``changed_below`` the test changes the read-only branches on
+        purpose (``udba``): they are not checked."""
         modes = ["rw" if rw and i == 0 else "ro" for i in range(len(branches))]
         br = ":".join(f"{b}={m}" for b, m in zip(branches, modes))
         mnt = mnt or self.new_mountpoint()
         ro = [b for b, m in zip(branches, modes) if m == "ro"]
-        self.track(mnt, ro)
+        self.track(mnt, [] if changed_below else ro)
         pyunion("mount", "-o", ",".join([f"br={br}", *options]), str(mnt))
         assert mounted(mnt, "fuse.pyunion")
         return mnt

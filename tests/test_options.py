@@ -138,3 +138,12 @@ def test_the_source_as_fsname_is_ascii_for_libfuse(stack):
     assert f"fsname={stack}/up\\\\xff\\\\=rw:{stack}/a\\,b=ro" in config.fuse_options
     with pytest.raises(BranchError, match="FUSE takes only ASCII options"):
         parse([f"br={stack}/low,fsname=\u00e9"], str(stack / "mnt"))
+
+
+def test_udba_is_none_unless_chosen(stack):
+    low, mnt = stack / "low", str(stack / "mnt")
+    assert parse([f"br={low}=ro"], mnt).udba == "none"
+    assert parse([f"br={low}=ro,udba=notify"], mnt).udba == "notify"
+    with pytest.raises(BranchError, match=r"^udba= must be one of none, reval, notify, "
+                                          r"not 'always'$"):
+        parse([f"br={low}=ro,udba=always"], mnt)

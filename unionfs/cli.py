@@ -59,6 +59,8 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
       copyup=partial|full          copy data up chunk by chunk as written, or all at once
       flatten                      complete partial copies at unmount
       pagecache=keep|drop|direct   what the kernel keeps of lower files read
+      udba=none|reval|notify       read-only branches changed under the mount: trusted
+                                   as read (default), checked at use, or watched (inotify)
       quota=SIZE                   what the writable branch may hold (bytes, or k, m, g, t):
                                    writes past it fail with ENOSPC; df shows it as the size
     """

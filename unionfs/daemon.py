@@ -46,6 +46,7 @@ from .layer import Layer
 from .metered import MeteredLayer
 from .options import MountConfig
 from .quota import UNLIMITED, Quota
+from .udba import Mode
 from .upper import Upper
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
-                                         max_open=config.max_open)
+                                         max_open=config.max_open, udba=Mode(config.udba))
             with _stderr_captured() as complaint:
                 try:
                     pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
@@ -105,7 +106,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                         operations.recover()
                         upper.count()
                     controls = functools.partial(_answer_control, operations, config)
-                    trio.run(_main_loop, on_ready,
+                    trio.run(_main_loop, on_ready, operations,
                              control_path(config.mountpoint) if recorded else None, controls)
                 finally:
                     pyfuse3.close(unmount=True)
@@ -197,10 +198,12 @@ def _live_pid(pidfile: str) -> int | None:
         os.close(fd)
 
 
-async def _main_loop(on_ready: Callable[[], None], control_at: str | None,
+async def _main_loop(on_ready: Callable[[], None], operations: UnionOperations,
+                     control_at: str | None,
                      controls: Callable[[dict], Awaitable[dict]]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(operations.watch_below)
         if control_at is not None:
             await nursery.start(control.serve, control_at, controls)
         on_ready()

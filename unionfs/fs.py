@@ -5,9 +5,9 @@ lives here.
 
 Not handled, in one place:
 
-* Branches must not be changed underneath the mount (overlayfs asks the
-  same): the names of read-only directories are read once (``layer.py``),
-  and the kernel keeps names and attributes for ``timeout`` seconds.
+* A read-only branch changed underneath the mount shows as the ``udba``
+  option says (``udba.py``): its names and attributes may stay unseen for
+  a while, but no read returns another file's data.
 * A file opened read-only from a read-only branch, then unlinked from the
   name it was opened by while it keeps another: a change through the
   descriptor (``fchmod``...) goes to a private copy, not to the other name.
@@ -43,14 +43,16 @@ from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache, private_copy
 from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
 from .branches import Branch
-from .layer import ROOT, Layer
+from .layer import ROOT, Layer, split
 from .live import LiveStack
 from .partial import PartialFiles
 from .quota import UNLIMITED
 from .restack import Change
 from .target import Target
 from .tree import Entry, Location, Tree, read_marks
+from .udba import Mode, Policy, check_identity, seen
 from .upper import Upper
+from .watch import Notifier, Watcher
 from .whiteout import FLATTEN_XATTR, is_private_xattr, is_reserved, is_whiteout_device
 
 log = logging.getLogger(__name__)
@@ -123,17 +125,23 @@ class UnionOperations(pyfuse3.Operations):
     listings and writes to open files do not take it and keep going.
     """
 
-    def __init__(self, layers: list[Layer], upper: Upper | None = None, timeout: float = 60.0,
+    def __init__(self, layers: list[Layer], upper: Upper | None = None,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
-                 max_open: int | None = None):
+                 max_open: int | None = None, udba: Mode = Mode.NONE):
         super().__init__()
-        self.timeout = timeout
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
         index = Index(upper.layer, self.numbers) if upper else None
         self.tree = Tree(layers, index)
         self._quota = upper.quota if upper else UNLIMITED
         self.inodes = InodeTable()
+        watcher = Watcher.opened() if udba is Mode.NOTIFY else None
+        if udba is Mode.NOTIFY and watcher is None:
+            udba = Mode.REVAL
+        self._udba = Policy(udba, watcher)
+        self._notifier = (Notifier(watcher, self.tree, self.numbers, self.inodes)
+                          if watcher is not None else None)
+        self.layers_changed(layers, [])
         self._changes = (Changes(self.tree, upper, self.numbers, index, partial_copies)
                          if upper else None)
         if self._changes:
@@ -146,7 +154,8 @@ class UnionOperations(pyfuse3.Operations):
         self._max_open = max_open
         self._live = LiveStack(layers, self.tree, self.numbers, self.inodes, self._open_files,
                                upper, self._partials, self._entry,
-                               lambda: [listing.ino for listing in self._dir_listings.values()])
+                               lambda: [listing.ino for listing in self._dir_listings.values()],
+                               self.layers_changed)
         #: run once the kernel has been answered its INIT
         self.after_init: Callable[[], None] = lambda: None
 
@@ -165,6 +174,24 @@ class UnionOperations(pyfuse3.Operations):
     def close(self) -> None:
         """At the end: close the branches taken out while mounted."""
         self._live.close()
+
+    def layers_changed(self, added: list[Layer], removed: list[Layer]) -> None:
+        """After the stack changed at run time: the udba choice applies to
+        the new branches (watched as they are looked into), the removed
+        ones lose their watches."""
+        for layer in added:
+            self._udba.adopt(layer)
+        for layer in removed:
+            self._udba.retire(layer)
+
+    async def watch_below(self) -> None:
+        """With ``udba=notify``: act on changes to read-only branches until
+        cancelled."""
+        if self._notifier is not None:
+            try:
+                await self._notifier.run()
+            finally:
+                self._notifier.watcher.close()
 
     def recover(self) -> None:
         """Before the first request: finish or undo the changes a killed
@@ -308,10 +335,10 @@ class UnionOperations(pyfuse3.Operations):
         node = self.inodes[inode]
         self._check_open_room()
         if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
-            return self._open_files.open(node, self._entry(node), flags)
+            return await self._open_files.open(node, self._entry(node), flags)
         async with self._change_lock:
             entry = await self._copied_up(node, with_data=not flags & os.O_TRUNC)
-            info = self._open_files.open(node, entry, flags)
+            info = await self._open_files.open(node, entry, flags)
         if flags & (os.O_SYNC | os.O_DSYNC):  # every write is an fsync
             self._flush_names(node)
         return info
@@ -391,6 +418,7 @@ class UnionOperations(pyfuse3.Operations):
             if entry is not None:
                 node = self.inodes.remember(attrs.st_ino, listing.ino, name)
                 self.inodes.cache_entry(node, entry)
+                self._told(node, entry, st)
 
     @_fuse_errors
     async def releasedir(self, fh):
@@ -614,6 +642,7 @@ class UnionOperations(pyfuse3.Operations):
         attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
         node = self.inodes.remember(attrs.st_ino, parent_inode, name)
         self.inodes.cache_entry(node, entry)
+        self._told(node, entry, st)
         return attrs
 
     def _remember_new(self, parent_inode: int, name: str, entry: Entry) -> EntryAttributes:
@@ -628,7 +657,15 @@ class UnionOperations(pyfuse3.Operations):
             return attrs
         entry = self._entry(node)
         st = entry.top.layer.lstat(entry.top.path)
+        if not entry.top.layer.writable:
+            check_identity(node.told, st)
+        self._told(node, entry, st)
         return self._attributes_from(st, node.ino, entry)
+
+    @staticmethod
+    def _told(node: Node, entry: Entry, st: os.stat_result) -> None:
+        """Keep what the kernel is told of a lower file (``udba.py``)."""
+        node.told = None if entry.top.layer.writable else seen(st)
 
     def _attributes_from(self, st: os.stat_result, ino: int,
                          entry: Entry | None) -> EntryAttributes:
@@ -636,8 +673,8 @@ class UnionOperations(pyfuse3.Operations):
         for field in _STAT_FIELDS:
             setattr(attrs, field, getattr(st, field))
         attrs.st_ino = ino
-        attrs.entry_timeout = self.timeout
-        attrs.attr_timeout = self.timeout
+        attrs.entry_timeout = attrs.attr_timeout = self._udba.timeout(
+            None if entry is None else split(entry.path)[0])
         if entry is not None:
             attrs.st_nlink = self._link_count(entry, st)
         return attrs
@@ -650,8 +687,8 @@ class UnionOperations(pyfuse3.Operations):
         return st.st_nlink
 
     def _negative_entry(self) -> EntryAttributes:
-        """A 'no such name' answer the kernel may cache for ``timeout``."""
+        """A 'no such name' answer the kernel may cache (``udba.py``)."""
         attrs = EntryAttributes()
         attrs.st_ino = 0
-        attrs.entry_timeout = self.timeout
+        attrs.entry_timeout = self._udba.negative_timeout()
         return attrs

@@ -32,6 +32,7 @@ from .layer import Layer
 from .partial import PartialFile, PartialFiles
 from .quota import SECTOR, UNLIMITED
 from .tree import Entry
+from .udba import changed_below
 from .upper import Upper
 from .whiteout import is_private_xattr
 
@@ -84,12 +85,30 @@ class OpenFiles:
     def __len__(self) -> int:
         return len(self._files)
 
-    def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
-        """Open ``entry``'s top file (copied up already if writing)."""
+    async def open(self, node: Node, entry: Entry, flags: int) -> FileInfo:
+        """Open ``entry``'s top file (copied up already if writing).
+
+        A lower file changed below since the kernel was told of it
+        (``udba.changed_below``; another file under its name fails with
+        ESTALE) has the kernel's attributes and pages of it dropped before
+        the answer, and none kept: a read gets the new data, never the old
+        pages of another size mixed with it."""
         partial = entry.marks.partial is not None
         kept = flags & OPEN_FLAGS_KEPT
         fd = entry.top.layer.open(entry.top.path, kept & ~os.O_TRUNC if partial else kept)
-        return self.adopt(node, fd, entry, flags)
+        changed = None
+        if not entry.top.layer.writable:
+            try:
+                changed = changed_below(node.told, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        info = self.adopt(node, fd, entry, flags)
+        if changed is not None:
+            node.told = changed
+            await _drop_cached_pages(node.ino)
+            info.keep_cache = False
+        return info
 
     def adopt(self, node: Node, fd: int, entry: Entry, flags: int) -> FileInfo:
         """Make the open descriptor ``fd`` a handle (closed on failure)."""
@@ -110,8 +129,9 @@ class OpenFiles:
         self._files[fd] = open_file
         if not open_file.lower_only:
             self._hold(open_file, fd)
-        # Data changes only through this mount, which keeps the kernel's
-        # cache in step, so pages may stay cached across opens.
+        # Data changes through this mount, which keeps the kernel's cache in
+        # step, so pages may stay cached across opens (a lower file changed
+        # below is caught by ``open``).
         direct = self._pagecache is PageCache.DIRECT and open_file.lower_only
         return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
 
@@ -277,6 +297,7 @@ def private_copy(src: int, upper: Upper) -> int:
 
 
 async def _drop_cached_pages(ino: int) -> None:
-    """Off the loop: the kernel may wait for requests the loop must answer."""
+    """The kernel's attributes and pages of ``ino``, dropped off the loop:
+    the kernel may wait for requests the loop must answer."""
     with contextlib.suppress(OSError):
         await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)

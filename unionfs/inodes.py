@@ -31,6 +31,7 @@ from typing import NamedTuple
 import pyfuse3
 
 from .tree import Entry
+from .udba import Seen
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 _FS_SHIFT = 56
@@ -87,7 +88,8 @@ class Held(NamedTuple):
 class Node:
     """What the daemon knows of one inode the kernel holds."""
 
-    __slots__ = ("ino", "removed", "lookups", "links", "entry", "epoch", "fds", "names_unflushed")
+    __slots__ = ("ino", "removed", "lookups", "links", "entry", "epoch", "fds", "names_unflushed",
+                 "told")
 
     def __init__(self, ino: int):
         self.ino = ino
@@ -103,6 +105,8 @@ class Node:
         self.fds: set[int] = set()
         #: copied up, and the directories that got its new names not yet flushed
         self.names_unflushed = False
+        #: of a lower file: what the kernel was last told of it (``udba.py``)
+        self.told: Seen | None = None
 
 
 class InodeTable:
@@ -140,6 +144,12 @@ class InodeTable:
 
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())
+
+    def linked(self, parent: int, name: str) -> Node | None:
+        """The node the kernel reached as ``parent/name``, if any.  A walk
+        over every node: for the rare name changed below (``watch.py``)."""
+        link = (parent, name)
+        return next((node for node in self._nodes.values() if link in node.links), None)
 
     def new_epoch(self) -> None:
         self.epoch += 1

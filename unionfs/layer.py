@@ -13,9 +13,12 @@ whole: :meth:`Layer.at` opens its parent a piece at a time and the call
 gets the last name only.  Every path the daemon hands to the kernel stays
 below ``PATH_MAX``, whatever the depth.
 
-A read-only branch must not change while it is mounted (overlayfs asks the
-same), so the names of its directories are read once and kept: a lookup
-asks each branch's kept names instead of making a system call per branch.
+The names of a read-only branch's directories are read once and kept: a
+lookup asks each branch's kept names instead of making a system call per
+branch.  Whether kept names are trusted as they are is the mount's ``udba``
+choice (``udba.py``): for ever (``none``), after a ``stat`` of the
+directory shows it unchanged (``reval``), or until an inotify event drops
+them (``notify``, through :meth:`Layer.forget_names`).
 
 Paths inside a layer are relative, ``/``-separated, without a leading slash;
 the top of the branch is ``"."``.  :func:`child` is the one place they are
@@ -27,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import os
-from typing import Iterator
+from collections import OrderedDict
+from typing import Callable, Iterator, NamedTuple
 
 from .branches import Branch, Mode
 from .whiteout import META_DIR
@@ -63,6 +66,20 @@ def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int =
         raise OSError(err, os.strerror(err), src, None, dst)
 
 
+class _Listing(NamedTuple):
+    """A read-only directory's names, and what showed it unchanged then."""
+
+    names: frozenset[str]
+    #: ``(st_ino, st_mtime_ns, st_ctime_ns)`` of the directory; None: absent
+    stamp: tuple[int, int, int] | None
+    #: ``stat`` the directory before each use (reval, or notify unwatched)
+    check: bool
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
 class Layer:
     """One branch of the stack, opened; ``index`` 0 is the top."""
 
@@ -70,7 +87,13 @@ class Layer:
         self.branch = branch
         self.index = index
         self.fd = os.open(branch.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._names = functools.lru_cache(maxsize=_LISTINGS_KEPT)(self._read_names)
+        self._listings: OrderedDict[str, _Listing] = OrderedDict()
+        #: set by the mount's udba choice (``udba.py``): ``stat`` a
+        #: directory before trusting its kept names
+        self.check_dirs = False
+        #: set by ``udba=notify``: called with each read-only directory the
+        #: daemon looks into; False when it cannot be watched
+        self.watch: Callable[[Layer, str], bool] | None = None
         #: its entries may carry pyunion's marks (``tree.read_marks``): it is
         #: writable, or was a writable branch once
         self.keeps_marks = branch.writable or self.lstat_or_none(META_DIR) is not None
@@ -89,7 +112,7 @@ class Layer:
         """Make the branch ``rw`` or ``ro`` (a live change of the stack);
         its kept names are read afresh from then on."""
         self.branch = Branch(self.branch.path, mode)
-        self._names.cache_clear()
+        self.forget_all_names()
 
     @contextlib.contextmanager
     def at(self, path: str) -> Iterator[tuple[int, str]]:
@@ -142,11 +165,48 @@ class Layer:
         does (read-only branch) or may (writable one: ask ``lstat``)."""
         return self.writable or name in self._names(dir_path)
 
-    def _read_names(self, dir_path: str) -> frozenset[str]:
+    def forget_names(self, dir_path: str, below: bool = False) -> None:
+        """Drop the kept names of ``dir_path`` (and of every directory
+        under it with ``below``): it changed."""
+        self._listings.pop(dir_path, None)
+        if below:
+            prefix = child(dir_path, "")
+            for path in [p for p in self._listings if p.startswith(prefix)]:
+                del self._listings[path]
+
+    def forget_all_names(self) -> None:
+        self._listings.clear()
+
+    def _names(self, dir_path: str) -> frozenset[str]:
+        """The kept names of a directory (read again if they may be stale),
+        the most recently used ``_LISTINGS_KEPT`` of them kept."""
+        kept = self._listings.get(dir_path)
+        if kept is not None:
+            self._listings.move_to_end(dir_path)
+            if not kept.check or kept.stamp == self._stamp_of(dir_path):
+                return kept.names
+        kept = self._listings[dir_path] = self._read_listing(dir_path)
+        if len(self._listings) > _LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+        return kept.names
+
+    def _stamp_of(self, dir_path: str) -> tuple[int, int, int] | None:
+        st = self.lstat_or_none(dir_path)
+        return _stamp(st) if st is not None else None
+
+    def _read_listing(self, dir_path: str) -> _Listing:
+        """Watched (notify) before it is read, stamped before it is read:
+        a change while reading shows as an event or a newer stamp."""
+        check = self.check_dirs or (self.watch is not None and not self.watch(self, dir_path))
         try:
-            return frozenset(self.listdir(dir_path))
+            fd = self.open(dir_path, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
-            return frozenset()
+            return _Listing(frozenset(), None, check)
+        try:
+            stamp = _stamp(os.fstat(fd))
+            return _Listing(frozenset(os.listdir(fd)), stamp, check)
+        finally:
+            os.close(fd)
 
     def open(self, path: str, flags: int, mode: int = 0o777) -> int:
         with self.at(path) as (fd, name):
@@ -163,6 +223,8 @@ class Layer:
         """The names in a directory, each special file (device, fifo,
         socket) with its ``lstat``, the others with None: what tells an
         overlayfs whiteout, at the cost of a stat of special files only."""
+        if self.watch is not None:
+            self.watch(self, path)  # its names go to the kernel: watch them
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             with os.scandir(fd) as entries:

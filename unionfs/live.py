@@ -74,7 +74,8 @@ class LiveStack:
     def __init__(self, layers: list[Layer], tree: Tree, numbers: InodeNumbers,
                  inodes: InodeTable, open_files: OpenFiles, upper: Upper | None,
                  partials: PartialFiles | None, resolve: Callable[[Node], Entry],
-                 open_directories: Callable[[], list[int]]):
+                 open_directories: Callable[[], list[int]],
+                 on_changed: Callable[[list[Layer], list[Layer]], None]):
         self._layers = layers
         self._tree = tree
         self._numbers = numbers
@@ -85,6 +86,9 @@ class LiveStack:
         self._partials = partials
         self._resolve = resolve
         self._open_directories = open_directories
+        #: told the branches that came (or became read-only) and went (or
+        #: became writable), after each change
+        self._on_changed = on_changed
         #: branches taken out, kept open: a location resolved before the
         #: change may still be read, and must not reach a reused descriptor
         self._retired: dict[str, Layer] = {}
@@ -269,10 +273,12 @@ class LiveStack:
 
     def _swap(self, layers: list[Layer], wanted: list[Branch], removed: list[Layer],
               stale: _Stale) -> None:
+        came, went = [], list(removed)
         for at, (layer, branch) in enumerate(zip(layers, wanted)):
             layer.index = at
             if layer.branch.mode is not branch.mode or layer not in self._layers:
                 layer.set_mode(branch.mode)  # a retired one comes back: names read afresh
+                (went if branch.writable else came).append(layer)
             self._retired.pop(branch.path, None)
         self._retired.update((layer.branch.path, layer) for layer in removed)
         self._layers[:] = layers
@@ -283,6 +289,7 @@ class LiveStack:
             self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
         self._open_files.writable = layers[0].writable
         self._inodes.new_epoch()
+        self._on_changed(came, went)
 
 
 def _tell_kernel(stale: _Stale) -> None:

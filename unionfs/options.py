@@ -11,7 +11,8 @@ Three kinds of option are accepted:
   files and directories the daemon keeps open for the mount's users at
   once: past it, an open fails with EMFILE, so they cannot make the daemon
   grow without end); ``quota=SIZE`` (what the
-  writable branch may hold: see ``quota.py``);
+  writable branch may hold: see ``quota.py``); ``udba=none|reval|notify``
+  (how a read-only branch changed under the mount shows: see ``udba.py``);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -31,8 +32,9 @@ from .branches import BranchError, BranchStack
 FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
-_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open", "quota"}
-_CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct")}
+_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba"}
+_CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct"),
+            "udba": ("none", "reval", "notify")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
@@ -58,6 +60,8 @@ class MountConfig:
     max_open: int | None = None
     #: bytes the writable branch may hold; None: no quota
     quota: int | None = None
+    #: how read-only branches changed under the mount show (``udba.py``)
+    udba: str = "none"
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -95,7 +99,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
             else:
                 raise BranchError(f"unknown mount option {option!r}")
             path_before = option if key in _PATH_KEYS and sep else None
-    copyup, pagecache = (_choice(union, key) for key in ("copyup", "pagecache"))
+    copyup, pagecache, udba = (_choice(union, key) for key in ("copyup", "pagecache", "udba"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
     stack = _stack(union, source)
     if flatten and stack.upper is None:
@@ -106,7 +110,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial", flatten_at_umount=flatten,
                        pagecache=pagecache, max_open=_count(union, "max_open"),
-                       quota=quota)
+                       quota=quota, udba=udba)
 
 
 def _fsname(source: str) -> str:

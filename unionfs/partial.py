@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import logging
 import os
 import stat
 import threading
@@ -56,6 +57,8 @@ from .quota import UNLIMITED, Quota, Unlimited
 from .tree import Entry, Location, read_marks
 from .upper import Upper
 from .whiteout import META_DIR, XATTR, Marks
+
+log = logging.getLogger(__name__)
 
 _COMPLETE_STEP = 64  # chunks copied per hold of the lock while completing
 _PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
@@ -330,4 +333,8 @@ class PartialFiles:
             if self._numbers(os.fstat(fd)) == origin:
                 return layer, fd
             os.close(fd)
-        raise OSError(errno.EIO, f"the lower data of {path} is gone from {source.path}")
+        # A read-only branch changed under the mount (``udba.py``): the
+        # user only gets EIO, the log says why.
+        message = f"the lower data of {path} is gone from {source.path}"
+        log.error("%s: reads of it fail with EIO", message)
+        raise OSError(errno.EIO, message)
