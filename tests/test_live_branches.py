@@ -18,7 +18,7 @@ import pytest
 from unionfs import daemon
 from unionfs.whiteout import META_DIR
 
-from helpers import DIR, PYUNION, build, pyunion
+from helpers import DIR, PYUNION, build, pyunion, snapshot, wait_for
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -47,7 +47,10 @@ def stack(tmp_path, unions):
                                    ".wh.gone": "", "kind/inside": "a dir now",
                                    "dir/.wh..wh..opq": "", "dir/y": "y", "only-new/f": "f"})
     mnt = unions.mount([up, base], rw=True)
-    return mnt, up, base, new
+    before = snapshot(new)
+    yield mnt, up, base, new
+    unions.unmount_all()
+    assert snapshot(new) == before  # a branch added read-only is never written
 
 
 def test_the_talks_file_a(stack):
@@ -323,3 +326,18 @@ def test_writers_write_on_across_changes(stack):
         log.write("three\n")
     assert (mnt / "log").read_text() == "one\ntwo\nthree\n"
     assert (mnt / "fileA").read_text() == "BASE A\nmore\n"
+
+
+def test_an_added_branch_is_watched_with_notify(tmp_path, unions):
+    """With ``udba=notify``, a branch added at run time is watched as the
+    others are, and one taken out is no longer."""
+    up, base = build(tmp_path / "up", {}), build(tmp_path / "base", {"b": "b"})
+    new = build(tmp_path / "new", {"d/f": "f"})
+    mnt = unions.mount([up, base], "udba=notify", rw=True, changed_below=True)
+    pyunion("branch", "add", str(mnt), str(new))
+    assert os.listdir(mnt / "d") == ["f"]
+    (new / "d" / "g").write_text("g")  # changed below, behind the union's back
+    assert wait_for(lambda: sorted(os.listdir(mnt / "d")) == ["f", "g"])
+    pyunion("branch", "del", str(mnt), str(new))
+    (new / "d" / "h").write_text("h")
+    assert not (mnt / "d").exists() and (mnt / "b").read_text() == "b"

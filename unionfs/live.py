@@ -287,6 +287,9 @@ class LiveStack:
             self._numbers.keep(st, number)
         for node, parent, name, entry in stale.dropped:
             self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
+        for ino in stale.attributes:  # a directory may stand on another one now
+            if (node := self._inodes.find(ino)) is not None:
+                node.told = None  # what the kernel is told next (``udba.py``)
         self._open_files.writable = layers[0].writable
         self._inodes.new_epoch()
         self._on_changed(came, went)
