@@ -323,3 +323,32 @@ def test_writers_write_on_across_changes(stack):
         log.write("three\n")
     assert (mnt / "log").read_text() == "one\ntwo\nthree\n"
     assert (mnt / "fileA").read_text() == "BASE A\nmore\n"
+
+
+def test_changes_while_a_writer_creates_in_the_changed_directory(stack):
+    """A create waiting for the change lock holds its directory's lock in
+    the kernel, which dropping a cached name of that directory needs: the
+    branch change must not hold the change lock while it tells the kernel
+    (else the daemon waits on itself for ever, even past SIGKILL)."""
+    mnt, up, base, new = stack
+    for i in range(200):
+        (new / "d" / f"n{i}").write_text("n")
+        assert not (mnt / "d" / f"n{i}").exists()  # cached: dropped at the add
+    stop, created = threading.Event(), []
+
+    def create() -> None:
+        while not stop.is_set():
+            (mnt / "d" / f"w{len(created)}").write_text("w")
+            created.append(1)
+
+    writer = threading.Thread(target=create, daemon=True)  # stuck for good if it hangs
+    writer.start()
+    try:
+        for _ in range(5):
+            pyunion("branch", "add", str(mnt), str(new))
+            pyunion("branch", "del", str(mnt), str(new))
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert not writer.is_alive() and created
+    assert len([n for n in os.listdir(mnt / "d") if n.startswith("w")]) == len(created)

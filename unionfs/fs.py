@@ -158,9 +158,13 @@ class UnionOperations(pyfuse3.Operations):
 
     async def change_branches(self, changes: list[Change], mountpoint: str,
                               workdir: str | None, force: bool = False) -> list[Branch]:
-        """Change the branches of the live mount (``live.py``)."""
+        """Change the branches of the live mount (``live.py``); the kernel
+        is told after the change lock is released, before the caller is
+        answered."""
         async with self._change_lock:
-            return await self._live.change(changes, mountpoint, workdir, force)
+            stack, stale = await self._live.change(changes, mountpoint, workdir, force)
+        await self._live.tell_kernel(stale)
+        return stack
 
     def close(self) -> None:
         """At the end: close the branches taken out while mounted."""

@@ -94,9 +94,10 @@ class LiveStack:
             layer.close()
 
     async def change(self, changes: list[restack.Change], mountpoint: str, workdir: str | None,
-                     force: bool = False) -> list[Branch]:
-        """Apply ``changes``; the new branch list.  The caller holds the
-        mount's change lock."""
+                     force: bool = False) -> tuple[list[Branch], _Stale]:
+        """Apply ``changes``; the new branch list, and what to tell the
+        kernel (:meth:`tell_kernel`).  The caller holds the mount's change
+        lock."""
         # Off the loop: a path given may lead through this very mount.
         wanted, layers, opened = await trio.to_thread.run_sync(
             self._open, changes, mountpoint, workdir)
@@ -121,8 +122,15 @@ class LiveStack:
                 layer.close()
             raise
         self._swap(layers, wanted, removed, stale)
+        return wanted, stale
+
+    @staticmethod
+    async def tell_kernel(stale: _Stale) -> None:
+        """Drop what the kernel cached that the new stack answers otherwise.
+        Call it without the change lock: the kernel takes a directory's lock
+        to drop a name of it, and a handler waiting for the change lock (a
+        create there) holds that directory's lock until it is answered."""
         await trio.to_thread.run_sync(_tell_kernel, stale)
-        return wanted
 
     def _open(self, changes: list[restack.Change], mountpoint: str, workdir: str | None):
         """The stack ``changes`` make, checked against the rules, canonical,
