@@ -352,3 +352,21 @@ def test_changes_while_a_writer_creates_in_the_changed_directory(stack):
         writer.join(timeout=30)
     assert not writer.is_alive() and created
     assert len([n for n in os.listdir(mnt / "d") if n.startswith("w")]) == len(created)
+
+
+def test_a_branch_that_leads_into_the_mount_is_refused(stack, tmp_path):
+    """Through a symlink or a bind mount of the union: a branch served by
+    the mount itself would make the daemon wait on itself."""
+    mnt, up, base, new = stack
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    subprocess.run(["mount", "--bind", str(mnt / "d"), str(bound)], check=True)
+    try:
+        refused("branch", "add", str(mnt), str(bound), why="lies inside the mount")
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    (tmp_path / "link").symlink_to(mnt / "d")
+    refused("branch", "add", str(mnt), str(tmp_path / "link"), why="lies inside the mount")
+    refused("branch", "del", str(mnt), str(tmp_path / "link"), why="lies inside the mount")
+    assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
+    assert (mnt / "d" / "in-base").read_text() == "b"

@@ -139,9 +139,6 @@ class LiveStack:
         wanted = restack.apply(changes, tuple(layer.branch for layer in self._layers))
         if not wanted:
             raise BranchError("the last branch cannot be removed")
-        for branch in wanted:
-            if branch.path == mountpoint or branch.path.startswith(mountpoint.rstrip("/") + "/"):
-                raise BranchError(f"branch {branch.path} lies inside the mount {mountpoint}")
         stack = branches.validate(wanted, workdir if wanted[0].writable else None)
         branches.check_mountpoint(mountpoint, stack)
         upper_path = self._upper.layer.branch.path if self._upper else None
@@ -291,6 +288,24 @@ class LiveStack:
             self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
         self._open_files.writable = layers[0].writable
         self._inodes.new_epoch()
+
+
+def outside_the_mount(changes: list[restack.Change], mountpoint: str) -> None:
+    """Refuse a path that leads into the mount (as written, through a
+    symlink, or through a bind mount of it), before the change lock is
+    taken: the daemon would wait on itself, resolving it while a handler
+    waiting for the lock holds a directory lock of the mount, or reading a
+    branch served by this very mount.  (Stats the mount: call it off the
+    loop.)"""
+    device = _device(mountpoint)
+    for change in changes:
+        path = os.path.realpath(change.path)
+        try:
+            on_the_mount = os.stat(path).st_dev == device
+        except OSError:
+            on_the_mount = False  # said in one line once the stack is checked
+        if on_the_mount or path == mountpoint or path.startswith(mountpoint.rstrip("/") + "/"):
+            raise BranchError(f"branch {change.path} lies inside the mount {mountpoint}")
 
 
 def _tell_kernel(stale: _Stale) -> None:
