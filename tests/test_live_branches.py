@@ -370,3 +370,17 @@ def test_a_branch_that_leads_into_the_mount_is_refused(stack, tmp_path):
     refused("branch", "del", str(mnt), str(tmp_path / "link"), why="lies inside the mount")
     assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
     assert (mnt / "d" / "in-base").read_text() == "b"
+
+
+def test_a_branch_named_with_equals_comma_and_colon(stack, tmp_path):
+    """``=`` in a name reads as a mode only when the name is no directory:
+    such a branch can be added, and named again to take it out."""
+    mnt, up, base, new = stack
+    odd = build(tmp_path / "we,ird=x:y", {"odd": "odd"})
+    pyunion("branch", "add", str(mnt), str(odd))
+    assert (mnt / "odd").read_text() == "odd"
+    pyunion("branch", "mod", str(mnt), f"{odd}=ro")
+    pyunion("branch", "del", str(mnt), str(odd))
+    assert not (mnt / "odd").exists()
+    refused("branch", "add", str(mnt), f"{new}=rx", why="unknown mode 'rx'")
+    assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
