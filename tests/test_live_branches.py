@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from container import runtime
 from unionfs import daemon
 from unionfs.whiteout import META_DIR
 
@@ -384,3 +385,26 @@ def test_a_branch_named_with_equals_comma_and_colon(stack, tmp_path):
     assert not (mnt / "odd").exists()
     refused("branch", "add", str(mnt), f"{new}=rx", why="unknown mode 'rx'")
     assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
+
+
+def test_a_branch_added_under_a_running_container(pyc, image_root, tmp_path):
+    """The container's own mounts on its root (/proc, /etc/hosts...) stay
+    across an add and a del; the image it runs from is busy."""
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60",
+               ).returncode == 0
+    root = runtime.State.load(name).rootfs
+    extra = build(tmp_path / "extra", {"added/f": "added", "etc/extra": "x", "proc": DIR,
+                                       "tmp/t": "t"})
+    look = ["sh", "-c", "cat /proc/1/comm /etc/hostname; ls /added /etc/extra"]
+    before = pyc("exec", name, *look)
+    pyunion("branch", "add", root, str(extra))
+    during = pyc("exec", name, *look)
+    assert during.returncode == 0, during.stderr
+    assert "/etc/extra" in during.stdout and "f" in during.stdout.split()
+    assert during.stdout.splitlines()[:2] == before.stdout.splitlines()[:2]
+    refused("branch", "del", root, str(image_root), why="is busy")
+    pyunion("branch", "del", root, str(extra))
+    after = pyc("exec", name, *look)
+    assert after.stdout.splitlines()[:2] == before.stdout.splitlines()[:2]
+    assert pyc("exec", name, "ls", "/added").returncode != 0
