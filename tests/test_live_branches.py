@@ -408,3 +408,19 @@ def test_a_branch_added_under_a_running_container(pyc, image_root, tmp_path):
     after = pyc("exec", name, *look)
     assert after.stdout.splitlines()[:2] == before.stdout.splitlines()[:2]
     assert pyc("exec", name, "ls", "/added").returncode != 0
+
+
+def test_a_directory_renamed_in_a_branch_taken_out_has_its_own_number(stack):
+    """``new/d`` kept the number of ``base/d`` while on top of it; once
+    taken out, renamed and added again, it is another directory and must
+    not share that number."""
+    mnt, up, base, new = stack
+    number = (mnt / "d").stat().st_ino
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "d").stat().st_ino == number
+    pyunion("branch", "del", str(mnt), str(new))
+    (new / "d").rename(new / "e")
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "d").stat().st_ino == number
+    assert (mnt / "e").stat().st_ino != number
+    assert sorted(os.listdir(mnt / "e")) == ["in-new"]

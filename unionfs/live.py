@@ -61,8 +61,8 @@ class _Stale:
     entries: list[tuple[int, str]] = field(default_factory=list)
     #: inodes whose attributes changed (a merged directory's parts...)
     attributes: set[int] = field(default_factory=set)
-    #: (real stat of a directory's new top, the number it keeps)
-    kept: list[tuple[os.stat_result, int]] = field(default_factory=list)
+    #: (the branch of a directory's new top, its real stat, the number it keeps)
+    kept: list[tuple[Layer, os.stat_result, int]] = field(default_factory=list)
     #: (node, directory inode, name, its old entry): links that go
     dropped: list[tuple[Node, int, str, Entry]] = field(default_factory=list)
 
@@ -88,6 +88,9 @@ class LiveStack:
         #: branches taken out, kept open: a location resolved before the
         #: change may still be read, and must not reach a reused descriptor
         self._retired: dict[str, Layer] = {}
+        #: the directories of each branch that keep the number of the one
+        #: they came to stand on (``InodeNumbers.keep``)
+        self._kept: dict[Layer, list[os.stat_result]] = {}
 
     def close(self) -> None:
         for layer in self._retired.values():
@@ -251,7 +254,7 @@ class LiveStack:
         new = self._numbers.of(*after) if after else None
         if before and after and stat.S_ISDIR(before[1].st_mode) and stat.S_ISDIR(after[1].st_mode):
             if new != old:
-                stale.kept.append((after[1], old))
+                stale.kept.append((after[0].top.layer, after[1], old))
             if before[0].locations != after[0].locations:
                 stale.attributes.add(old)
         elif old != new or (before and after and stat.S_IFMT(before[1].st_mode)
@@ -282,8 +285,12 @@ class LiveStack:
         self._retired.update((layer.branch.path, layer) for layer in removed)
         self._layers[:] = layers
         self._tree.index = self._index if self._upper and self._upper.layer in layers else None
-        for st, number in stale.kept:
+        for layer in removed:  # its directories may be renamed or gone when it comes back
+            for st in self._kept.pop(layer, ()):
+                self._numbers.forget_kept(st)
+        for layer, st, number in stale.kept:
             self._numbers.keep(st, number)
+            self._kept.setdefault(layer, []).append(st)
         for node, parent, name, entry in stale.dropped:
             self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
         self._open_files.writable = layers[0].writable
