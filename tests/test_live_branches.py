@@ -164,6 +164,9 @@ def test_only_root_or_the_owner_may_ask(stack):
     done = subprocess.run([*AS_NOBODY, PYUNION, "branch", "add", str(mnt), str(new)],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "permission denied" in done.stderr
+    done = subprocess.run([*AS_NOBODY, PYUNION, "branch", "ls", str(mnt)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "may list or change its branches" in done.stderr
     sock = daemon.control_path(str(mnt.resolve()))
     os.chmod(sock, 0o666)  # past the file mode: the daemon checks the caller itself
     probe = ("import json, socket, sys\n"
