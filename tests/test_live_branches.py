@@ -300,11 +300,12 @@ def test_a_read_only_mount_takes_branches_on_top(tmp_path, unions):
 def test_a_stale_control_socket_is_no_trouble(stack):
     mnt, up, base, new = stack
     sock = daemon.control_path(str(mnt.resolve()))
-    with socket.socket(socket.AF_UNIX) as s:  # a client that sends rubbish
-        s.connect(sock)
-        s.sendall(b"\xff not json")
-        s.shutdown(socket.SHUT_WR)
-        assert "malformed request" in json.loads(s.recv(4096))["error"]
+    for rubbish in (b"\xff not json", b"[" * 100_000 + b"]" * 100_000):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock)
+            s.sendall(rubbish)
+            s.shutdown(socket.SHUT_WR)
+            assert "malformed request" in json.loads(s.recv(4096))["error"]
     assert len(branches_of(mnt)) == 2
 
 

@@ -90,7 +90,10 @@ async def _read_request(stream: trio.SocketStream) -> dict:
         data += chunk
         if len(data) > _MAX_REQUEST:
             raise ValueError("too long")
-    request = json.loads(data)
+    try:
+        request = json.loads(data)
+    except RecursionError:  # not the daemon's failure: the caller's rubbish
+        raise ValueError("nested too deeply") from None
     if not isinstance(request, dict):
         raise ValueError("not an object")
     return request
