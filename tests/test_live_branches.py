@@ -428,3 +428,15 @@ def test_a_directory_renamed_in_a_branch_taken_out_has_its_own_number(stack):
     assert (mnt / "d").stat().st_ino == number
     assert (mnt / "e").stat().st_ino != number
     assert sorted(os.listdir(mnt / "e")) == ["in-new"]
+
+
+def test_a_branch_added_again_shows_what_it_holds_now(stack):
+    """A branch taken out may change; added again, the kernel is told of
+    the names it holds now, cached "no such name" answers included."""
+    mnt, up, base, new = stack
+    pyunion("branch", "add", str(mnt), str(new))
+    pyunion("branch", "del", str(mnt), str(new))
+    (new / "later").write_text("later")
+    assert not (mnt / "later").exists()
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "later").read_text() == "later"

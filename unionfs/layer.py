@@ -89,6 +89,10 @@ class Layer:
         """Make the branch ``rw`` or ``ro`` (a live change of the stack);
         its kept names are read afresh from then on."""
         self.branch = Branch(self.branch.path, mode)
+        self.forget_names()
+
+    def forget_names(self) -> None:
+        """Read its names afresh from now on."""
         self._names.cache_clear()
 
     @contextlib.contextmanager

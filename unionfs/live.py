@@ -160,6 +160,7 @@ class LiveStack:
                     last = at
                 elif branch.path in self._retired:
                     layer = self._retired[branch.path]
+                    layer.forget_names()  # changed while out? compare the stacks on what it holds
                 else:
                     _check_no_partial_copies(branch.path)
                     layer = Layer(branch, len(layers))
