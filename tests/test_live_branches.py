@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from container import runtime
 from unionfs import daemon
 from unionfs.whiteout import META_DIR
 
@@ -166,6 +167,9 @@ def test_only_root_or_the_owner_may_ask(stack):
     done = subprocess.run([*AS_NOBODY, PYUNION, "branch", "add", str(mnt), str(new)],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "permission denied" in done.stderr
+    done = subprocess.run([*AS_NOBODY, PYUNION, "branch", "ls", str(mnt)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "may list or change its branches" in done.stderr
     sock = daemon.control_path(str(mnt.resolve()))
     os.chmod(sock, 0o666)  # past the file mode: the daemon checks the caller itself
     probe = ("import json, socket, sys\n"
@@ -299,11 +303,12 @@ def test_a_read_only_mount_takes_branches_on_top(tmp_path, unions):
 def test_a_stale_control_socket_is_no_trouble(stack):
     mnt, up, base, new = stack
     sock = daemon.control_path(str(mnt.resolve()))
-    with socket.socket(socket.AF_UNIX) as s:  # a client that sends rubbish
-        s.connect(sock)
-        s.sendall(b"\xff not json")
-        s.shutdown(socket.SHUT_WR)
-        assert "malformed request" in json.loads(s.recv(4096))["error"]
+    for rubbish in (b"\xff not json", b"[" * 100_000 + b"]" * 100_000):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock)
+            s.sendall(rubbish)
+            s.shutdown(socket.SHUT_WR)
+            assert "malformed request" in json.loads(s.recv(4096))["error"]
     assert len(branches_of(mnt)) == 2
 
 
@@ -341,3 +346,115 @@ def test_an_added_branch_is_watched_with_notify(tmp_path, unions):
     pyunion("branch", "del", str(mnt), str(new))
     (new / "d" / "h").write_text("h")
     assert not (mnt / "d").exists() and (mnt / "b").read_text() == "b"
+
+
+def test_changes_while_a_writer_creates_in_the_changed_directory(stack):
+    """A create waiting for the change lock holds its directory's lock in
+    the kernel, which dropping a cached name of that directory needs: the
+    branch change must not hold the change lock while it tells the kernel
+    (else the daemon waits on itself for ever, even past SIGKILL)."""
+    mnt, up, base, new = stack
+    for i in range(200):
+        (new / "d" / f"n{i}").write_text("n")
+        assert not (mnt / "d" / f"n{i}").exists()  # cached: dropped at the add
+    stop, created = threading.Event(), []
+
+    def create() -> None:
+        while not stop.is_set():
+            (mnt / "d" / f"w{len(created)}").write_text("w")
+            created.append(1)
+
+    writer = threading.Thread(target=create, daemon=True)  # stuck for good if it hangs
+    writer.start()
+    try:
+        for _ in range(5):
+            pyunion("branch", "add", str(mnt), str(new))
+            pyunion("branch", "del", str(mnt), str(new))
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert not writer.is_alive() and created
+    assert len([n for n in os.listdir(mnt / "d") if n.startswith("w")]) == len(created)
+
+
+def test_a_branch_that_leads_into_the_mount_is_refused(stack, tmp_path):
+    """Through a symlink or a bind mount of the union: a branch served by
+    the mount itself would make the daemon wait on itself."""
+    mnt, up, base, new = stack
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    subprocess.run(["mount", "--bind", str(mnt / "d"), str(bound)], check=True)
+    try:
+        refused("branch", "add", str(mnt), str(bound), why="lies inside the mount")
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    (tmp_path / "link").symlink_to(mnt / "d")
+    refused("branch", "add", str(mnt), str(tmp_path / "link"), why="lies inside the mount")
+    refused("branch", "del", str(mnt), str(tmp_path / "link"), why="lies inside the mount")
+    assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
+    assert (mnt / "d" / "in-base").read_text() == "b"
+
+
+def test_a_branch_named_with_equals_comma_and_colon(stack, tmp_path):
+    """``=`` in a name reads as a mode only when the name is no directory:
+    such a branch can be added, and named again to take it out."""
+    mnt, up, base, new = stack
+    odd = build(tmp_path / "we,ird=x:y", {"odd": "odd"})
+    pyunion("branch", "add", str(mnt), str(odd))
+    assert (mnt / "odd").read_text() == "odd"
+    pyunion("branch", "mod", str(mnt), f"{odd}=ro")
+    pyunion("branch", "del", str(mnt), str(odd))
+    assert not (mnt / "odd").exists()
+    refused("branch", "add", str(mnt), f"{new}=rx", why="unknown mode 'rx'")
+    assert branches_of(mnt) == [(str(up), "rw"), (str(base), "ro")]
+
+
+def test_a_branch_added_under_a_running_container(pyc, image_root, tmp_path):
+    """The container's own mounts on its root (/proc, /etc/hosts...) stay
+    across an add and a del; the image it runs from is busy."""
+    name = pyc.name()
+    assert pyc("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60",
+               ).returncode == 0
+    root = runtime.State.load(name).rootfs
+    extra = build(tmp_path / "extra", {"added/f": "added", "etc/extra": "x", "proc": DIR,
+                                       "tmp/t": "t"})
+    look = ["sh", "-c", "cat /proc/1/comm /etc/hostname; ls /added /etc/extra"]
+    before = pyc("exec", name, *look)
+    pyunion("branch", "add", root, str(extra))
+    during = pyc("exec", name, *look)
+    assert during.returncode == 0, during.stderr
+    assert "/etc/extra" in during.stdout and "f" in during.stdout.split()
+    assert during.stdout.splitlines()[:2] == before.stdout.splitlines()[:2]
+    refused("branch", "del", root, str(image_root), why="is busy")
+    pyunion("branch", "del", root, str(extra))
+    after = pyc("exec", name, *look)
+    assert after.stdout.splitlines()[:2] == before.stdout.splitlines()[:2]
+    assert pyc("exec", name, "ls", "/added").returncode != 0
+
+
+def test_a_directory_renamed_in_a_branch_taken_out_has_its_own_number(stack):
+    """``new/d`` kept the number of ``base/d`` while on top of it; once
+    taken out, renamed and added again, it is another directory and must
+    not share that number."""
+    mnt, up, base, new = stack
+    number = (mnt / "d").stat().st_ino
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "d").stat().st_ino == number
+    pyunion("branch", "del", str(mnt), str(new))
+    (new / "d").rename(new / "e")
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "d").stat().st_ino == number
+    assert (mnt / "e").stat().st_ino != number
+    assert sorted(os.listdir(mnt / "e")) == ["in-new"]
+
+
+def test_a_branch_added_again_shows_what_it_holds_now(stack):
+    """A branch taken out may change; added again, the kernel is told of
+    the names it holds now, cached "no such name" answers included."""
+    mnt, up, base, new = stack
+    pyunion("branch", "add", str(mnt), str(new))
+    pyunion("branch", "del", str(mnt), str(new))
+    (new / "later").write_text("later")
+    assert not (mnt / "later").exists()
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "later").read_text() == "later"

@@ -72,7 +72,7 @@ async def _answer(connection, handle) -> None:
             request = await _read_request(stream)  # all of it: the caller then reads
             if uid not in (0, os.geteuid()):
                 reply = {"error": f"only root or the mount's owner (uid {os.geteuid()}) may "
-                                  "change its branches"}
+                                  "list or change its branches"}
             else:
                 reply = await handle(request)
         except ValueError as exc:
@@ -90,7 +90,10 @@ async def _read_request(stream: trio.SocketStream) -> dict:
         data += chunk
         if len(data) > _MAX_REQUEST:
             raise ValueError("too long")
-    request = json.loads(data)
+    try:
+        request = json.loads(data)
+    except RecursionError:  # not the daemon's failure: the caller's rubbish
+        raise ValueError("nested too deeply") from None
     if not isinstance(request, dict):
         raise ValueError("not an object")
     return request
@@ -107,7 +110,7 @@ def request(path: str, message: dict) -> dict:
                                "started by root)") from None
         except PermissionError:
             raise ControlError("permission denied: only root or the mount's owner may "
-                               "change its branches") from None
+                               "list or change its branches") from None
         except ConnectionRefusedError:
             raise ControlError("its daemon is not running") from None
         try:

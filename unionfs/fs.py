@@ -44,7 +44,7 @@ from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
 from .branches import Branch
 from .layer import ROOT, Layer, split
-from .live import LiveStack
+from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
 from .quota import UNLIMITED
 from .restack import Change
@@ -167,9 +167,14 @@ class UnionOperations(pyfuse3.Operations):
 
     async def change_branches(self, changes: list[Change], mountpoint: str,
                               workdir: str | None, force: bool = False) -> list[Branch]:
-        """Change the branches of the live mount (``live.py``)."""
+        """Change the branches of the live mount (``live.py``); the kernel
+        is told after the change lock is released, before the caller is
+        answered."""
+        await trio.to_thread.run_sync(outside_the_mount, changes, mountpoint)
         async with self._change_lock:
-            return await self._live.change(changes, mountpoint, workdir, force)
+            stack, stale = await self._live.change(changes, mountpoint, workdir, force)
+        await self._live.tell_kernel(stale)
+        return stack
 
     def close(self) -> None:
         """At the end: close the branches taken out while mounted."""

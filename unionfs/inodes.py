@@ -71,6 +71,10 @@ class InodeNumbers:
         """From now on, the entry whose real stat is ``st`` has ``number``."""
         self._kept[(st.st_dev, st.st_ino)] = number
 
+    def forget_kept(self, st: os.stat_result) -> None:
+        """The entry whose real stat is ``st`` has its own number again."""
+        self._kept.pop((st.st_dev, st.st_ino), None)
+
     def _compose(self, st: os.stat_result) -> int:
         if st.st_ino >> _FS_SHIFT:
             raise OSError(errno.EOVERFLOW, "inode number too large for the union")

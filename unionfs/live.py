@@ -61,8 +61,8 @@ class _Stale:
     entries: list[tuple[int, str]] = field(default_factory=list)
     #: inodes whose attributes changed (a merged directory's parts...)
     attributes: set[int] = field(default_factory=set)
-    #: (real stat of a directory's new top, the number it keeps)
-    kept: list[tuple[os.stat_result, int]] = field(default_factory=list)
+    #: (the branch of a directory's new top, its real stat, the number it keeps)
+    kept: list[tuple[Layer, os.stat_result, int]] = field(default_factory=list)
     #: (node, directory inode, name, its old entry): links that go
     dropped: list[tuple[Node, int, str, Entry]] = field(default_factory=list)
 
@@ -92,15 +92,19 @@ class LiveStack:
         #: branches taken out, kept open: a location resolved before the
         #: change may still be read, and must not reach a reused descriptor
         self._retired: dict[str, Layer] = {}
+        #: the directories of each branch that keep the number of the one
+        #: they came to stand on (``InodeNumbers.keep``)
+        self._kept: dict[Layer, list[os.stat_result]] = {}
 
     def close(self) -> None:
         for layer in self._retired.values():
             layer.close()
 
     async def change(self, changes: list[restack.Change], mountpoint: str, workdir: str | None,
-                     force: bool = False) -> list[Branch]:
-        """Apply ``changes``; the new branch list.  The caller holds the
-        mount's change lock."""
+                     force: bool = False) -> tuple[list[Branch], _Stale]:
+        """Apply ``changes``; the new branch list, and what to tell the
+        kernel (:meth:`tell_kernel`).  The caller holds the mount's change
+        lock."""
         # Off the loop: a path given may lead through this very mount.
         wanted, layers, opened = await trio.to_thread.run_sync(
             self._open, changes, mountpoint, workdir)
@@ -125,8 +129,15 @@ class LiveStack:
                 layer.close()
             raise
         self._swap(layers, wanted, removed, stale)
+        return wanted, stale
+
+    @staticmethod
+    async def tell_kernel(stale: _Stale) -> None:
+        """Drop what the kernel cached that the new stack answers otherwise.
+        Call it without the change lock: the kernel takes a directory's lock
+        to drop a name of it, and a handler waiting for the change lock (a
+        create there) holds that directory's lock until it is answered."""
         await trio.to_thread.run_sync(_tell_kernel, stale)
-        return wanted
 
     def _open(self, changes: list[restack.Change], mountpoint: str, workdir: str | None):
         """The stack ``changes`` make, checked against the rules, canonical,
@@ -135,9 +146,6 @@ class LiveStack:
         wanted = restack.apply(changes, tuple(layer.branch for layer in self._layers))
         if not wanted:
             raise BranchError("the last branch cannot be removed")
-        for branch in wanted:
-            if branch.path == mountpoint or branch.path.startswith(mountpoint.rstrip("/") + "/"):
-                raise BranchError(f"branch {branch.path} lies inside the mount {mountpoint}")
         stack = branches.validate(wanted, workdir if wanted[0].writable else None)
         branches.check_mountpoint(mountpoint, stack)
         upper_path = self._upper.layer.branch.path if self._upper else None
@@ -156,6 +164,7 @@ class LiveStack:
                     last = at
                 elif branch.path in self._retired:
                     layer = self._retired[branch.path]
+                    layer.forget_all_names()  # changed while out? compare the stacks on what it holds
                 else:
                     _check_no_partial_copies(branch.path)
                     layer = Layer(branch, len(layers))
@@ -250,7 +259,7 @@ class LiveStack:
         new = self._numbers.of(*after) if after else None
         if before and after and stat.S_ISDIR(before[1].st_mode) and stat.S_ISDIR(after[1].st_mode):
             if new != old:
-                stale.kept.append((after[1], old))
+                stale.kept.append((after[0].top.layer, after[1], old))
             if before[0].locations != after[0].locations:
                 stale.attributes.add(old)
         elif old != new or (before and after and stat.S_IFMT(before[1].st_mode)
@@ -283,8 +292,12 @@ class LiveStack:
         self._retired.update((layer.branch.path, layer) for layer in removed)
         self._layers[:] = layers
         self._tree.index = self._index if self._upper and self._upper.layer in layers else None
-        for st, number in stale.kept:
+        for layer in removed:  # its directories may be renamed or gone when it comes back
+            for st in self._kept.pop(layer, ()):
+                self._numbers.forget_kept(st)
+        for layer, st, number in stale.kept:
             self._numbers.keep(st, number)
+            self._kept.setdefault(layer, []).append(st)
         for node, parent, name, entry in stale.dropped:
             self._inodes.unlink(node, parent, name, self._held_if_last(node, entry))
         for ino in stale.attributes:  # a directory may stand on another one now
@@ -293,6 +306,24 @@ class LiveStack:
         self._open_files.writable = layers[0].writable
         self._inodes.new_epoch()
         self._on_changed(came, went)
+
+
+def outside_the_mount(changes: list[restack.Change], mountpoint: str) -> None:
+    """Refuse a path that leads into the mount (as written, through a
+    symlink, or through a bind mount of it), before the change lock is
+    taken: the daemon would wait on itself, resolving it while a handler
+    waiting for the lock holds a directory lock of the mount, or reading a
+    branch served by this very mount.  (Stats the mount: call it off the
+    loop.)"""
+    device = _device(mountpoint)
+    for change in changes:
+        path = os.path.realpath(change.path)
+        try:
+            on_the_mount = os.stat(path).st_dev == device
+        except OSError:
+            on_the_mount = False  # said in one line once the stack is checked
+        if on_the_mount or path == mountpoint or path.startswith(mountpoint.rstrip("/") + "/"):
+            raise BranchError(f"branch {change.path} lies inside the mount {mountpoint}")
 
 
 def _tell_kernel(stale: _Stale) -> None:

@@ -121,12 +121,16 @@ def _remount_change(form: str, rest: str) -> Change:
 
 
 def _path_and_mode(text: str) -> tuple[str, Mode | None]:
+    """``DIR[=MODE]``; a directory whose name holds ``=`` is itself (so a
+    branch added as ``DIR=ro`` can be named again to take it out)."""
     path, sep, mode_text = text.rpartition("=")
     if not sep:
         return text, None
     try:
         return path, Mode(mode_text)
     except ValueError:
+        if os.path.isdir(text):
+            return text, None
         raise BranchError(f"branch {path}: unknown mode {mode_text!r} (use rw or ro)") from None
 
 
