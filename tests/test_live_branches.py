@@ -39,7 +39,7 @@ def refused(*args: str, why: str) -> str:
 
 
 @pytest.fixture
-def stack(tmp_path, unions):
+def stack(tmp_path, unions, request):
     """A writable union over ``base``, and a branch ``new`` to add."""
     up = build(tmp_path / "up", {})
     base = build(tmp_path / "base", {"fileA": "base A\n", "d/in-base": "b", "same": "base",
@@ -51,7 +51,8 @@ def stack(tmp_path, unions):
     before = snapshot(new)
     yield mnt, up, base, new
     unions.unmount_all()
-    assert snapshot(new) == before  # a branch added read-only is never written
+    if not request.node.get_closest_marker("changes_new"):
+        assert snapshot(new) == before  # a branch added read-only is never written
 
 
 def test_the_talks_file_a(stack):
@@ -348,6 +349,7 @@ def test_an_added_branch_is_watched_with_notify(tmp_path, unions):
     assert not (mnt / "d").exists() and (mnt / "b").read_text() == "b"
 
 
+@pytest.mark.changes_new  # on purpose, while it is out
 def test_changes_while_a_writer_creates_in_the_changed_directory(stack):
     """A create waiting for the change lock holds its directory's lock in
     the kernel, which dropping a cached name of that directory needs: the
@@ -432,6 +434,7 @@ def test_a_branch_added_under_a_running_container(pyc, image_root, tmp_path):
     assert pyc("exec", name, "ls", "/added").returncode != 0
 
 
+@pytest.mark.changes_new  # on purpose, while it is out
 def test_a_directory_renamed_in_a_branch_taken_out_has_its_own_number(stack):
     """``new/d`` kept the number of ``base/d`` while on top of it; once
     taken out, renamed and added again, it is another directory and must
@@ -448,6 +451,7 @@ def test_a_directory_renamed_in_a_branch_taken_out_has_its_own_number(stack):
     assert sorted(os.listdir(mnt / "e")) == ["in-new"]
 
 
+@pytest.mark.changes_new  # on purpose, while it is out
 def test_a_branch_added_again_shows_what_it_holds_now(stack):
     """A branch taken out may change; added again, the kernel is told of
     the names it holds now, cached "no such name" answers included."""
