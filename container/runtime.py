@@ -668,14 +668,13 @@ def cleanup(state: State, remove: bool) -> None:
 
 
 def _forget_daemon(state: State) -> None:
-    """Wait for the union daemon to end, and remove the PID record it
-    leaves when it is killed."""
+    """Wait for the union daemon to end, and remove the PID record and
+    control socket it leaves when it is killed."""
     deadline = time.monotonic() + 10
     while not _daemon_ended(state) and time.monotonic() < deadline:
         time.sleep(0.02)
     if _daemon_ended(state):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(union_daemon.pidfile_path(state.rootfs))
+        union_daemon.forget(state.rootfs)
 
 
 def _daemon_ended(state: State) -> bool:

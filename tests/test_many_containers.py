@@ -61,5 +61,6 @@ def test_a_hundred_containers_start_run_and_stop_leaving_nothing(pyc):
         assert not os.path.exists(state.state_dir)
         assert not os.path.exists(state.data_dir)
         assert not os.path.exists(daemon.pidfile_path(state.rootfs))
+        assert not os.path.exists(daemon.control_path(state.rootfs))
     listed = pyc("ps", "-a", check=True).stdout
     assert not any(name in listed for name in names)

@@ -321,6 +321,14 @@ def pidfile_path(mountpoint: str) -> str:
     return _record_path(mountpoint, ".pid")
 
 
+def forget(mountpoint: str) -> None:
+    """Remove what a daemon of ``mountpoint`` that was killed left: its PID
+    record and its control socket."""
+    for path in (pidfile_path(mountpoint), control_path(mountpoint)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def control_path(mountpoint: str) -> str:
     """Where the daemon serving ``mountpoint`` takes requests (``control``):
     named by a digest, since a socket's path must fit in 108 bytes."""
@@ -347,10 +355,7 @@ def _records(mountpoint: str):
         os.makedirs(PID_DIR, mode=0o755, exist_ok=True)
         for name in os.listdir(PID_DIR):  # left by daemons that were killed
             if name.endswith(".pid") and _live_pid(os.path.join(PID_DIR, name)) is None:
-                left = urllib.parse.unquote_to_bytes(name.removesuffix(".pid"))
-                for stale in (os.path.join(PID_DIR, name), control_path(os.fsdecode(left))):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(stale)
+                forget(os.fsdecode(urllib.parse.unquote_to_bytes(name.removesuffix(".pid"))))
         with contextlib.suppress(FileNotFoundError):  # of an earlier daemon here
             os.unlink(_failure_path(mountpoint))
         held = _locked_record(path, f"{os.getpid()}\n")
