@@ -71,6 +71,7 @@ import trio
 from unionfs import changes as changes_module
 from unionfs import chunkmap as chunkmap_module
 from unionfs import copyup as copyup_module
+from unionfs import durable as durable_module
 from unionfs import fs as fs_module
 from unionfs import handles as handles_module
 from unionfs import index as index_module
@@ -88,7 +89,7 @@ from unionfs.upper import Upper
 from unionfs.whiteout import META_DIR, OPAQUE, PREFIX, XATTR, Marks, is_private_xattr
 
 PATCHED_MODULES = (changes_module, upper_module, copyup_module, index_module, chunkmap_module,
-                   partial_module, layer_module, fs_module, handles_module)
+                   partial_module, layer_module, fs_module, handles_module, durable_module)
 BASE_NS = 1_600_000_000 * 10**9  # every lower entry's times
 SET_NS = 1_500_000_000 * 10**9  # what the utime scenarios set
 RECENT_NS = 1_650_000_000 * 10**9  # times after this are "recent" in a view

@@ -147,3 +147,26 @@ def test_udba_is_none_unless_chosen(stack):
     with pytest.raises(BranchError, match=r"^udba= must be one of none, reval, notify, "
                                           r"not 'always'$"):
         parse([f"br={low}=ro,udba=always"], mnt)
+
+
+def test_empty_items_are_skipped_as_containers_storage_writes_them(stack):
+    config = parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/work,,volatile,"],
+                   str(stack / "mnt"))
+    assert config.volatile and config.stack.workdir == f"{stack}/work"
+
+
+def test_volatile_is_meaningless_and_accepted_without_a_writable_branch(stack):
+    config = parse([f"lowerdir={stack}/low,volatile"], str(stack / "mnt"))
+    assert config.stack.upper is None and "ro" in config.fuse_options
+
+
+@pytest.mark.parametrize("option", [
+    "uidmapping=:0:1000:65536", "gidmapping=:0:1000:65536", "squash_to_uid=1000",
+    "squash_to_gid=1000", "squash_to_root", "xattr_permissions=2",
+    'context="system_u:object_r:container_file_t:s0"'])
+def test_fuse_overlayfs_options_not_done_yet_are_refused_by_name(stack, option):
+    key = option.partition("=")[0]
+    sep = "=" if "=" in option else ""
+    with pytest.raises(BranchError, match=rf"^option {key}{sep} is not supported by pyunion yet \("):
+        parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/work,{option}"],
+              str(stack / "mnt"))

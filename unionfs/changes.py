@@ -33,7 +33,7 @@ from typing import Callable
 
 import trio
 
-from . import copyup
+from . import copyup, durable
 from .chunkmap import ChunkMap, Source
 from .copyup import Data
 from .index import INDEX_DIR, Index
@@ -214,11 +214,11 @@ class Changes:
         for path in paths:
             fd = self.upper.layer.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.fsync(fd)
+                durable.fsync(fd)
             finally:
                 os.close(fd)
         if entry.marks.partial is not None:
-            os.fsync(self.upper.chunks_fd)
+            durable.fsync(self.upper.chunks_fd)
 
     # -- link counts of indexed files ---------------------------------------
 

@@ -34,6 +34,8 @@ import struct
 import uuid
 from dataclasses import dataclass
 
+from . import durable
+
 CHUNK = 64 * 1024
 _MAGIC = b"pyuchk1\n"
 _FIXED = struct.Struct("<8sIQ")  # magic, header length, limit
@@ -157,7 +159,7 @@ class ChunkMap:
             os.pwrite(self.fd, struct.pack("<Q", size), _LIMIT_AT)
 
     def fsync(self) -> None:
-        os.fsync(self.fd)
+        durable.fsync(self.fd)
 
 
 def _source(header: dict) -> Source:

@@ -11,6 +11,8 @@
 mount.fuse3 runs the program as ``pyunion SOURCE MNT -o OPTIONS``; that form
 is taken as ``pyunion mount --source SOURCE MNT -o OPTIONS``, and with
 ``remount`` among the options it asks the running daemon for the change.
+containers/storage runs its overlay driver's ``mount_program`` (fuse-overlayfs,
+or pyunion) as ``PROGRAM -o OPTIONS MERGED``: that is ``pyunion mount``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
                                    as read (default), checked at use, or watched (inotify)
       quota=SIZE                   what the writable branch may hold (bytes, or k, m, g, t):
                                    writes past it fail with ENOSPC; df shows it as the size
+      volatile                     no flush reaches the disk: fast, but a crash of the
+                                   machine may lose the writable branch's last changes
     """
     if any("remount" in arg.split(",") for arg in option_args):
         # mount -o remount,add:1:/new=ro MNT, through mount.fuse3
@@ -239,7 +243,16 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 def main() -> None:
     # Messages name paths as their bytes, UTF-8 or not.
     sys.stderr.reconfigure(errors="surrogateescape")
-    args = sys.argv[1:]
-    if args and not args[0].startswith("-") and args[0] not in cli.commands:
-        args = ["mount", "--source", *args]
-    cli.main(args=args, prog_name="pyunion")
+    cli.main(args=_as_command(sys.argv[1:]), prog_name="pyunion")
+
+
+def _as_command(args: list[str]) -> list[str]:
+    """The forms without a command, as ``mount``: ``pyunion SOURCE MNT -o
+    OPTIONS`` (mount.fuse3) and ``pyunion -o OPTIONS MNT`` (a mount_program)."""
+    flags = ["--debug"] if args[:1] == ["--debug"] else []
+    rest = args[len(flags):]
+    if not rest or rest[0] in cli.commands or rest[0] in ("-h", "--help"):
+        return args
+    if rest[0].startswith("-"):
+        return [*flags, "mount", *rest]
+    return [*flags, "mount", "--source", *rest]

@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 
+from . import durable
 from .tree import Location
 from .whiteout import XATTR, Marks, is_private_xattr
 
@@ -139,7 +140,7 @@ def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,
                 copy_data(src, dst, st.st_size)
             finally:
                 os.close(src)
-            os.fsync(dst)  # data must not lag behind the rename that shows it
+            durable.fsync(dst)  # data must not lag behind the rename that shows it
         elif data is Data.LATER:
             os.ftruncate(dst, st.st_size)
     except BaseException:

@@ -38,7 +38,7 @@ from typing import Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import control, mounts, restack, upperlock
+from . import control, durable, mounts, restack, upperlock
 from .branches import BranchError
 from .fs import UnionOperations
 from .handles import PageCache
@@ -81,6 +81,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
     # The kernel has applied the caller's umask already.
     os.umask(0)
     _raise_open_file_limit()
+    if config.volatile:
+        durable.make_volatile()
     with upperlock.held(config.stack):
         quota = Quota(config.quota) if config.quota is not None else UNLIMITED
         layers = [MeteredLayer(branch, i, quota) if i == 0 and config.quota is not None
@@ -102,7 +104,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
             with _records(config.mountpoint) as recorded:
                 try:
                     if upper is not None:
-                        upper.prepare()
+                        upper.prepare(config.volatile)
                         operations.recover()
                         upper.count()
                     controls = functools.partial(_answer_control, operations, config)
@@ -112,6 +114,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                     pyfuse3.close(unmount=True)
                 if config.flatten_at_umount:
                     _flatten(operations, config.mountpoint)
+                if config.volatile and upper is not None:
+                    upper.settle()
         finally:
             if upper is not None:
                 upper.close()

@@ -38,6 +38,7 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FUSEError
 
+from . import durable
 from .changes import Changes
 from .handles import OPEN_FLAGS_KEPT, OpenFiles, PageCache, private_copy
 from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
@@ -438,7 +439,7 @@ class UnionOperations(pyfuse3.Operations):
         if top.layer.writable:
             fd = top.layer.open(top.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.fsync(fd)
+                durable.fsync(fd)
             finally:
                 os.close(fd)
 

@@ -26,6 +26,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileInfo
 
+from . import durable
 from .copyup import copy_data
 from .inodes import Node
 from .layer import Layer
@@ -172,7 +173,7 @@ class OpenFiles:
         if partial is not None:
             partial.fsync(datasync)
         else:
-            (os.fdatasync if datasync else os.fsync)(fh)
+            durable.fsync(fh, datasync)
 
     def release(self, fh: int) -> None:
         open_file = self._files.pop(fh)

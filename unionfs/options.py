@@ -13,11 +13,16 @@ Three kinds of option are accepted:
   grow without end); ``quota=SIZE`` (what the
   writable branch may hold: see ``quota.py``); ``udba=none|reval|notify``
   (how a read-only branch changed under the mount shows: see ``udba.py``);
+  ``volatile`` (no flush reaches the disk: see ``durable.py``; meaningless,
+  and so accepted, on a read-only mount, as overlayfs does);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
 
-Anything else is refused with a one-line error, before anything is mounted.
+Anything else is refused with a one-line error, before anything is mounted;
+so are the options fuse-overlayfs takes that pyunion does not do yet (owner
+mappings, SELinux contexts), rather than accepted and ignored.  Empty items
+(``a,,b``, a trailing comma) are skipped, as containers/storage writes them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ _MOUNT8_ONLY = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner"
 _SIZE = re.compile(r"([0-9]+)([kmgt]?)", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MAX_QUOTA = 1 << 63
+#: fuse-overlayfs's options that containers/storage may pass, not done yet
+_NOT_YET = {
+    "uidmapping": "owner mapping for user namespaces",
+    "gidmapping": "group mapping for user namespaces",
+    "squash_to_uid": "showing every file as one owner",
+    "squash_to_gid": "showing every file as one group",
+    "squash_to_root": "showing every file as root's",
+    "xattr_permissions": "keeping modes in xattrs (force_mask)",
+    "context": "SELinux mount labels",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class MountConfig:
     quota: int | None = None
     #: how read-only branches changed under the mount show (``udba.py``)
     udba: str = "none"
+    #: no flush reaches the disk (``durable.py``)
+    volatile: bool = False
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -73,7 +90,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     """
     union: dict[str, str] = {}
     fuse: set[str] = set()
-    flatten = False
+    flags: set[str] = set()
     for arg in option_args:
         path_before = None  # the path-valued option just before, if any
         for option in filter(None, arg.split(",")):
@@ -82,8 +99,11 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 if key in union:
                     raise BranchError(f"option {key}= is given twice")
                 union[key] = value
-            elif option == "flatten":
-                flatten = True
+            elif option in ("flatten", "volatile"):
+                flags.add(option)
+            elif key in _NOT_YET:
+                raise BranchError(f"option {key}{sep} is not supported by pyunion yet "
+                                  f"({_NOT_YET[key]})")
             elif option == "blkdev":
                 raise BranchError("blkdev is not supported by pyunion (it needs fuseblk, "
                                   "a file system on a block device)")
@@ -102,15 +122,16 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     copyup, pagecache, udba = (_choice(union, key) for key in ("copyup", "pagecache", "udba"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
     stack = _stack(union, source)
-    if flatten and stack.upper is None:
+    if "flatten" in flags and stack.upper is None:
         raise BranchError("flatten needs a writable branch")
     if quota is not None and stack.upper is None:
         raise BranchError("quota= needs a writable branch")
     mnt = branches.check_mountpoint(mountpoint, stack)
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
-                       partial_copies=copyup == "partial", flatten_at_umount=flatten,
-                       pagecache=pagecache, max_open=_count(union, "max_open"),
-                       quota=quota, udba=udba)
+                       partial_copies=copyup == "partial",
+                       flatten_at_umount="flatten" in flags, pagecache=pagecache,
+                       max_open=_count(union, "max_open"), quota=quota, udba=udba,
+                       volatile="volatile" in flags)
 
 
 def _fsname(source: str) -> str:

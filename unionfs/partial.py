@@ -48,6 +48,7 @@ from typing import Callable
 
 import trio
 
+from . import durable
 from .chunkmap import ChunkMap, Source
 from .copyup import copy_range, data_extents
 from .flatten import Flattening
@@ -145,7 +146,7 @@ class PartialFile:
             self._map.shrink(size)
 
     def fsync(self, datasync: bool) -> None:
-        (os.fdatasync if datasync else os.fsync)(self.upper_fd)
+        durable.fsync(self.upper_fd, datasync)
         self._map.fsync()
 
     def complete(self) -> None:
@@ -165,7 +166,7 @@ class PartialFile:
         with self._lock:
             if not self.changed:  # the copying is no change to the file
                 os.utime(self.upper_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.fsync(self.upper_fd)
+        durable.fsync(self.upper_fd)
 
     def _bring_up(self, absent: list[int]) -> None:
         """Copy the given chunks from below and mark them present."""

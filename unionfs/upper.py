@@ -26,6 +26,7 @@ import itertools
 import os
 import stat
 
+from . import durable
 from .branches import Branch, Mode
 from .chunkmap import ChunkMap, Source
 from .copyup import remove_staged
@@ -52,9 +53,10 @@ class Upper:
         self.chunks_fd = -1
         self._names = (f"{os.getpid()}.{n}" for n in itertools.count())
 
-    def prepare(self) -> None:
-        """Make (or clean) the work directory: done once the mount exists,
-        so that a mount that fails writes nothing."""
+    def prepare(self, volatile: bool = False) -> None:
+        """Make (or clean) the work directory, marked while a ``volatile``
+        mount lives (``durable.py``): done once the mount exists, so that a
+        mount that fails writes nothing."""
         if self._workdir is None:
             top = self.layer.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -69,7 +71,20 @@ class Upper:
         finally:
             os.close(base)
         for stale in os.listdir(self.work_fd):
-            remove_staged(self.work_fd, stale)
+            if stale != durable.MARKER_DIR:
+                remove_staged(self.work_fd, stale)
+        durable.check(self.work_fd, self._work_path())
+        if volatile:
+            durable.mark(self.work_fd)
+
+    def settle(self) -> None:
+        """At a clean unmount of a volatile mount: flushed, and unmarked."""
+        durable.settle(self.work_fd)
+
+    def _work_path(self) -> str:
+        if self._workdir is None:
+            return os.path.join(self.layer.branch.path, META_DIR, "work")
+        return os.path.join(self._workdir, "work")
 
     def count(self) -> None:
         """Have the quota count what the branch holds, with the work and

@@ -1,0 +1,151 @@
+"""pyunion as podman's overlay ``mount_program``, called the way
+containers/storage calls fuse-overlayfs (``drivers/overlay/overlay.go``):
+``PROGRAM -o OPTIONS MERGED`` run in the driver's home, with stderr read
+until EOF; lower layers are ``l/ID`` symlinks to ``../LAYER/diff``; unmount
+is ``fusermount3 -u``.  And ``volatile``, which it passes for ``--rm``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from helpers import PYUNION, build, force_unmount, mounted, process_gone, pyunion, wait_for
+from unionfs import daemon
+
+MARKER = "work/work/incompat/volatile"  # in the driver's layer directory, as overlayfs's
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A driver home laid out as containers/storage lays it out: two image
+    layers and a container layer with its diff, work and merged dirs."""
+    for layer, files in (("base", {"etc/os": "base\n", "bin/sh": "sh\n"}),
+                         ("top", {"etc/os": "top\n", "app": "app\n"})):
+        build(tmp_path / layer / "diff", files)
+        (tmp_path / "l").mkdir(exist_ok=True)
+        os.symlink(f"../{layer}/diff", tmp_path / "l" / layer.upper())
+    for name in ("diff", "work", "merged"):
+        (tmp_path / "ctr" / name).mkdir(parents=True)
+    yield tmp_path
+    force_unmount(tmp_path / "ctr" / "merged")
+
+
+def run_as_storage_does(home, options: str) -> subprocess.CompletedProcess:
+    """Run pyunion with stdout and stderr on pipes read to their end: it
+    returns only when the daemon holds neither."""
+    return subprocess.run([PYUNION, "-o", options, "ctr/merged"], cwd=home,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+
+
+def container_options(home, *extra: str) -> str:
+    return ",".join([f"lowerdir={home}/l/TOP:{home}/l/BASE,upperdir={home}/ctr/diff,"
+                     f"workdir={home}/ctr/work", *extra])
+
+
+def test_the_mount_program_form_returns_with_the_mount_ready(home):
+    done = run_as_storage_does(home, container_options(home, "", "volatile", ""))
+    assert done.returncode == 0, done.stderr
+    merged = home / "ctr" / "merged"
+    assert mounted(merged, "fuse.pyunion")
+    assert sorted(os.listdir(merged)) == ["app", "bin", "etc"]
+    assert (merged / "etc" / "os").read_text() == "top\n"
+    (merged / "etc" / "os").write_text("changed\n")
+    os.unlink(merged / "app")
+    pid = daemon.pid_of(str(merged))
+
+    subprocess.run(["fusermount3", "-u", str(merged)], check=True)
+    assert wait_for(lambda: process_gone(pid))
+    assert not os.path.exists(daemon.pidfile_path(str(merged)))
+    assert not os.path.exists(daemon.control_path(str(merged)))
+    assert (home / "ctr" / "diff" / "etc" / "os").read_text() == "changed\n"
+    assert (home / "top" / "diff" / "app").read_text() == "app\n"
+    assert not (home / "ctr" / "diff" / "app").exists()  # hidden by a whiteout
+    assert not (home / "ctr" / MARKER).exists()  # a clean end: flushed and unmarked
+
+
+def test_relative_layer_paths_are_the_driver_homes(home):
+    done = run_as_storage_does(home, "lowerdir=l/TOP:l/BASE,upperdir=ctr/diff,workdir=ctr/work")
+    assert done.returncode == 0, done.stderr
+    assert (home / "ctr" / "merged" / "app").read_text() == "app\n"
+
+
+def test_a_lowerdir_alone_is_a_read_only_mount(home):
+    """``podman diff``, ``commit`` and ``image mount`` mount a layer this way."""
+    done = run_as_storage_does(home, f"lowerdir={home}/ctr/diff:{home}/l/TOP:{home}/l/BASE")
+    assert done.returncode == 0, done.stderr
+    merged = home / "ctr" / "merged"
+    assert (merged / "etc" / "os").read_text() == "top\n"
+    with pytest.raises(OSError) as raised:
+        (merged / "new").write_text("x")
+    assert raised.value.errno == 30  # EROFS
+    pyunion("umount", str(merged))
+
+
+@pytest.mark.parametrize("option", ["uidmapping=:0:100000:65536", "squash_to_root",
+                                    "xattr_permissions=2"])
+def test_options_not_done_yet_fail_in_one_line_and_mount_nothing(home, option):
+    done = run_as_storage_does(home, container_options(home, option))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: option {option.partition('=')[0]}")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not mounted(home / "ctr" / "merged")
+    assert os.listdir(home / "ctr" / "diff") == [] and os.listdir(home / "ctr" / "work") == []
+
+
+def test_volatile_marks_the_work_dir_while_mounted(home):
+    assert run_as_storage_does(home, container_options(home, "volatile")).returncode == 0
+    assert (home / "ctr" / MARKER).read_text().strip() == _boot_id()
+    pyunion("umount", str(home / "ctr" / "merged"))
+    assert not (home / "ctr" / MARKER).exists()
+
+
+def test_a_volatile_daemon_killed_loses_nothing_the_machine_held(home):
+    merged = home / "ctr" / "merged"
+    assert run_as_storage_does(home, container_options(home, "volatile")).returncode == 0
+    with open(merged / "kept", "w") as f:
+        f.write("written\n")
+        os.fsync(f.fileno())  # returns at once: nothing is flushed
+    pid = daemon.pid_of(str(merged))
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: process_gone(pid))
+    force_unmount(merged)
+    assert (home / "ctr" / MARKER).exists()  # left by the killed daemon, this boot
+
+    assert run_as_storage_does(home, container_options(home, "volatile")).returncode == 0
+    assert (merged / "kept").read_text() == "written\n"
+    pyunion("umount", str(merged))
+
+
+def test_a_volatile_branch_from_before_a_restart_is_refused(home):
+    (home / "ctr" / MARKER).parent.mkdir(parents=True)
+    (home / "ctr" / MARKER).write_text("00000000-0000-0000-0000-000000000000\n")
+    done = run_as_storage_does(home, container_options(home))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: the writable branch was mounted volatile and the machine has restarted since: "
+        "its last changes may be lost or torn; remove "
+        f"{home}/ctr/{MARKER} to mount it anyway")
+    assert not mounted(home / "ctr" / "merged")
+
+    (home / "ctr" / MARKER).unlink()  # what containers/storage does before each mount
+    assert run_as_storage_does(home, container_options(home)).returncode == 0
+    pyunion("umount", str(home / "ctr" / "merged"))
+
+
+def test_volatile_flushes_nothing(monkeypatch, tmp_path):
+    from unionfs import durable
+    flushed = []
+    monkeypatch.setattr(durable.os, "fsync", flushed.append)
+    with open(tmp_path / "f", "w") as f:
+        durable.fsync(f.fileno())
+        monkeypatch.setattr(durable, "_volatile", True)
+        durable.fsync(f.fileno())
+        assert flushed == [f.fileno()]
+
+
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()

@@ -1,0 +1,89 @@
+"""Flushing the writable branch to disk, or not, for a ``volatile`` mount.
+
+Every flush the daemon makes (an fsync through the mount, a copy-up's data
+before the rename that shows it, a chunk map) goes through :func:`fsync`.
+With ``-o volatile`` (overlayfs's option, which podman passes for
+containers run with ``--rm``) none reaches the disk: they return at once.
+The daemon killed loses nothing even so (every write is in the kernel's
+page cache), but a crash of the machine may lose the writable branch's
+recent changes, or leave them torn.
+
+So, as overlayfs does, a volatile mount keeps ``incompat/volatile`` in its
+work directory while it lives, holding the machine's boot id.  A mount that
+finds one left by an earlier boot refuses the branch, which may be damaged;
+one left in this boot (the daemon was killed, the machine went on) is
+harmless and goes.  A clean unmount flushes the branch's file system and
+removes it.  containers/storage removes the marker itself before each mount,
+as it does for overlayfs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+
+from .branches import BranchError
+
+MARKER_DIR = "incompat"
+_MARKER_PATH = MARKER_DIR + "/volatile"
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_libc = ctypes.CDLL(None, use_errno=True)
+_volatile = False
+
+
+class DamagedBranch(BranchError):
+    """A volatile mount's branch that the machine went down under."""
+
+
+def make_volatile() -> None:
+    """From now on, flushes are skipped (the daemon serves one mount)."""
+    global _volatile
+    _volatile = True
+
+
+def fsync(fd: int, datasync: bool = False) -> None:
+    if not _volatile:
+        (os.fdatasync if datasync else os.fsync)(fd)
+
+
+def check(work_fd: int, work_path: str) -> None:
+    """Refuse a branch that a volatile mount left as the machine went down;
+    forget the marker of one whose daemon was killed in this boot."""
+    try:
+        with open(_MARKER_PATH, opener=lambda path, flags: os.open(path, flags, dir_fd=work_fd)) as f:
+            left_by = f.read().strip()
+    except FileNotFoundError:
+        return
+    if left_by != _boot_id():
+        raise DamagedBranch(
+            f"the writable branch was mounted volatile and the machine has restarted since: "
+            f"its last changes may be lost or torn; remove {work_path}/{_MARKER_PATH} "
+            "to mount it anyway")
+    os.unlink(_MARKER_PATH, dir_fd=work_fd)
+
+
+def mark(work_fd: int) -> None:
+    """Leave the marker of a volatile mount in its work directory."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(MARKER_DIR, 0o700, dir_fd=work_fd)
+    fd = os.open(_MARKER_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
+                 dir_fd=work_fd)
+    with os.fdopen(fd, "w") as f:
+        f.write(_boot_id() + "\n")
+
+
+def settle(work_fd: int) -> None:
+    """At a clean unmount: flush the branch's file system, then the marker goes."""
+    if _libc.syncfs(work_fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_MARKER_PATH, dir_fd=work_fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(MARKER_DIR, dir_fd=work_fd)
+
+
+def _boot_id() -> str:
+    with open(_BOOT_ID) as f:
+        return f.read().strip()
