@@ -84,8 +84,7 @@ def test_a_lowerdir_alone_is_a_read_only_mount(home):
     pyunion("umount", str(merged))
 
 
-@pytest.mark.parametrize("option", ["uidmapping=:0:100000:65536", "squash_to_root",
-                                    "xattr_permissions=2"])
+@pytest.mark.parametrize("option", ["xattr_permissions=2", "context=system_u:object_r:s0"])
 def test_options_not_done_yet_fail_in_one_line_and_mount_nothing(home, option):
     done = run_as_storage_does(home, container_options(home, option))
     assert done.returncode == 1
@@ -149,3 +148,51 @@ def test_volatile_flushes_nothing(monkeypatch, tmp_path):
 def _boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
+
+
+def test_owner_mappings_show_the_hosts_ids_and_store_the_containers(world_readable_dir, unions,
+                                                                   tmp_path):
+    """``podman run --uidmap 0:100000:65536``: the image's files belong to
+    0 and 1; through the mount they are the host's 100000 and 100001, and
+    what the container's processes make is stored as their own IDs."""
+    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
+    build(low, {"a": "a\n", "b": "b\n", "shared/keep": "k\n"})
+    os.chown(low / "b", 1, 1)
+    os.chmod(low / "shared", 0o1777)
+    up.mkdir(), work.mkdir(), (world_readable_dir / "mnt").mkdir()
+    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                     "gidmapping=:0:100000:65536",
+                                     mnt=world_readable_dir / "mnt")
+    assert [(os.stat(mnt / n).st_uid, os.stat(mnt / n).st_gid) for n in ("a", "b")] \
+        == [(100000, 100000), (100001, 100001)]
+
+    def make_as_container_user():
+        os.setresgid(100005, 100005, 100005)
+        os.setresuid(100005, 100005, 100005)
+        (mnt / "shared" / "new").write_text("n\n")
+    _in_child(make_as_container_user)
+    assert (os.stat(mnt / "shared" / "new").st_uid, os.lstat(up / "shared" / "new").st_uid) \
+        == (100005, 5)
+
+    os.chown(mnt / "a", 100007, 100008)
+    assert (os.lstat(up / "a").st_uid, os.lstat(up / "a").st_gid) == (7, 8)
+    (mnt / "made_by_host_root").write_text("r\n")  # root is outside the mapping
+    assert os.lstat(up / "made_by_host_root").st_uid == 65534
+
+
+def test_squash_to_root_shows_every_file_as_roots(unions, tmp_path):
+    low = build(tmp_path / "low", {"f": "f\n"})
+    os.chown(low / "f", 1000, 1000)
+    mnt = unions.mount([low], "squash_to_root")
+    assert (os.stat(mnt / "f").st_uid, os.stat(mnt / "f").st_gid) == (0, 0)
+
+
+def _in_child(work) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0

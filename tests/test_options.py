@@ -161,12 +161,44 @@ def test_volatile_is_meaningless_and_accepted_without_a_writable_branch(stack):
 
 
 @pytest.mark.parametrize("option", [
-    "uidmapping=:0:1000:65536", "gidmapping=:0:1000:65536", "squash_to_uid=1000",
-    "squash_to_gid=1000", "squash_to_root", "xattr_permissions=2",
-    'context="system_u:object_r:container_file_t:s0"'])
+    "xattr_permissions=2", 'context="system_u:object_r:container_file_t:s0"'])
 def test_fuse_overlayfs_options_not_done_yet_are_refused_by_name(stack, option):
     key = option.partition("=")[0]
     sep = "=" if "=" in option else ""
     with pytest.raises(BranchError, match=rf"^option {key}{sep} is not supported by pyunion yet \("):
         parse([f"lowerdir={stack}/low,upperdir={stack}/up,workdir={stack}/work,{option}"],
               str(stack / "mnt"))
+
+
+def test_owner_mappings_as_containers_storage_writes_them(stack):
+    config = parse([f"lowerdir={stack}/low,uidmapping=:0:100000:65536:65536:300000:1,"
+                    "gidmapping=:0:200000:10"], str(stack / "mnt"))
+    uids, gids = config.owners.uids, config.owners.gids
+    assert [uids.shown(i) for i in (0, 1, 65535, 65536, 70000)] \
+        == [100000, 100001, 165535, 300000, 65534]
+    assert [uids.stored(i) for i in (100000, 165535, 300000, 0, 99999)] \
+        == [0, 65535, 65536, 65534, 65534]
+    assert (gids.shown(9), gids.shown(10), gids.stored(200009)) == (200009, 65534, 9)
+
+
+def test_squashes_show_one_owner_and_store_as_mapped(stack):
+    config = parse([f"lowerdir={stack}/low,squash_to_root,squash_to_uid=1000"],
+                   str(stack / "mnt"))
+    uids, gids = config.owners.uids, config.owners.gids
+    assert (uids.shown(5), gids.shown(5)) == (1000, 0)  # squash_to_uid comes first
+    assert (uids.stored(5), gids.stored(7)) == (5, 7)
+    assert not parse([f"lowerdir={stack}/low"], str(stack / "mnt")).owners.mapped
+
+
+@pytest.mark.parametrize("option, message", [
+    ("uidmapping=0:1000", r"^uidmapping= must be triples ID:HOST-ID:COUNT, not '0:1000'$"),
+    ("gidmapping=a:b:c", "^gidmapping= must be triples"),
+    ("uidmapping=", "^uidmapping= must be triples"),
+    ("uidmapping=0:1000:0", "^uidmapping= has a range of no IDs"),
+    ("uidmapping=0:4294967295:2", "^uidmapping= goes past the largest ID"),
+    ("squash_to_uid=-1", r"^squash_to_uid= must be a user or group ID, not '-1'$"),
+    ("squash_to_gid=4294967296", "^squash_to_gid= must be a user or group ID"),
+])
+def test_bad_owner_options(stack, option, message):
+    with pytest.raises(BranchError, match=message):
+        parse([f"lowerdir={stack}/low,{option}"], str(stack / "mnt"))

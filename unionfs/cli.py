@@ -67,6 +67,10 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
                                    writes past it fail with ENOSPC; df shows it as the size
       volatile                     no flush reaches the disk: fast, but a crash of the
                                    machine may lose the writable branch's last changes
+      uidmapping=,gidmapping=      ID:HOST-ID:COUNT triples: show the branches' owners as
+                                   the host's IDs of a user namespace (fuse-overlayfs's)
+      squash_to_uid=,squash_to_gid=,squash_to_root
+                                   show every file as owned by one user or group
     """
     if any("remount" in arg.split(",") for arg in option_args):
         # mount -o remount,add:1:/new=ro MNT, through mount.fuse3

@@ -92,7 +92,8 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         try:
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
-                                         max_open=config.max_open, udba=Mode(config.udba))
+                                         max_open=config.max_open, udba=Mode(config.udba),
+                                         owners=config.owners)
             with _stderr_captured() as complaint:
                 try:
                     pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))

@@ -45,6 +45,7 @@ from .inodes import ROOT_INODE, Held, InodeNumbers, InodeTable, Node
 from .index import Index
 from .branches import Branch
 from .layer import ROOT, Layer, split
+from .owners import AS_STORED, Owners
 from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
 from .quota import UNLIMITED
@@ -59,7 +60,7 @@ from .whiteout import FLATTEN_XATTR, is_private_xattr, is_reserved, is_whiteout_
 log = logging.getLogger(__name__)
 
 _STAT_FIELDS = (
-    "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+    "st_mode", "st_nlink", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
 @dataclasses.dataclass
@@ -128,8 +129,10 @@ class UnionOperations(pyfuse3.Operations):
 
     def __init__(self, layers: list[Layer], upper: Upper | None = None,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
-                 max_open: int | None = None, udba: Mode = Mode.NONE):
+                 max_open: int | None = None, udba: Mode = Mode.NONE,
+                 owners: Owners = AS_STORED):
         super().__init__()
+        self._owners = owners
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
         index = Index(upper.layer, self.numbers) if upper else None
@@ -238,8 +241,8 @@ class UnionOperations(pyfuse3.Operations):
         if fields.update_size:
             self._open_files.truncate(target.entry, fh, attr.st_size)
         if fields.update_uid or fields.update_gid:
-            target.chown(attr.st_uid if fields.update_uid else -1,
-                         attr.st_gid if fields.update_gid else -1)
+            target.chown(self._owners.uids.stored(attr.st_uid) if fields.update_uid else -1,
+                         self._owners.gids.stored(attr.st_gid) if fields.update_gid else -1)
         if fields.update_mode:
             target.chmod(stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
@@ -261,21 +264,22 @@ class UnionOperations(pyfuse3.Operations):
         if is_whiteout_device(mode, rdev):
             raise FUSEError(errno.EPERM)  # a whiteout, as overlayfs refuses
         parent, name = self._new_name(parent_inode, name)
-        entry = self._writer.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
+        entry = self._writer.mknod(parent, name, mode, rdev, *self._owner_of_new(ctx))
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
     @_changing
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent, name = self._new_name(parent_inode, name)
-        entry = self._writer.mkdir(parent, name, mode, ctx.uid, ctx.gid)
+        entry = self._writer.mkdir(parent, name, mode, *self._owner_of_new(ctx))
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
     @_changing
     async def symlink(self, parent_inode, name, target, ctx):
         parent, name = self._new_name(parent_inode, name)
-        entry = self._writer.symlink(parent, name, os.fsdecode(target), ctx.uid, ctx.gid)
+        entry = self._writer.symlink(parent, name, os.fsdecode(target),
+                                     *self._owner_of_new(ctx))
         return self._remember_new(parent_inode, name, entry)
 
     @_fuse_errors
@@ -355,7 +359,7 @@ class UnionOperations(pyfuse3.Operations):
         self._check_open_room()
         parent, name = self._new_name(parent_inode, name)
         fd, entry = self._writer.create(parent, name, mode, flags & OPEN_FLAGS_KEPT,
-                                        ctx.uid, ctx.gid)
+                                        *self._owner_of_new(ctx))
         attrs = self._remember_new(parent_inode, name, entry)
         return self._open_files.adopt(self.inodes[attrs.st_ino], fd, entry, flags), attrs
 
@@ -678,6 +682,8 @@ class UnionOperations(pyfuse3.Operations):
         attrs = EntryAttributes()
         for field in _STAT_FIELDS:
             setattr(attrs, field, getattr(st, field))
+        attrs.st_uid = self._owners.uids.shown(st.st_uid)
+        attrs.st_gid = self._owners.gids.shown(st.st_gid)
         attrs.st_ino = ino
         attrs.entry_timeout = attrs.attr_timeout = self._udba.timeout(
             None if entry is None else split(entry.path)[0])
@@ -691,6 +697,10 @@ class UnionOperations(pyfuse3.Operations):
         if entry.marks.nlink is not None:
             return read_marks(entry.top).nlink or st.st_nlink  # kept by the index
         return st.st_nlink
+
+    def _owner_of_new(self, ctx) -> tuple[int, int]:
+        """The owner a new entry is stored with: its maker's (``owners.py``)."""
+        return self._owners.uids.stored(ctx.uid), self._owners.gids.stored(ctx.gid)
 
     def _negative_entry(self) -> EntryAttributes:
         """A 'no such name' answer the kernel may cache (``udba.py``)."""

@@ -15,13 +15,15 @@ Three kinds of option are accepted:
   (how a read-only branch changed under the mount shows: see ``udba.py``);
   ``volatile`` (no flush reaches the disk: see ``durable.py``; meaningless,
   and so accepted, on a read-only mount, as overlayfs does);
+  fuse-overlayfs's ``uidmapping=``, ``gidmapping=``, ``squash_to_uid=``,
+  ``squash_to_gid=``, ``squash_to_root`` (see ``owners.py``);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
 
 Anything else is refused with a one-line error, before anything is mounted;
-so are the options fuse-overlayfs takes that pyunion does not do yet (owner
-mappings, SELinux contexts), rather than accepted and ignored.  Empty items
+so are the options fuse-overlayfs takes that pyunion does not do yet
+(``xattr_permissions=``, ``context=``), rather than accepted and ignored.  Empty items
 (``a,,b``, a trailing comma) are skipped, as containers/storage writes them.
 """
 
@@ -31,13 +33,15 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import branches
+from . import branches, owners
 from .branches import BranchError, BranchStack
+from .owners import AS_STORED, Owners
 
 FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
-_UNION_KEYS = _PATH_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba"}
+_OWNER_KEYS = {"uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"}
+_UNION_KEYS = _PATH_KEYS | _OWNER_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct"),
             "udba": ("none", "reval", "notify")}
 _FUSE_FLAGS = {
@@ -54,11 +58,6 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MAX_QUOTA = 1 << 63
 #: fuse-overlayfs's options that containers/storage may pass, not done yet
 _NOT_YET = {
-    "uidmapping": "owner mapping for user namespaces",
-    "gidmapping": "group mapping for user namespaces",
-    "squash_to_uid": "showing every file as one owner",
-    "squash_to_gid": "showing every file as one group",
-    "squash_to_root": "showing every file as root's",
     "xattr_permissions": "keeping modes in xattrs (force_mask)",
     "context": "SELinux mount labels",
 }
@@ -79,6 +78,8 @@ class MountConfig:
     udba: str = "none"
     #: no flush reaches the disk (``durable.py``)
     volatile: bool = False
+    #: how owners in the branches show through the mount (``owners.py``)
+    owners: Owners = AS_STORED
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -99,7 +100,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                 if key in union:
                     raise BranchError(f"option {key}= is given twice")
                 union[key] = value
-            elif option in ("flatten", "volatile"):
+            elif option in ("flatten", "volatile", "squash_to_root"):
                 flags.add(option)
             elif key in _NOT_YET:
                 raise BranchError(f"option {key}{sep} is not supported by pyunion yet "
@@ -121,6 +122,8 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
             path_before = option if key in _PATH_KEYS and sep else None
     copyup, pagecache, udba = (_choice(union, key) for key in ("copyup", "pagecache", "udba"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
+    mapped = owners.parse({key: union.pop(key) for key in _OWNER_KEYS & union.keys()}
+                          | ({"squash_to_root": ""} if "squash_to_root" in flags else {}))
     stack = _stack(union, source)
     if "flatten" in flags and stack.upper is None:
         raise BranchError("flatten needs a writable branch")
@@ -131,7 +134,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
                        partial_copies=copyup == "partial",
                        flatten_at_umount="flatten" in flags, pagecache=pagecache,
                        max_open=_count(union, "max_open"), quota=quota, udba=udba,
-                       volatile="volatile" in flags)
+                       volatile="volatile" in flags, owners=mapped)
 
 
 def _fsname(source: str) -> str:
@@ -199,6 +202,10 @@ def _stack(union: dict[str, str], source: str | None) -> BranchStack:
 def _fuse_options(given: set[str], stack: BranchStack, source: str | None) -> set[str]:
     options = set(given)
     options.add("default_permissions")
+    if os.geteuid() == 0:
+        # Every user reaches the files the permissions let them reach, as on
+        # overlayfs and fuse-overlayfs: a container's processes run as any uid.
+        options.add("allow_other")
     options.add(f"subtype={FSTYPE}")
     if not any(o.startswith("fsname=") for o in given):
         options.add(f"fsname={_fsname(source or FSTYPE)}")

@@ -1,0 +1,115 @@
+"""Owners as the branches keep them and as the mount shows them.
+
+podman runs a container in a user namespace (``--uidmap``, ``--userns``)
+on image layers whose files belong to the container's IDs (0 for its root),
+without chowning a copy of them: it asks its mount program, as it asks
+fuse-overlayfs, to show the files as the host's IDs the namespace maps them
+to, with ``uidmapping=``/``gidmapping=`` (triples ``ID:HOST-ID:COUNT``, as
+in ``/proc/PID/uid_map``, which containers/storage starts with a ``:``),
+and, where one ID is all there is, ``squash_to_uid=``/``squash_to_gid=``.
+``squash_to_root`` shows every file as root's.
+
+What the mount shows is the stored ID moved into the host's range; what it
+stores (a new file's owner, a chown) is the caller's ID moved back.  An ID
+outside every range is the kernel's overflow ID (65534, ``nobody``), both
+ways, as fuse-overlayfs does.  A squash changes only what is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .branches import BranchError
+
+_ID_LIMIT = 1 << 32
+_OVERFLOW = {"uid": "/proc/sys/kernel/overflowuid", "gid": "/proc/sys/kernel/overflowgid"}
+
+
+@dataclass(frozen=True)
+class Span:
+    """``count`` IDs from ``stored`` in the branches, shown from ``shown``."""
+
+    stored: int
+    shown: int
+    count: int
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One kind of ID (users or groups); no spans and no squash: as stored."""
+
+    spans: tuple[Span, ...] = ()
+    squash: int | None = None
+    overflow: int = 65534
+
+    def shown(self, stored: int) -> int:
+        if self.squash is not None:
+            return self.squash
+        return self._moved(stored, lambda s: (s.stored, s.shown))
+
+    def stored(self, shown: int) -> int:
+        return self._moved(shown, lambda s: (s.shown, s.stored))
+
+    def _moved(self, id_: int, ends) -> int:
+        if not self.spans:
+            return id_
+        for span in self.spans:
+            start, to = ends(span)
+            if start <= id_ < start + span.count:
+                return to + id_ - start
+        return self.overflow
+
+
+@dataclass(frozen=True)
+class Owners:
+    uids: IdMap = IdMap()
+    gids: IdMap = IdMap()
+
+    @property
+    def mapped(self) -> bool:
+        return self != Owners()
+
+
+AS_STORED = Owners()
+
+
+def parse(options: dict[str, str]) -> Owners:
+    """The owner options among ``options`` (``squash_to_root`` with an
+    empty value); the rest are left alone."""
+    root = 0 if "squash_to_root" in options else None
+    kinds = {}
+    for kind in ("uid", "gid"):
+        squash = options.get(f"squash_to_{kind}")
+        spans = options.get(f"{kind}mapping")
+        kinds[kind] = IdMap(
+            _spans(spans, f"{kind}mapping") if spans is not None else (),
+            _id(squash, f"squash_to_{kind}") if squash is not None else root,
+            _overflow(kind))
+    return Owners(kinds["uid"], kinds["gid"])
+
+
+def _spans(text: str, option: str) -> tuple[Span, ...]:
+    fields = [f for f in text.split(":") if f]
+    if not fields or len(fields) % 3 or not all(f.isdigit() for f in fields):
+        raise BranchError(f"{option}= must be triples ID:HOST-ID:COUNT, not {text!r}")
+    numbers = [int(f) for f in fields]
+    spans = tuple(Span(*numbers[i:i + 3]) for i in range(0, len(numbers), 3))
+    if any(span.count == 0 for span in spans):
+        raise BranchError(f"{option}= has a range of no IDs: {text!r}")
+    if any(max(span.stored, span.shown) + span.count > _ID_LIMIT for span in spans):
+        raise BranchError(f"{option}= goes past the largest ID: {text!r}")
+    return spans
+
+
+def _id(text: str, option: str) -> int:
+    if not text.isdigit() or int(text) >= _ID_LIMIT:
+        raise BranchError(f"{option}= must be a user or group ID, not {text!r}")
+    return int(text)
+
+
+def _overflow(kind: str) -> int:
+    try:
+        with open(_OVERFLOW[kind]) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
