@@ -10,6 +10,7 @@ kernel overlayfs with the view pyunion showed, holding no ``.wh.`` name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -35,9 +36,10 @@ def _lowers(tmp_path: Path) -> list[Path]:
         "tree/a.txt": "a", "tree/sub/b.txt": "b",
         "f2d": "a file", "d2f/x.txt": "x",
         "moved/m1.txt": "m1", "moved/deep/m2.txt": "m2",
-        "nest/inner/i.txt": "i", "merged/l.txt": "l",
-        "link": Symlink("keep.txt"), "big.bin": b"\1" * (2 * MiB),
+        "nest/inner/i.txt": "i", "merged/l.txt": "l", "far/sub/s.txt": "s",
+        "link": Symlink("keep.txt"), "big.bin": b"\1" * (2 * MiB), "h1": "linked",
     })
+    os.link(base / "h1", base / "h2")
     top = build(tmp_path / "l1", {"moved/m3.txt": "m3", "merged/l1.txt": "l1",
                                   "keep.txt": "keep, from l1", "nest/inner/j.txt": "j"})
     return [top, base]
@@ -57,12 +59,14 @@ def _change(mnt: Path) -> None:
     # mv, which copies where the union answers EXDEV (no redirect_dir)
     subprocess.run(["mv", str(mnt / "moved"), str(mnt / "renamed")], check=True)
     subprocess.run(["mv", str(mnt / "nest/inner"), str(mnt / "nest/inner2")], check=True)
+    subprocess.run(["mv", str(mnt / "far/sub"), str(mnt / "near")], check=True)
     (mnt / "renamed/m1.txt").unlink()
     (mnt / "renamed/after.txt").write_text("after")
     os.chmod(mnt / "chm.txt", 0o600)
     os.utime(mnt / "chm.txt", (1_000_000_000, 1_000_000_000))
     (mnt / "merged/u.txt").write_text("u")
     (mnt / "merged/l.txt").unlink()
+    os.chmod(mnt / "h1", 0o640)
     fd = os.open(mnt / "big.bin", os.O_WRONLY)
     try:
         os.pwrite(fd, b"changed", MiB + 5)
@@ -92,11 +96,11 @@ def _view(mnt: Path) -> dict[str, tuple]:
 def _expected_shape(view: dict[str, tuple]) -> None:
     """What the changes must have made, in whichever union."""
     for gone in ("gone.txt", "tree/a.txt", "tree/sub", "d2f/x.txt", "moved", "renamed/m1.txt",
-                 "nest/inner", "merged/l.txt"):
+                 "nest/inner", "merged/l.txt", "far/sub"):
         assert gone not in view
     for there in ("tree/new.txt", "f2d/in.txt", "renamed/deep/m2.txt", "renamed/m3.txt",
                   "renamed/after.txt", "nest/inner2/i.txt", "nest/inner2/j.txt",
-                  "merged/l1.txt", "merged/u.txt", "link"):
+                  "merged/l1.txt", "merged/u.txt", "link", "near/s.txt", "h2"):
         assert there in view
     assert stat.S_ISREG(view["d2f"][0]) and stat.S_ISDIR(view["f2d"][0])
     assert view["chm.txt"][1] == 0o600
@@ -133,21 +137,50 @@ def _overlay_options(lowers: list[Path], upper: Path, work: Path) -> str:
     return f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
 
 
+@contextlib.contextmanager
+def _kernel_overlayfs(mnt: Path, options: str):
+    mount_overlay(mnt, options)
+    try:
+        yield mnt
+    finally:
+        unmount_overlay(mnt)
+
+
+@contextlib.contextmanager
+def _fuse_overlayfs(mnt: Path, options: str):
+    daemon = subprocess.Popen(["fuse-overlayfs", "-f", "-o", options, str(mnt)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: mounted(mnt, "fuse.fuse-overlayfs")), "fuse-overlayfs mounts"
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        unmount_overlay(mnt)
+        daemon.wait(timeout=30)
+
+
+def _changed_by(tool, mnt: Path, options: str) -> dict[str, tuple]:
+    """Make the changes through ``tool``, then what it shows of its upper
+    when mounted afresh (what it kept, not what it held in memory)."""
+    with tool(mnt, options):
+        _change(mnt)
+    with tool(mnt, options):
+        return _view(mnt)
+
+
 # -- uppers written by the overlay tools, read by pyunion ---------------------------
 
 
 @pytest.mark.parametrize("redirect_dir", ["off", "on"])
 def test_kernel_overlayfs_upper_reads_the_same(tmp_path, unions, redirect_dir):
     lowers, upper, work, mnt = _stack(tmp_path)
-    mount_overlay(mnt, f"{_overlay_options(lowers, upper, work)},redirect_dir={redirect_dir}")
-    try:
-        _change(mnt)
-        before = _view(mnt)
-    finally:
-        unmount_overlay(mnt)
+    before = _changed_by(_kernel_overlayfs, mnt,
+                         f"{_overlay_options(lowers, upper, work)},redirect_dir={redirect_dir}")
     _expected_shape(before)
-    assert (redirect_dir == "on") == (
-        "trusted.overlay.redirect" in os.listxattr(upper / "renamed")), "a redirect was written"
+    redirects = {name: os.getxattr(upper / name, "trusted.overlay.redirect")
+                 for name in ("renamed", "nest/inner2", "near") if redirect_dir == "on"}
+    assert redirects == ({} if redirect_dir == "off" else
+                         {"renamed": b"moved", "nest/inner2": b"inner", "near": b"/far/sub"})
     assert os.getxattr(upper / "tree", "trusted.overlay.opaque") == b"y"
 
     shown = unions.mount_overlay_style(lowers, upper, work)
@@ -157,16 +190,7 @@ def test_kernel_overlayfs_upper_reads_the_same(tmp_path, unions, redirect_dir):
 
 def test_fuse_overlayfs_upper_reads_the_same(tmp_path, unions):
     lowers, upper, work, mnt = _stack(tmp_path)
-    daemon = subprocess.Popen(["fuse-overlayfs", "-f", "-o", _overlay_options(lowers, upper, work),
-                               str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: mounted(mnt, "fuse.fuse-overlayfs")), "fuse-overlayfs mounts"
-        _change(mnt)
-        before = _view(mnt)
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
-        unmount_overlay(mnt)
-        daemon.wait(timeout=30)
+    before = _changed_by(_fuse_overlayfs, mnt, _overlay_options(lowers, upper, work))
     _expected_shape(before)
     whiteout = os.lstat(upper / "gone.txt")
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0, "written as root"
@@ -195,16 +219,15 @@ def test_pyunion_overlay_upper_reads_the_same_under_kernel_overlayfs(tmp_path, u
     assert [n for n in names if n.startswith(".wh.")] == []
     assert os.getxattr(upper / "tree", "trusted.overlay.opaque") == b"y"
 
-    mount_overlay(mnt, _overlay_options(lowers, upper, work))
-    try:
+    with _kernel_overlayfs(mnt, _overlay_options(lowers, upper, work)):
         assert _view(mnt) == before
-    finally:
-        unmount_overlay(mnt)
 
 
 def test_pyunion_overlay_whiteouts_are_devices(tmp_path, unions):
     lowers, upper, work, _ = _stack(tmp_path)
-    union = unions.mount_overlay_style(lowers, upper, work, "whiteout=overlay")
+    union = unions.mount_overlay_style(lowers, upper, work, "whiteout=overlay", "quota=64m")
+    os.chmod(union / "h1", 0o600)  # into the hard-link index, in workdir=
+    assert os.lstat(union / "h2").st_mode & 0o777 == 0o600
     (union / "gone.txt").unlink()
     os.rename(union / "keep.txt", union / "kept.txt")  # RENAME_WHITEOUT
     shutil.rmtree(union / "tree")
@@ -212,7 +235,8 @@ def test_pyunion_overlay_whiteouts_are_devices(tmp_path, unions):
     for name in ("gone.txt", "keep.txt", "tree"):
         st = os.lstat(upper / name)
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, name
-    assert sorted(os.listdir(upper)) == ["gone.txt", "keep.txt", "kept.txt", "tree"]
+    assert sorted(os.listdir(upper)) == ["gone.txt", "h1", "keep.txt", "kept.txt", "tree"]
+    assert len(os.listdir(work / ".wh..wh.pyunion/index")) == 1
 
 
 # -- private xattrs ----------------------------------------------------------------

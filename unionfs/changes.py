@@ -260,7 +260,8 @@ class Changes:
             self.index.remove(number)
             return
         location = self.index.location(number)
-        self.upper.set_marks(location.path, dataclasses.replace(read_marks(location), nlink=count))
+        self.upper.set_marks(location.path, dataclasses.replace(read_marks(location), nlink=count),
+                             location.layer)
 
     def replay_intents(self) -> None:
         """Finish or undo the changes a killed daemon left half done (at

@@ -224,7 +224,8 @@ class Flattening:
             if marks.nlink is not None:
                 if st.st_nlink != marks.nlink + 1:
                     continue  # a name still finds its data only here
-                self._upper.set_marks(location.path, dataclasses.replace(marks, nlink=None))
+                self._upper.set_marks(location.path, dataclasses.replace(marks, nlink=None),
+                                      location.layer)
             self._index.remove(number)
             self._on_changed()  # cached entries carry the count
 

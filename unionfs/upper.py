@@ -281,5 +281,6 @@ class Upper:
         else:
             os.close(self.layer.open(child(path, OPAQUE), flags, 0o600))
 
-    def set_marks(self, path: str, marks: Marks) -> None:
-        self.layer.setxattr(path, XATTR, marks.encode())
+    def set_marks(self, path: str, marks: Marks, layer: Layer | None = None) -> None:
+        """Mark ``path`` of the branch, or of ``layer`` (the index's)."""
+        (layer or self.layer).setxattr(path, XATTR, marks.encode())
