@@ -327,3 +327,15 @@ def test_overlay_format_without_privilege_is_refused(tmp_path):
     assert "whiteout=overlay" in result.stderr and "CAP_SYS_ADMIN" in result.stderr
     assert not mounted(mnt)
     assert os.listdir(work) == [] and os.listdir(upper) == []
+
+
+def test_bookkeeping_of_the_other_format_is_refused(tmp_path, unions):
+    """A hard-link index kept in workdir= (overlay format) is not where
+    the aufs format looks: mounting that way is refused, not shown wrong."""
+    lowers, upper, work, mnt = _stack(tmp_path)
+    union = unions.mount_overlay_style(lowers, upper, work, "whiteout=overlay")
+    os.chmod(union / "h1", 0o600)
+    unions.unmount(union)
+    assert "mount it with whiteout=overlay" in _refused(
+        "mount", "-o", f"{_overlay_options(lowers, upper, work)},whiteout=aufs", str(mnt))
+    assert not mounted(mnt)

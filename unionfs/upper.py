@@ -119,9 +119,11 @@ class Upper:
                 own.close()
 
     def check_format(self) -> None:
-        """Refuse, before the mount, a format the daemon cannot write: the
-        overlay one needs privilege (a 0/0 device, a ``trusted.`` xattr).
-        Tried in ``workdir=`` (the branch's file system), then removed."""
+        """Refuse, before the mount, bookkeeping that the other format left
+        where this one does not look, and a format the daemon cannot
+        write: the overlay one needs privilege (a 0/0 device, a
+        ``trusted.`` xattr), tried in ``workdir=``, then removed."""
+        self._check_other_bookkeeping()
         if self.written is Format.AUFS:
             return
         probe = f".pyunion-probe.{os.getpid()}"
@@ -140,6 +142,22 @@ class Upper:
                 remove_staged(base, probe)
         finally:
             os.close(base)
+
+    def _check_other_bookkeeping(self) -> None:
+        """The hard-link index, intent records and chunk maps of a mount
+        in the other format are not where this one looks for them."""
+        other = Format.OVERLAY if self.written is Format.AUFS else Format.AUFS
+        if other is Format.AUFS:
+            left = os.path.join(self.layer.branch.path, META_DIR)
+        elif self._workdir is not None:
+            left = os.path.join(self._workdir, META_DIR)
+        else:
+            return
+        for kept in ("index", "intents", "chunks"):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if os.listdir(os.path.join(left, kept)):
+                    raise BranchError(f"{left} holds the {kept} of a whiteout={other.value} "
+                                      f"mount: mount it with whiteout={other.value}")
 
     def close(self) -> None:
         for fd in (self.work_fd, self.chunks_fd):
