@@ -339,3 +339,15 @@ def test_bookkeeping_of_the_other_format_is_refused(tmp_path, unions):
     assert "mount it with whiteout=overlay" in _refused(
         "mount", "-o", f"{_overlay_options(lowers, upper, work)},whiteout=aufs", str(mnt))
     assert not mounted(mnt)
+
+
+@pytest.mark.parametrize("udba", ["reval", "notify"])
+def test_opaque_xattr_set_below_the_mount_shows(tmp_path, unions, udba):
+    """overlay's marks are kept with a directory's names: a change to them
+    shows as a change of names does (``udba``)."""
+    bottom = build(tmp_path / "bottom", {"d/old.txt": "old"})
+    middle = build(tmp_path / "middle", {"d/new.txt": "new"})
+    union = unions.mount([middle, bottom], f"udba={udba}", changed_below=True)
+    assert sorted(os.listdir(union / "d")) == ["new.txt", "old.txt"]
+    os.setxattr(middle / "d", "trusted.overlay.opaque", b"y")
+    assert wait_for(lambda: sorted(os.listdir(union / "d")) == ["new.txt"])
