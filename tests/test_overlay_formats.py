@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DIR, PYUNION, Symlink, build, mounted, pyunion, wait_for
+from helpers import PYUNION, Symlink, build, mounted, pyunion, wait_for
 from stacks import mount_overlay, unmount_overlay
 from unionfs.whiteout import is_private_xattr
 

@@ -207,7 +207,7 @@ class Flattening:
                 Location(layer, child(dir_path, name))).redirect is None]
             for name in names:
                 entry = child(dir_path, name)
-                if is_reserved(name) and name != OPAQUE or _is_whiteout_device(layer, entry):
+                if (is_reserved(name) and name != OPAQUE) or _is_whiteout_device(layer, entry):
                     layer.unlink(entry)
 
     def _drop_spent_index_entries(self) -> None:

@@ -17,10 +17,10 @@ The names of a read-only branch's directories are read once and kept: a
 lookup asks each branch's kept names instead of making a system call per
 branch.  So are overlay's marks of the directory (opaque, redirect:
 ``whiteout.DirMarks``), read with one ``flistxattr`` on the descriptor the
-names are read from.  Whether kept names are trusted as they are is the mount's ``udba``
-choice (``udba.py``): for ever (``none``), after a ``stat`` of the
-directory shows it unchanged (``reval``), or until an inotify event drops
-them (``notify``, through :meth:`Layer.forget_names`).
+names are read from.  Whether kept names are trusted as they are is the
+mount's ``udba`` choice (``udba.py``): for ever (``none``), after a
+``stat`` of the directory shows it unchanged (``reval``), or until an
+inotify event drops them (``notify``, through :meth:`Layer.forget_names`).
 
 Paths inside a layer are relative, ``/``-separated, without a leading slash;
 the top of the branch is ``"."``.  :func:`child` is the one place they are
