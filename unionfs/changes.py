@@ -104,7 +104,7 @@ class Changes:
         self.upper_dir(self.tree.resolve(split(entry.path)[0]))
         if data is None:
             with self._parent_times_kept(entry.path):
-                self.upper.layer.link(entry.top.path, entry.path)
+                self.upper.layer.link(entry.top.path, entry.path, entry.top.layer)
         else:
             marks = Marks(origin=self.numbers.of(entry, st),
                           nlink=st.st_nlink if st.st_nlink > 1 else None)
@@ -209,10 +209,11 @@ class Changes:
         parent = split(entry.path)[0]
         for name in parent.split("/") if parent != ROOT else ():
             paths.append(child(paths[-1], name))
+        flushed = [(self.upper.layer, path) for path in paths]
         if entry.marks.nlink is not None:
-            paths += [META_DIR, INDEX_DIR]
-        for path in paths:
-            fd = self.upper.layer.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            flushed += [(self.upper.meta, META_DIR), (self.upper.meta, INDEX_DIR)]
+        for layer, path in flushed:
+            fd = layer.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 durable.fsync(fd)
             finally:
@@ -259,7 +260,8 @@ class Changes:
             self.index.remove(number)
             return
         location = self.index.location(number)
-        self.upper.set_marks(location.path, dataclasses.replace(read_marks(location), nlink=count))
+        self.upper.set_marks(location.path, dataclasses.replace(read_marks(location), nlink=count),
+                             location.layer)
 
     def replay_intents(self) -> None:
         """Finish or undo the changes a killed daemon left half done (at

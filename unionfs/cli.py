@@ -71,6 +71,8 @@ def mount(mountpoint: str, option_args: tuple[str, ...], foreground: bool, sourc
                                    the host's IDs of a user namespace (fuse-overlayfs's)
       squash_to_uid=,squash_to_gid=,squash_to_root
                                    show every file as owned by one user or group
+      whiteout=aufs|overlay        what the writable branch gets: .wh. files (default), or
+                                   0/0 devices and trusted.overlay.opaque (needs workdir=)
     """
     if any("remount" in arg.split(",") for arg in option_args):
         # mount -o remount,add:1:/new=ro MNT, through mount.fuse3

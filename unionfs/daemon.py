@@ -48,6 +48,7 @@ from .options import MountConfig
 from .quota import UNLIMITED, Quota
 from .udba import Mode
 from .upper import Upper
+from .whiteout import Format
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,12 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         quota = Quota(config.quota) if config.quota is not None else UNLIMITED
         layers = [MeteredLayer(branch, i, quota) if i == 0 and config.quota is not None
                   else Layer(branch, i) for i, branch in enumerate(config.stack.branches)]
-        upper = Upper(layers[0], config.stack.workdir, quota) if layers[0].writable else None
+        upper = (Upper(layers[0], config.stack.workdir, quota, Format(config.whiteout))
+                 if layers[0].writable else None)
         operations = None
         try:
+            if upper is not None:
+                upper.check_format()
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
                                          max_open=config.max_open, udba=Mode(config.udba),

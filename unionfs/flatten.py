@@ -6,7 +6,9 @@ pyunion's own, a flattened branch shows what the union showed:
 
 * a renamed directory (a redirect, ``changes.py``) gets every entry its
   union subtree shows from below copied up into it (nested redirects and
-  whiteouts included), is made opaque, and then loses its redirect;
+  whiteouts included), is made opaque (in the mount's format), and then
+  loses its redirect and the whiteouts in its subtree, which hide nothing
+  any more (overlayfs would list them: it merges no directory there);
 * every name of a lower file whose data lives in the hard-link index
   (``index.py``) becomes a hard link to the index copy; once all of them
   are, the union count (the ``nlink`` mark) and the index entry go, so
@@ -44,7 +46,7 @@ from .layer import ROOT, Layer, child, split
 from .quota import SECTOR
 from .tree import Entry, Location, Tree, read_marks
 from .upper import Upper
-from .whiteout import Marks
+from .whiteout import OPAQUE, Marks, is_reserved, is_whiteout_device
 
 if TYPE_CHECKING:
     from .partial import PartialFiles
@@ -61,7 +63,7 @@ class Flattening:
     def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers,
                  partials: PartialFiles, on_changed: Callable[[], None],
                  on_copied_up: Callable[[int, Entry], None], change_lock: trio.Lock):
-        self._index = Index(upper.layer, numbers)
+        self._index = Index(upper.meta, numbers)
         self._tree = Tree(layers, self._index)
         # Partial copies, so that a step holds the lock for metadata only;
         # their data comes up after, without it.
@@ -192,7 +194,21 @@ class Flattening:
         directory.top.layer.utime(directory.path, (st.st_atime_ns, st.st_mtime_ns))
         marks = read_marks(directory.top)
         self._upper.set_marks(directory.path, dataclasses.replace(marks, redirect=None))
+        self._drop_dead_whiteouts(directory.path)
         self._on_changed()
+
+    def _drop_dead_whiteouts(self, path: str) -> None:
+        """Remove the whiteouts in the subtree of the sealed directory
+        ``path``, but for those under a directory still renamed (a nested
+        seal that was left: they still hide something)."""
+        layer = self._upper.layer
+        for dir_path, dir_names, names in layer.walk(path):
+            dir_names[:] = [name for name in dir_names if read_marks(
+                Location(layer, child(dir_path, name))).redirect is None]
+            for name in names:
+                entry = child(dir_path, name)
+                if (is_reserved(name) and name != OPAQUE) or _is_whiteout_device(layer, entry):
+                    layer.unlink(entry)
 
     def _drop_spent_index_entries(self) -> None:
         """Drop the index entries no name resolves to any more: those whose
@@ -208,7 +224,8 @@ class Flattening:
             if marks.nlink is not None:
                 if st.st_nlink != marks.nlink + 1:
                     continue  # a name still finds its data only here
-                self._upper.set_marks(location.path, dataclasses.replace(marks, nlink=None))
+                self._upper.set_marks(location.path, dataclasses.replace(marks, nlink=None),
+                                      location.layer)
             self._index.remove(number)
             self._on_changed()  # cached entries carry the count
 
@@ -237,6 +254,11 @@ class _Renamed:
     path: str
     ino: int
     whole: bool = True
+
+
+def _is_whiteout_device(layer: Layer, path: str) -> bool:
+    st = layer.lstat_or_none(path)
+    return st is not None and is_whiteout_device(st.st_mode, st.st_rdev)
 
 
 def _is_dir(location: Location) -> bool:

@@ -135,7 +135,7 @@ class UnionOperations(pyfuse3.Operations):
         self._owners = owners
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
-        index = Index(upper.layer, self.numbers) if upper else None
+        index = Index(upper.meta, self.numbers) if upper else None
         self.tree = Tree(layers, index)
         self._quota = upper.quota if upper else UNLIMITED
         self.inodes = InodeTable()

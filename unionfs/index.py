@@ -2,8 +2,9 @@
 names keeps one inode across copy-up.
 
 When such a file is copied up, the copy is also linked into
-``.wh..wh.pyunion/index/NUMBER`` of the writable branch, NUMBER being its
-union inode number.  Its other names, still only below, resolve to that
+``.wh..wh.pyunion/index/NUMBER`` of the writable branch (of ``workdir=``
+with the overlay format: ``Upper.meta``), NUMBER being its union inode
+number.  Its other names, still only below, resolve to that
 index entry, so they read and write the same data; copying one of them up
 is a plain ``link`` of the index entry into place.  The copy's marks carry
 the union's link count (``nlink``), kept as names are added and removed,

@@ -20,7 +20,8 @@ happened.  The kinds:
   is made before or removed after; the map ``id`` is kept only if the file
   at ``path`` uses it.
 
-Records live in ``.wh..wh.pyunion/intents`` of the writable branch, one
+Records live in ``.wh..wh.pyunion/intents`` of the writable branch (of
+``workdir=`` with the overlay format: ``Upper.meta``), one
 small JSON file each, written in the work directory and renamed into place
 so a record is whole or absent.  Changes run one at a time (``fs.py``), so
 the records of a running daemon are those of the change under way.
@@ -72,7 +73,7 @@ class Intents:
     def left(self) -> list[tuple[str, dict]]:
         """The records a killed daemon left, by name."""
         try:
-            dir_fd = self._upper.layer.open(INTENTS_DIR, os.O_RDONLY | os.O_DIRECTORY)
+            dir_fd = self._upper.meta.open(INTENTS_DIR, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             return []
         try:
@@ -85,11 +86,11 @@ class Intents:
             os.close(dir_fd)
 
     def done(self, name: str) -> None:
-        os.unlink(child(INTENTS_DIR, name), dir_fd=self._upper.layer.fd)
+        os.unlink(child(INTENTS_DIR, name), dir_fd=self._upper.meta.fd)
 
     def _dir(self) -> int:
         for path in (META_DIR, INTENTS_DIR):
             with contextlib.suppress(FileExistsError), \
-                    self._upper.quota.making(self._upper.layer.fd, path):
-                os.mkdir(path, 0o700, dir_fd=self._upper.layer.fd)
-        return self._upper.layer.open(INTENTS_DIR, os.O_RDONLY | os.O_DIRECTORY)
+                    self._upper.quota.making(self._upper.meta.fd, path):
+                os.mkdir(path, 0o700, dir_fd=self._upper.meta.fd)
+        return self._upper.meta.open(INTENTS_DIR, os.O_RDONLY | os.O_DIRECTORY)

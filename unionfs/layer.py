@@ -15,10 +15,12 @@ below ``PATH_MAX``, whatever the depth.
 
 The names of a read-only branch's directories are read once and kept: a
 lookup asks each branch's kept names instead of making a system call per
-branch.  Whether kept names are trusted as they are is the mount's ``udba``
-choice (``udba.py``): for ever (``none``), after a ``stat`` of the
-directory shows it unchanged (``reval``), or until an inotify event drops
-them (``notify``, through :meth:`Layer.forget_names`).
+branch.  So are overlay's marks of the directory (opaque, redirect:
+``whiteout.DirMarks``), read with one ``flistxattr`` on the descriptor the
+names are read from.  Whether kept names are trusted as they are is the
+mount's ``udba`` choice (``udba.py``): for ever (``none``), after a
+``stat`` of the directory shows it unchanged (``reval``), or until an
+inotify event drops them (``notify``, through :meth:`Layer.forget_names`).
 
 Paths inside a layer are relative, ``/``-separated, without a leading slash;
 the top of the branch is ``"."``.  :func:`child` is the one place they are
@@ -35,7 +37,7 @@ from collections import OrderedDict
 from typing import Callable, Iterator, NamedTuple
 
 from .branches import Branch, Mode
-from .whiteout import META_DIR
+from .whiteout import DIR_XATTRS, META_DIR, NO_DIR_MARKS, DirMarks
 
 ROOT = "."
 _LISTINGS_KEPT = 4096  # directories of a read-only branch whose names are kept
@@ -74,10 +76,26 @@ class _Listing(NamedTuple):
     stamp: tuple[int, int, int] | None
     #: ``stat`` the directory before each use (reval, or notify unwatched)
     check: bool
+    marks: DirMarks = NO_DIR_MARKS
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _dir_marks(target: int | str) -> DirMarks:
+    """overlay's marks of a directory, by descriptor or path: one
+    ``listxattr``, and a ``getxattr`` for each of overlay's found."""
+    follow = {} if isinstance(target, int) else {"follow_symlinks": False}
+    values = {}
+    try:
+        for name in os.listxattr(target, **follow):
+            if name in DIR_XATTRS:
+                values[name] = os.getxattr(target, name, **follow)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
+            raise
+    return DirMarks.of(values) if values else NO_DIR_MARKS
 
 
 class Layer:
@@ -163,7 +181,18 @@ class Layer:
     def may_hold(self, dir_path: str, name: str) -> bool:
         """False when the directory surely has no ``name``; True when it
         does (read-only branch) or may (writable one: ask ``lstat``)."""
-        return self.writable or name in self._names(dir_path)
+        return self.writable or name in self._listing(dir_path).names
+
+    def dir_marks(self, dir_path: str) -> DirMarks:
+        """overlay's marks of the directory ``dir_path``: kept with its
+        names in a read-only branch, read at each call in the writable one."""
+        if not self.writable:
+            return self._listing(dir_path).marks
+        try:
+            with self.proc_path_of(dir_path) as proc_path:
+                return _dir_marks(proc_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return NO_DIR_MARKS
 
     def forget_names(self, dir_path: str, below: bool = False) -> None:
         """Drop the kept names of ``dir_path`` (and of every directory
@@ -177,18 +206,18 @@ class Layer:
     def forget_all_names(self) -> None:
         self._listings.clear()
 
-    def _names(self, dir_path: str) -> frozenset[str]:
+    def _listing(self, dir_path: str) -> _Listing:
         """The kept names of a directory (read again if they may be stale),
         the most recently used ``_LISTINGS_KEPT`` of them kept."""
         kept = self._listings.get(dir_path)
         if kept is not None:
             self._listings.move_to_end(dir_path)
             if not kept.check or kept.stamp == self._stamp_of(dir_path):
-                return kept.names
+                return kept
         kept = self._listings[dir_path] = self._read_listing(dir_path)
         if len(self._listings) > _LISTINGS_KEPT:
             self._listings.popitem(last=False)
-        return kept.names
+        return kept
 
     def _stamp_of(self, dir_path: str) -> tuple[int, int, int] | None:
         st = self.lstat_or_none(dir_path)
@@ -204,7 +233,7 @@ class Layer:
             return _Listing(frozenset(), None, check)
         try:
             stamp = _stamp(os.fstat(fd))
-            return _Listing(frozenset(os.listdir(fd)), stamp, check)
+            return _Listing(frozenset(os.listdir(fd)), stamp, check, _dir_marks(fd))
         finally:
             os.close(fd)
 
@@ -305,8 +334,11 @@ class Layer:
         with self.at(path) as (fd, name):
             os.unlink(name, dir_fd=fd)
 
-    def link(self, src: str, dst: str) -> None:
-        with self.at(src) as (src_fd, src_name), self.at(dst) as (dst_fd, dst_name):
+    def link(self, src: str, dst: str, src_layer: Layer | None = None) -> None:
+        """A new name ``dst`` for ``src`` of this layer, or of ``src_layer``
+        (on the same file system: the hard-link index of ``workdir=``)."""
+        with (src_layer or self).at(src) as (src_fd, src_name), \
+                self.at(dst) as (dst_fd, dst_name):
             os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd,
                     follow_symlinks=False)
 

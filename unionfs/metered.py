@@ -48,9 +48,9 @@ class MeteredLayer(Layer):
         with self.quota.removing(lambda: self._pin(path)):
             super().unlink(path)
 
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, src_layer: Layer | None = None) -> None:
         with self._naming(dst):
-            super().link(src, dst)
+            super().link(src, dst, src_layer)
 
     def link_in(self, dir_fd: int, name: str, path: str) -> None:
         with self._naming(path, made=_staged_only(dir_fd, name)):

@@ -17,6 +17,8 @@ Three kinds of option are accepted:
   and so accepted, on a read-only mount, as overlayfs does);
   fuse-overlayfs's ``uidmapping=``, ``gidmapping=``, ``squash_to_uid=``,
   ``squash_to_gid=``, ``squash_to_root`` (see ``owners.py``);
+  ``whiteout=aufs|overlay`` (the format written in the writable branch:
+  see ``whiteout.py``; ``overlay`` needs ``workdir=``);
 * FUSE and kernel mount options, passed on to libfuse as they are;
 * options that only mean something to ``mount(8)`` and fstab (``defaults``,
   ``noauto``, ``_netdev``, ``x-*``...), accepted and dropped.
@@ -41,9 +43,10 @@ FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
 _OWNER_KEYS = {"uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"}
-_UNION_KEYS = _PATH_KEYS | _OWNER_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba"}
+_UNION_KEYS = _PATH_KEYS | _OWNER_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba",
+                                         "whiteout"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct"),
-            "udba": ("none", "reval", "notify")}
+            "udba": ("none", "reval", "notify"), "whiteout": ("aufs", "overlay")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
@@ -80,6 +83,8 @@ class MountConfig:
     volatile: bool = False
     #: how owners in the branches show through the mount (``owners.py``)
     owners: Owners = AS_STORED
+    #: the format written in the writable branch (``whiteout.Format``)
+    whiteout: str = "aufs"
 
 
 def parse(option_args: list[str], mountpoint: str, source: str | None = None) -> MountConfig:
@@ -120,7 +125,8 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
             else:
                 raise BranchError(f"unknown mount option {option!r}")
             path_before = option if key in _PATH_KEYS and sep else None
-    copyup, pagecache, udba = (_choice(union, key) for key in ("copyup", "pagecache", "udba"))
+    copyup, pagecache, udba, whiteout = (_choice(union, key)
+                                         for key in ("copyup", "pagecache", "udba", "whiteout"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
     mapped = owners.parse({key: union.pop(key) for key in _OWNER_KEYS & union.keys()}
                           | ({"squash_to_root": ""} if "squash_to_root" in flags else {}))
@@ -129,12 +135,16 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
         raise BranchError("flatten needs a writable branch")
     if quota is not None and stack.upper is None:
         raise BranchError("quota= needs a writable branch")
+    if whiteout == "overlay" and stack.upper is not None and stack.workdir is None:
+        raise BranchError("whiteout=overlay needs workdir= (pyunion's own files go there, "
+                          "out of the writable branch)")
     mnt = branches.check_mountpoint(mountpoint, stack)
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial",
                        flatten_at_umount="flatten" in flags, pagecache=pagecache,
                        max_open=_count(union, "max_open"), quota=quota, udba=udba,
-                       volatile="volatile" in flags, owners=mapped)
+                       volatile="volatile" in flags, owners=mapped,
+                       whiteout=whiteout)
 
 
 def _fsname(source: str) -> str:

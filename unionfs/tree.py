@@ -7,12 +7,13 @@ The rules are aufs's and overlayfs's:
   branch hides NAME in all branches below it.
 * A directory merges with directories of the same name below it, until a
   branch holds a non-directory under that name, a whiteout of it, or the
-  directory is marked opaque (``.wh..wh..opq``); whatever lies below that
-  is hidden.
+  directory is marked opaque (``.wh..wh..opq``, or overlay's xattr);
+  whatever lies below that is hidden.
 * A non-directory hides everything of the same name below it.
-* A directory of the writable branch that was renamed carries a redirect:
-  its lower parts are found at the redirect path in the lower branches, not
-  under its own name (overlayfs's ``redirect_dir``).
+* A directory that was renamed carries a redirect: its lower parts are
+  found at the redirect path in the branches below it, not under its own
+  name (overlayfs's ``redirect_dir``).  pyunion's own (``trusted.pyunion``)
+  is read on the top directory of a name, overlay's on any.
 
 An :class:`Entry` records where a union name lives (its locations, topmost
 first); it holds no attributes, so it stays right while the file changes.
@@ -26,7 +27,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-from .layer import ROOT, Layer, child
+from .layer import ROOT, Layer, child, split
 from .whiteout import (OPAQUE, XATTR, Marks, hidden_by, is_reserved, is_whiteout_device,
                        named_whiteout)
 
@@ -141,16 +142,22 @@ class Tree:
                 top, st = indexed, indexed.layer.lstat(indexed.path)
         marks = read_marks(top) if top.layer.keeps_marks else NO_MARKS
         locations = [top]
-        if stat.S_ISDIR(st.st_mode) and not is_opaque(top):
-            if marks.redirect is not None:
-                locations += self._redirected(marks.redirect, top.layer)
-            else:
-                for location, lower_st in matches:
-                    if not stat.S_ISDIR(lower_st.st_mode):
-                        break
-                    locations.append(location)
-                    if is_opaque(location):
-                        break
+        if stat.S_ISDIR(st.st_mode):
+            redirect, location = marks.redirect, top
+            while True:
+                dir_marks = location.layer.dir_marks(location.path)
+                if dir_marks.opaque or _holds_opaque_file(location):
+                    break
+                if redirect is None and dir_marks.redirect is not None:
+                    redirect = _overlay_redirect(dir_marks.redirect, location.path)
+                if redirect is not None:
+                    locations += self._redirected(redirect, location.layer)
+                    break
+                below = next(matches, None)
+                if below is None or not stat.S_ISDIR(below[1].st_mode):
+                    break
+                location = below[0]
+                locations.append(location)
         return Entry(path, tuple(locations), marks), st
 
     def _redirected(self, path: str, above: Layer) -> tuple[Location, ...]:
@@ -212,5 +219,19 @@ def _stack_roots(layers: list[Layer]) -> tuple[Location, ...]:
 
 
 def is_opaque(location: Location) -> bool:
+    """True for a directory that hides what lies below it, in either format."""
+    return location.layer.dir_marks(location.path).opaque or _holds_opaque_file(location)
+
+
+def _holds_opaque_file(location: Location) -> bool:
     layer, path = location
     return layer.may_hold(path, OPAQUE) and layer.lstat_or_none(child(path, OPAQUE)) is not None
+
+
+def _overlay_redirect(redirect: str, dir_path: str) -> str:
+    """The path (in the layers below) that overlay's redirect of the
+    directory ``dir_path`` names: absolute from the layer's root, or a name
+    in the same parent."""
+    if redirect.startswith("/"):
+        return redirect.strip("/") or ROOT
+    return child(split(dir_path)[0], redirect)

@@ -7,12 +7,15 @@ shows half of it.  Whatever a crash left in the work directory is removed
 at mount.  The work directory is ``work`` inside ``workdir=`` when given
 (as overlayfs does), otherwise ``.wh..wh.pyunion/work`` at the top of the
 branch; the chunk maps of partially copied-up files (``chunkmap.py``) live
-in ``chunks`` beside it.
+in ``chunks`` beside it.  The hard-link index and the intent records live
+in ``.wh..wh.pyunion`` of the branch, or, with the overlay format, of
+``workdir=`` (:attr:`Upper.meta`).
 
-Whiteouts are written here, in the form ``whiteout.py`` gives a name (a
-``.wh.`` file, or a device in the name's own place): each method that
-takes a name out, moves it or puts one back handles both, so callers never
-ask which.
+Whiteouts and opaque marks are written here, in the mount's format
+(``whiteout.Format``): :meth:`Upper._whiteout_name` and
+:meth:`Upper.mark_opaque` are the only places that choose.  Each method
+that takes a name out, moves it or puts one back handles every form a
+whiteout may have, so callers never ask which.
 
 What leaves the branch here (a retired entry, a chunk map) is reported to
 the branch's quota (``quota.py``) once it is gone; what comes in goes
@@ -27,12 +30,14 @@ import os
 import stat
 
 from . import durable
-from .branches import Branch, Mode
+from .branches import Branch, BranchError, Mode
 from .chunkmap import ChunkMap, Source
 from .copyup import remove_staged
 from .layer import RENAME_EXCHANGE, RENAME_WHITEOUT, ROOT, Layer, child, split
+from .metered import MeteredLayer
 from .quota import UNLIMITED, Quota, Unlimited, tree_blocks
-from .whiteout import META_DIR, OPAQUE, XATTR, Marks, is_whiteout_device, named_whiteout
+from .whiteout import (META_DIR, OPAQUE, OVERLAY_OPAQUE, XATTR, Format, Marks,
+                       is_whiteout_device, named_whiteout)
 
 def _subdirectory(parent_fd: int, name: str) -> int:
     """Open (making it if needed) ``name`` in ``parent_fd``."""
@@ -43,11 +48,20 @@ def _subdirectory(parent_fd: int, name: str) -> int:
 
 
 class Upper:
-    def __init__(self, layer: Layer, workdir: str | None, quota: Quota | Unlimited = UNLIMITED):
+    def __init__(self, layer: Layer, workdir: str | None, quota: Quota | Unlimited = UNLIMITED,
+                 written: Format = Format.AUFS):
         self.layer = layer
         self._workdir = workdir
         #: what the branch may hold (a quota's layer is a ``MeteredLayer``)
         self.quota = quota
+        #: the format whiteouts and opaque marks are written in
+        self.written = written
+        #: the layer whose ``.wh..wh.pyunion`` holds the hard-link index and
+        #: the intent records: the branch, or ``workdir=`` (overlay format,
+        #: which needs it) so the branch holds nothing overlayfs would show
+        self.meta = layer if written is Format.AUFS else (
+            MeteredLayer(Branch(workdir, Mode.RW), -1, quota) if quota.limit is not None
+            else Layer(Branch(workdir, Mode.RW), -1))
         self.work_fd = -1
         #: where the chunk maps of partially copied-up files live
         self.chunks_fd = -1
@@ -92,18 +106,65 @@ class Upper:
         recovered."""
         if self.quota.limit is None:
             return
-        own = Layer(Branch(self._workdir, Mode.RW), -1) if self._workdir else None
+        if self.meta is not self.layer:
+            own = self.meta
+        else:
+            own = Layer(Branch(self._workdir, Mode.RW), -1) if self._workdir else None
         try:
             self.quota.count([(self.layer, ROOT)] + ([(own, "work"), (own, "chunks")]
-                                                     if own else []), [self.work_fd])
+                                                     if own else [])
+                             + ([(own, META_DIR)] if own is self.meta else []), [self.work_fd])
         finally:
-            if own is not None:
+            if own is not None and own is not self.meta:
                 own.close()
+
+    def check_format(self) -> None:
+        """Refuse, before the mount, bookkeeping that the other format left
+        where this one does not look, and a format the daemon cannot
+        write: the overlay one needs privilege (a 0/0 device, a
+        ``trusted.`` xattr), tried in ``workdir=``, then removed."""
+        self._check_other_bookkeeping()
+        if self.written is Format.AUFS:
+            return
+        probe = f".pyunion-probe.{os.getpid()}"
+        base = os.open(self._workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.mkdir(probe, 0o700, dir_fd=base)
+            try:
+                os.setxattr(f"/proc/self/fd/{base}/{probe}", OVERLAY_OPAQUE, b"y",
+                            follow_symlinks=False)
+                os.mknod(f"{probe}/whiteout", stat.S_IFCHR, 0, dir_fd=base)
+            except OSError as exc:
+                raise BranchError(f"whiteout=overlay: cannot write overlay's marks in "
+                                  f"{self._workdir} ({exc.strerror}): trusted.* xattrs take "
+                                  "CAP_SYS_ADMIN") from None
+            finally:
+                remove_staged(base, probe)
+        finally:
+            os.close(base)
+
+    def _check_other_bookkeeping(self) -> None:
+        """The hard-link index, intent records and chunk maps of a mount
+        in the other format are not where this one looks for them."""
+        other = Format.OVERLAY if self.written is Format.AUFS else Format.AUFS
+        if other is Format.AUFS:
+            left = os.path.join(self.layer.branch.path, META_DIR)
+        elif self._workdir is not None:
+            left = os.path.join(self._workdir, META_DIR)
+        else:
+            return
+        for kept in ("index", "intents", "chunks"):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if os.listdir(os.path.join(left, kept)):
+                    raise BranchError(f"{left} holds the {kept} of a whiteout={other.value} "
+                                      f"mount: mount it with whiteout={other.value}")
 
     def close(self) -> None:
         for fd in (self.work_fd, self.chunks_fd):
             if fd >= 0:
                 os.close(fd)
+        if self.meta is not self.layer:
+            self.meta.close()
 
     def staging_name(self) -> str:
         """A fresh name in the work directory."""
@@ -161,8 +222,8 @@ class Upper:
 
     def add_whiteout(self, dir_path: str, name: str) -> None:
         """Hide ``name`` in the branches below; the branch must not hold
-        the name (for a long name the whiteout takes its place)."""
-        named = named_whiteout(name)
+        the name (a device whiteout takes its place)."""
+        named = self._whiteout_name(name)
         if named is None:
             self.layer.mknod(child(dir_path, name), stat.S_IFCHR, 0)
         else:
@@ -187,11 +248,17 @@ class Upper:
         st = self.layer.lstat_or_none(path)
         return st is not None and is_whiteout_device(st.st_mode, st.st_rdev)
 
+    def _whiteout_name(self, name: str) -> str | None:
+        """The ``.wh.`` name a new whiteout of ``name`` is written as, or
+        None for a device in the name's own place: always with the overlay
+        format, and with the aufs one for a name too long for ``.wh.``."""
+        return named_whiteout(name) if self.written is Format.AUFS else None
+
     def _whiteout_flags(self, path: str) -> int:
-        """Before ``path`` goes: its named whiteout made, or, for a name too
-        long for one, the rename flag that leaves a device in its place."""
+        """Before ``path`` goes: its named whiteout made, or the rename
+        flag that leaves a device in its place."""
         dir_path, name = split(path)
-        if named_whiteout(name) is None:
+        if self._whiteout_name(name) is None:
             return RENAME_WHITEOUT
         self.add_whiteout(dir_path, name)
         return 0
@@ -217,12 +284,21 @@ class Upper:
 
     def mark_opaque(self, path: str, in_work: bool = False) -> None:
         """Hide what lies below the directory ``path`` (of the work
-        directory if ``in_work``, else of the branch)."""
+        directory if ``in_work``, else of the branch), in the mount's
+        format: a ``.wh..wh..opq`` file, or overlay's xattr."""
+        if self.written is Format.OVERLAY:
+            if in_work:
+                os.setxattr(f"/proc/self/fd/{self.work_fd}/{path}", OVERLAY_OPAQUE, b"y",
+                            follow_symlinks=False)
+            else:
+                self.layer.setxattr(path, OVERLAY_OPAQUE, b"y")
+            return
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         if in_work:
             os.close(os.open(child(path, OPAQUE), flags, 0o600, dir_fd=self.work_fd))
         else:
             os.close(self.layer.open(child(path, OPAQUE), flags, 0o600))
 
-    def set_marks(self, path: str, marks: Marks) -> None:
-        self.layer.setxattr(path, XATTR, marks.encode())
+    def set_marks(self, path: str, marks: Marks, layer: Layer | None = None) -> None:
+        """Mark ``path`` of the branch, or of ``layer`` (the index's)."""
+        (layer or self.layer).setxattr(path, XATTR, marks.encode())

@@ -14,7 +14,9 @@ name is resolved again in the union:
   has its kernel entry invalidated.  Only then: invalidating an entry makes
   the kernel drop the dentry and detach every mount on or below it;
 * a file changed in place has its kernel attributes and pages invalidated,
-  when it is the one the union shows under that name.
+  when it is the one the union shows under that name;
+* a directory whose attributes changed has its kept names dropped too:
+  overlay's marks of it (opaque, redirect) are kept with them.
 
 The kernel's invalidations are made from a thread: the kernel may wait on
 requests the loop must answer.
@@ -192,6 +194,7 @@ class Notifier:
         the daemon's own kept names are dropped), in the order of the
         events."""
         names, contents = {}, {}
+        remarked = False
         for event in batch:
             if event.mask & _NAMES:
                 event.layer.forget_names(event.dir_path)
@@ -203,7 +206,11 @@ class Notifier:
             elif event.mask & _CONTENT:
                 path = child(event.dir_path, event.name) if event.name else event.dir_path
                 contents[event.layer, path] = None
-        if names:
+                if event.mask & flags.ATTRIB and (event.mask & flags.ISDIR or not event.name):
+                    # overlay's marks of it (opaque, redirect) are kept with its names
+                    event.layer.forget_names(path)
+                    remarked = True
+        if names or remarked:
             self._inodes.new_epoch()  # entries cached on nodes may lead elsewhere now
         calls = []
         for dir_path, name in names:
