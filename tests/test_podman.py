@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PYUNION, mounted
-from podman_env import HOST_DIRS, PODMAN, Podman, busybox_tar
+from bench.podman_env import HOST_DIRS, PODMAN, Podman, busybox_tar
+from helpers import PYUNION, mounted, wait_for
 
 pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
 
@@ -61,9 +61,9 @@ def _listing(directory: str):
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, context, host_untouched):
+def shared(context, host_untouched):
     """One podman with pyunion as its mount program, holding both images."""
-    podman = Podman(tmp_path_factory.mktemp("podman") / "p", MOUNT_PROGRAM)
+    podman = Podman(MOUNT_PROGRAM)
     try:
         make_images(podman, context)
         yield podman
@@ -74,9 +74,11 @@ def shared(tmp_path_factory, context, host_untouched):
 @pytest.fixture
 def podman(shared):
     """The shared podman; after each test its containers go, and nothing of
-    them may be left: mounts, pyunion daemons' records, conmons."""
+    them may be left: mounts, processes (pyunion daemons, conmons), pyunion's
+    records.  podman's own clean-up of a container may still be ending."""
     yield shared
     shared("rm", "-af", "-t", "0")
+    wait_for(lambda: shared.leftovers() == ([], [], []))
     assert shared.leftovers() == ([], [], [])
 
 
@@ -143,12 +145,12 @@ def test_rm_removes_the_container_and_its_layer(podman):
     assert podman("ps", "-aq").stdout == ""
 
 
-def test_switch_from_the_kernel_driver_and_back(tmp_path_factory, context, host_untouched):
+def test_switch_from_the_kernel_driver_and_back(context, host_untouched):
     """Containers made with the kernel's overlay driver (layers and uppers in
     overlay's format) keep their files when one line of storage.conf makes
     pyunion their mount program, and what they change under pyunion (written
     in overlay's format, ``whiteout=overlay``) is there when they go back."""
-    podman = Podman(tmp_path_factory.mktemp("podman") / "k")
+    podman = Podman()
     try:
         make_images(podman, context)
         run(podman, "-d", "--name", "kept", "localhost/three", "sleep", "600")

@@ -1,4 +1,5 @@
-"""A throwaway podman: its own graphroot, runroot, tmpdir and configuration
+"""A throwaway podman (for tests/test_podman.py and the bench's podman
+rows): its own graphroot, runroot, tmpdir and configuration
 under one directory, no registry, no network, and nothing of the host's
 containers (``/var/lib/containers``, ``/run/containers``) touched.
 
@@ -12,11 +13,15 @@ whose upper directory is ours, so the cache lands there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import tarfile
+import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -39,11 +44,14 @@ def busybox_tar(workdir: Path) -> Path:
 
 
 class Podman:
-    """podman under ``root``; ``mount_program`` None is the kernel's
-    overlay driver."""
+    """podman under a directory of its own, removed by ``tear_down``;
+    ``mount_program`` None is the kernel's overlay driver."""
 
-    def __init__(self, root: Path, mount_program: str | None = None, mountopt: str = ""):
-        self.root = root
+    def __init__(self, mount_program: str | None = None, mountopt: str = ""):
+        # A short root of its own: when the root's path passes 46 bytes,
+        # every `podman run --rm` waits out conmon's 20 s timeout before it
+        # returns (found by trial with podman 4.3.1 and conmon 2.1.6).
+        self.root = root = Path(tempfile.mkdtemp(prefix="podman-", dir="/tmp"))
         self.graphroot = root / "graph"
         for name in ("run", "tmp", "net", "varlib-upper", "varlib-work"):
             (root / name).mkdir(parents=True, exist_ok=True)
@@ -104,15 +112,16 @@ class Podman:
         with open("/proc/self/mountinfo") as f:
             return [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
 
-    def conmons(self) -> list[int]:
-        """conmon processes of this podman's containers."""
+    def processes(self) -> list[int]:
+        """Processes working for this podman: conmons, the mount programs'
+        daemons, podman's own clean-ups (all name a path under ``root``)."""
         found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if cmdline[0].endswith(b"conmon") and str(self.root).encode() in b" ".join(cmdline):
+            if str(self.root).encode() in cmdline and int(pid) != os.getpid():
                 found.append(int(pid))
         return found
 
@@ -126,24 +135,32 @@ class Podman:
                 or os.path.join(daemon.PID_DIR, name) in merged]
 
     def leftovers(self) -> tuple[list, list, list]:
-        return self.mounts(), self.conmons(), self.pyunion_records()
+        return self.mounts(), self.processes(), self.pyunion_records()
 
     def tear_down(self) -> None:
-        """Stop and remove every container, then take off whatever is still
-        mounted and remove the directories."""
+        """Stop and remove every container, take off whatever is still
+        mounted, let podman's clean-ups end, and remove the directories."""
         self("rm", "-af", "-t", "0", check=False)
-        for pid in self.conmons():
-            os.kill(pid, 9)
         for mnt in reversed(self.mounts()):
             subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
             subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
-        shutil.rmtree(self.root, ignore_errors=True)
+        deadline = time.monotonic() + 10
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root)
+
+
+class PodmanError(RuntimeError):
+    """A podman command failed; the message holds its own words."""
 
 
 def _checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     """``done``; if ``check``, fails with podman's own words when it did."""
     if check and done.returncode != 0:
         command = " ".join(map(str, done.args[done.args.index(PODMAN) + 3:]))
-        raise AssertionError(f"podman {command} exited {done.returncode}: "
+        raise PodmanError(f"podman {command} exited {done.returncode}: "
                              f"{done.stderr.strip()[-1500:]}")
     return done
