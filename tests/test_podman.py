@@ -134,6 +134,11 @@ def test_mount_and_unmount(podman):
     assert not Path(merged, "gone").exists()
     podman("unmount", "mounted")
     assert not mounted(merged)
+    image = podman("image", "mount", "localhost/three").stdout.strip()  # read-only
+    assert mounted(image, FSTYPE)
+    assert sorted(os.listdir(Path(image, "data"))) == ["new"]
+    podman("image", "unmount", "localhost/three")
+    assert not mounted(image)
 
 
 def test_rm_removes_the_container_and_its_layer(podman):
