@@ -49,8 +49,9 @@ class Podman:
 
     def __init__(self, mount_program: str | None = None, mountopt: str = ""):
         # A short root of its own: when the root's path passes 46 bytes,
-        # every `podman run --rm` waits out conmon's 20 s timeout before it
-        # returns (found by trial with podman 4.3.1 and conmon 2.1.6).
+        # the clean-up conmon runs when a container ends (`podman container
+        # cleanup`) exits 125, and every `podman run --rm` waits 20 s for it
+        # (found by trial, podman 4.3.1 and conmon 2.1.6).
         self.root = root = Path(tempfile.mkdtemp(prefix="podman-", dir="/tmp"))
         self.graphroot = root / "graph"
         for name in ("run", "tmp", "net", "varlib-upper", "varlib-work"):
