@@ -54,6 +54,7 @@ class Podman:
         # (found by trial, podman 4.3.1 and conmon 2.1.6).
         self.root = root = Path(tempfile.mkdtemp(prefix="podman-", dir="/tmp"))
         self.graphroot = root / "graph"
+        self._merged: set[str] = set()  # every layer's mount point seen, for pyunion_records
         for name in ("run", "tmp", "net", "varlib-upper", "varlib-work"):
             (root / name).mkdir(parents=True, exist_ok=True)
         (root / "registries.conf").write_text("")
@@ -92,9 +93,11 @@ class Podman:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 60,
                  **kwargs) -> subprocess.CompletedProcess:
-        return _checked(subprocess.run([PODMAN, "--tmpdir", str(self.root / "tmp"), *args],
-                                       env=self.env, capture_output=True, text=True,
-                                       timeout=timeout, **kwargs), check)
+        done = subprocess.run([PODMAN, "--tmpdir", str(self.root / "tmp"), *args],
+                              env=self.env, capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+        self._merged.update(map(str, self.graphroot.glob("overlay/*/merged")))
+        return _checked(done, check)
 
     def copying(self, *args: str, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess:
@@ -130,7 +133,7 @@ class Podman:
         """pyunion's PID records and control sockets for mounts under ``root``."""
         if not os.path.isdir(daemon.PID_DIR):
             return []
-        merged = {daemon.control_path(str(p)) for p in self.graphroot.glob("overlay/*/merged")}
+        merged = {daemon.control_path(path) for path in self._merged}
         return [name for name in os.listdir(daemon.PID_DIR)
                 if str(self.root) in urllib.parse.unquote(name)
                 or os.path.join(daemon.PID_DIR, name) in merged]
