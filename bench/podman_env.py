@@ -129,6 +129,14 @@ class Podman:
                 found.append(int(pid))
         return found
 
+    def settle(self, seconds: float = 10) -> None:
+        """Wait for what still works for this podman to end: after a stop,
+        the clean-up conmon starts (``podman container cleanup``) runs on
+        for a while, with the configuration it read when it started."""
+        deadline = time.monotonic() + seconds
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def pyunion_records(self) -> list[str]:
         """pyunion's PID records and control sockets for mounts under ``root``."""
         if not os.path.isdir(daemon.PID_DIR):
@@ -148,9 +156,7 @@ class Podman:
         for mnt in reversed(self.mounts()):
             subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
             subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
-        deadline = time.monotonic() + 10
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.settle()
         for pid in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
