@@ -91,13 +91,13 @@ class Podman:
             lines.append(f'mountopt = "{mountopt}"')
         (self.root / "storage.conf").write_text("\n".join(lines) + "\n")
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60, text: bool = True,
                  **kwargs) -> subprocess.CompletedProcess:
         done = subprocess.run([PODMAN, "--tmpdir", str(self.root / "tmp"), *args],
-                              env=self.env, capture_output=True, text=True,
+                              env=self.env, capture_output=True, text=text,
                               timeout=timeout, **kwargs)
         self._merged.update(map(str, self.graphroot.glob("overlay/*/merged")))
-        return _checked(done, check)
+        return _checked(done, check, text)
 
     def copying(self, *args: str, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess:
@@ -167,10 +167,11 @@ class PodmanError(RuntimeError):
     """A podman command failed; the message holds its own words."""
 
 
-def _checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+def _checked(done: subprocess.CompletedProcess, check: bool,
+             text: bool = True) -> subprocess.CompletedProcess:
     """``done``; if ``check``, fails with podman's own words when it did."""
     if check and done.returncode != 0:
         command = " ".join(map(str, done.args[done.args.index(PODMAN) + 3:]))
-        raise PodmanError(f"podman {command} exited {done.returncode}: "
-                             f"{done.stderr.strip()[-1500:]}")
+        said = done.stderr if text else done.stderr.decode(errors="replace")
+        raise PodmanError(f"podman {command} exited {done.returncode}: {said.strip()[-1500:]}")
     return done

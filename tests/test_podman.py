@@ -8,8 +8,10 @@ running, and the host's own container storage is never touched.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,12 @@ def test_run_detached_exec_and_stop(podman):
     assert podman("exec", "sleeper", "sh", "-c", "cat /data/new; ls /keep",
                   check=False).stdout == "written\n"
     assert Path(merged, "data/new").read_text() == "written\n"
+    assert {"C /data/new", "D /keep"} <= set(podman("diff", "sleeper").stdout.splitlines())
+    exported = podman("export", "sleeper", text=False).stdout  # the whole tree, read through
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("data/new").read() == b"written\n"
+    assert {"bin/busybox", "data/new"} <= names and not {"keep", "gone", "data/old"} & names
     podman("stop", "-t", "1", "sleeper")
     assert podman("inspect", "-f", "{{.State.Status}}", "sleeper").stdout.strip() == "exited"
     assert not mounted(merged)
