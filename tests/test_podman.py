@@ -159,15 +159,6 @@ def test_rm_removes_the_container_and_its_layer(podman):
     assert podman("ps", "-aq").stdout == ""
 
 
-def test_a_refused_option_reaches_podman_in_one_line(podman):
-    """pyunion does not map owners for user namespaces yet: podman says so,
-    naming the option, and nothing is left mounted (the fixture checks)."""
-    done = run(podman, "--rm", "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
-               "localhost/three", "true", check=False)
-    assert done.returncode != 0
-    assert "Error: option uidmapping= is not supported by pyunion" in done.stderr
-
-
 def test_switch_from_the_kernel_driver_and_back(context, host_untouched):
     """Containers made with the kernel's overlay driver (layers and uppers in
     overlay's format) keep their files when one line of storage.conf makes
