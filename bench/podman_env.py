@@ -114,7 +114,8 @@ class Podman:
     def mounts(self) -> list[str]:
         """Mount points under this podman's directories."""
         with open("/proc/self/mountinfo") as f:
-            return [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
+            return [line.split()[4] for line in f
+                    if line.split()[4].startswith(f"{self.root}/")]
 
     def processes(self) -> list[int]:
         """Processes working for this podman: conmons, the mount programs'
@@ -125,7 +126,7 @@ class Podman:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if str(self.root).encode() in cmdline and int(pid) != os.getpid():
+            if f"{self.root}/".encode() in cmdline and int(pid) != os.getpid():
                 found.append(int(pid))
         return found
 

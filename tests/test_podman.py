@@ -2,7 +2,7 @@
 the way fuse-overlayfs is used: every container start, ``diff``,
 ``commit`` and ``mount`` goes through ``pyunion -o ... MERGED`` and
 ``fusermount3 -u MERGED``.  Each podman has its own throwaway roots and
-configuration (tests/podman_env.py); nothing may be left mounted or
+configuration (bench/podman_env.py); nothing may be left mounted or
 running, and the host's own container storage is never touched.
 """
 
@@ -32,7 +32,7 @@ RUN mkdir -p /data/old && echo one > /data/old/f && echo gone > /gone && echo ke
 RUN rm /gone && rm -rf /data && mkdir /data && echo two > /data/new
 """
 #: What a container of that image shows, checked by a shell inside it.
-CHECK_IMAGE = ("test ! -e /gone && test \"$(ls -A /data)\" = new && cat /keep /data/new")
+CHECK_IMAGE = 'test ! -e /gone && test "$(ls -A /data)" = new && cat /keep /data/new'
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,7 @@ def test_switch_from_the_kernel_driver_and_back(context, host_untouched):
         assert podman("ps", "-aq", "--no-trunc").stdout.split() == [
             podman("inspect", "-f", "{{.Id}}", "kept").stdout.strip()]
         podman("rm", "kept")
+        podman.settle()
         assert podman.leftovers() == ([], [], [])
     finally:
         podman.tear_down()
