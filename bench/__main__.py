@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import containers, pagecache, report, runner, systems, udba, workloads
+from . import containers, pagecache, podman, report, runner, systems, udba, workloads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="where the branches are built (its file system is recorded)")
     parser.add_argument("--only", help="run only workloads whose name contains this "
-                        "('containers' for the container ones)")
+                        "('containers' for the container ones, 'podman' for podman's)")
     args = parser.parse_args(argv)
     runs = args.runs or (3 if args.quick else 5)
     chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "ones started before it run")
             what[containers.MEMORY] = ("PSS of pycontainer's own processes per running "
                                        "container; and of all of them, over their number")
+        if not args.only or args.only in "podman":
+            results += podman.measure(args.quick, runs, 1, Path(work), progress)
+            what.update(podman.WHAT)
         facts = report.machine_facts(Path(work))
     table = report.write(results, facts, what, args.out)
     print(table)

@@ -54,9 +54,9 @@ class System:
         raise NotImplementedError
 
     def unmount(self, stack: Stack) -> None:
-        if _is_mounted(stack.mnt):
+        if is_mounted(stack.mnt):
             subprocess.run(["umount", str(stack.mnt)], capture_output=True)
-        while _is_mounted(stack.mnt):  # busy: detach rather than leave it
+        while is_mounted(stack.mnt):  # busy: detach rather than leave it
             subprocess.run(["umount", "-l", str(stack.mnt)], capture_output=True)
             time.sleep(0.05)
 
@@ -130,7 +130,7 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command[:2])}...: {done.stderr.strip()[:300]}")
 
 
-def _is_mounted(path: Path) -> bool:
+def is_mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == target for line in f)
@@ -138,7 +138,7 @@ def _is_mounted(path: Path) -> bool:
 
 def _wait_mounted(path: Path, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
-    while not _is_mounted(path):
+    while not is_mounted(path):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not get mounted")
         time.sleep(0.01)

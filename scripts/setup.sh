@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # own Python bindings): container syscall filters; fuse-overlayfs,
 # unionfs-fuse, runc: the peers the benchmarks and comparisons run beside
 # pyunion and pycontainer; libc6-dev: the static libc the tests' small C
-# probes link against.
-packages=(fuse3 libfuse3-dev pkg-config gcc libc6-dev busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc)
+# probes link against; podman, conmon: the container engine that starts
+# pyunion as its overlay driver's mount_program (tests and bench).
+packages=(fuse3 libfuse3-dev pkg-config gcc libc6-dev busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc podman conmon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from bench import systems, udba, workloads
+from bench import podman, systems, udba, workloads
 
 
 def test_quick_bench_produces_every_row(tmp_path):
@@ -36,9 +36,13 @@ def test_quick_bench_produces_every_row(tmp_path):
         *((udba.COST, s.name) for s in (udba.NONE, udba.NOTIFY)),
         *((udba.FIND, s.name) for s in (udba.NONE, udba.REVAL, udba.NOTIFY))}
     assert all(r["error"] is None and r["times"] for r in udba_rows.values()), udba_rows
+    for workload, case in ((podman.RUN, "busybox true"), (podman.MOUNT, "busybox lower")):
+        for system in podman.PROGRAMS:
+            row = rows[(workload, case, system)]
+            assert row["error"] is None and (row["missing"] or row["times"]), row
     table = (tmp_path / "LATEST.md").read_text()
-    assert table.count("| pyunion |") == sum(len(w.quick_params)
-                                             for w in workloads.all_workloads()) + 2  # page cache
+    assert table.count("| pyunion |") == sum(len(w.quick_params)  # and page cache, podman:
+                                             for w in workloads.all_workloads()) + 2 + 2
     assert "kernel:" in table and "× overlayfs" in table
     with open("/proc/self/mountinfo") as f:
         assert str(tmp_path) not in f.read()

@@ -1,0 +1,209 @@
+"""The real podman with pyunion as the overlay driver's ``mount_program``,
+the way fuse-overlayfs is used: every container start, ``diff``,
+``commit`` and ``mount`` goes through ``pyunion -o ... MERGED`` and
+``fusermount3 -u MERGED``.  Each podman has its own throwaway roots and
+configuration (bench/podman_env.py); nothing may be left mounted or
+running, and the host's own container storage is never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bench.podman_env import HOST_DIRS, PODMAN, Podman, busybox_tar
+from helpers import PYUNION, mounted
+
+pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
+
+MOUNT_PROGRAM = PYUNION
+FSTYPE = "fuse.pyunion"
+
+#: Three layers: busybox; one adding files and a tree; one deleting a file
+#: and replacing the tree with a directory of other content.
+CONTAINERFILE = """\
+FROM localhost/busybox
+RUN mkdir -p /data/old && echo one > /data/old/f && echo gone > /gone && echo keep > /keep
+RUN rm /gone && rm -rf /data && mkdir /data && echo two > /data/new
+"""
+#: What a container of that image shows, checked by a shell inside it.
+CHECK_IMAGE = 'test ! -e /gone && test "$(ls -A /data)" = new && cat /keep /data/new'
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> Path:
+    """The busybox tar and the build context of the three-layer image."""
+    work = tmp_path_factory.mktemp("podman-context")
+    busybox_tar(work)
+    (work / "Containerfile").write_text(CONTAINERFILE)
+    return work
+
+
+def make_images(podman: Podman, context: Path) -> None:
+    podman.copying("import", str(context / "busybox.tar"), "localhost/busybox")
+    podman.copying("build", "--pull=never", "--network", "none", "-t", "localhost/three",
+                   "-f", str(context / "Containerfile"), str(context))
+
+
+@pytest.fixture(scope="module")
+def host_untouched():
+    """The host's default container storage neither appears nor changes."""
+    before = {d: _listing(d) for d in HOST_DIRS}
+    yield
+    assert {d: _listing(d) for d in HOST_DIRS} == before
+
+
+def _listing(directory: str):
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+
+
+@pytest.fixture(scope="module")
+def shared(context, host_untouched):
+    """One podman with pyunion as its mount program, holding both images."""
+    podman = Podman(MOUNT_PROGRAM)
+    try:
+        make_images(podman, context)
+        yield podman
+    finally:
+        podman.tear_down()
+
+
+@pytest.fixture
+def podman(shared):
+    """The shared podman; after each test its containers go, and nothing of
+    them may be left: mounts, processes (pyunion daemons, conmons), pyunion's
+    records (once podman's own clean-ups have ended)."""
+    yield shared
+    shared("rm", "-af", "-t", "0")
+    shared.settle()
+    assert shared.leftovers() == ([], [], [])
+
+
+def run(podman: Podman, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return podman("run", "--network", "none", *args, check=check)
+
+
+def merged_dir(podman: Podman, name: str) -> str:
+    return podman("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", name).stdout.strip()
+
+
+def test_run_rm_shows_the_three_layers(podman):
+    done = run(podman, "--rm", "localhost/three", "sh", "-c", CHECK_IMAGE)
+    assert done.stdout == "keep\ntwo\n"
+    assert run(podman, "--rm", "localhost/three", "sh", "-c", "exit 7",
+               check=False).returncode == 7
+    assert podman("ps", "-aq").stdout == ""
+
+
+def test_run_detached_exec_and_stop(podman):
+    run(podman, "-d", "--name", "sleeper", "localhost/three", "sleep", "600")
+    merged = merged_dir(podman, "sleeper")
+    assert mounted(merged, FSTYPE)
+    podman("exec", "sleeper", "sh", "-c", "echo written > /data/new && rm /keep")
+    assert podman("exec", "sleeper", "sh", "-c", "cat /data/new; ls /keep",
+                  check=False).stdout == "written\n"
+    assert Path(merged, "data/new").read_text() == "written\n"
+    assert {"C /data/new", "D /keep"} <= set(podman("diff", "sleeper").stdout.splitlines())
+    exported = podman("export", "sleeper", text=False).stdout  # the whole tree, read through
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("data/new").read() == b"written\n"
+    assert {"bin/busybox", "data/new"} <= names and not {"keep", "gone", "data/old"} & names
+    podman("stop", "-t", "1", "sleeper")
+    assert podman("inspect", "-f", "{{.State.Status}}", "sleeper").stdout.strip() == "exited"
+    assert not mounted(merged)
+    podman.settle()
+    assert podman.leftovers() == ([], [], [])
+
+
+def test_diff_commit_and_run_the_committed_image(podman):
+    podman("create", "--network", "none", "--name", "changer", "localhost/three", "sh", "-c",
+           "echo added > /added && rm /keep && echo more >> /data/new && mkdir /dir")
+    podman("start", "-a", "changer")
+    changes = set(podman("diff", "changer").stdout.splitlines())
+    assert {"A /added", "D /keep", "C /data", "C /data/new", "A /dir"} <= changes
+    assert not [c for c in changes if "/gone" in c or "/data/old" in c], changes
+    podman.copying("commit", "-q", "changer", "localhost/committed")
+    done = run(podman, "--rm", "localhost/committed", "sh", "-c",
+               "test ! -e /keep && test -d /dir && test ! -e /gone && cat /added /data/new")
+    assert done.stdout == "added\ntwo\nmore\n"
+
+
+def test_mount_and_unmount(podman):
+    podman("create", "--network", "none", "--name", "mounted", "localhost/three", "true")
+    merged = podman("mount", "mounted").stdout.strip()
+    assert mounted(merged, FSTYPE)
+    assert Path(merged, "keep").read_text() == "keep\n"
+    assert sorted(os.listdir(Path(merged, "data"))) == ["new"]
+    assert not Path(merged, "gone").exists()
+    podman("unmount", "mounted")
+    assert not mounted(merged)
+    image = podman("image", "mount", "localhost/three").stdout.strip()  # read-only
+    assert mounted(image, FSTYPE)
+    assert sorted(os.listdir(Path(image, "data"))) == ["new"]
+    podman("image", "unmount", "localhost/three")
+    assert not mounted(image)
+
+
+def test_rm_removes_the_container_and_its_layer(podman):
+    run(podman, "--name", "gone", "localhost/three", "sh", "-c", "echo x > /x")
+    upper = Path(podman("inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", "gone").stdout.strip())
+    assert (upper / "x").read_text() == "x\n"
+    podman("rm", "gone")
+    assert not upper.parent.exists()
+    assert podman("ps", "-aq").stdout == ""
+
+
+def test_switch_from_the_kernel_driver_and_back(context, host_untouched):
+    """Containers made with the kernel's overlay driver (layers and uppers in
+    overlay's format) keep their files when one line of storage.conf makes
+    pyunion their mount program, and what they change under pyunion (written
+    in overlay's format, ``whiteout=overlay``) is there when they go back."""
+    podman = Podman()
+    try:
+        make_images(podman, context)
+        run(podman, "-d", "--name", "kept", "localhost/three", "sleep", "600")
+        assert mounted(merged_dir(podman, "kept"), "overlay")
+        podman("exec", "kept", "sh", "-c", "echo kernel > /kfile && rm /keep"
+               " && rm -rf /data && mkdir /data && echo k > /data/k")
+        podman("stop", "-t", "1", "kept")
+
+        # A switch waits for podman's clean-ups: one still running would
+        # write the old driver's mark (below) after the switch.
+        podman.settle()
+        podman.use(MOUNT_PROGRAM, mountopt="whiteout=overlay")
+        assert run(podman, "--rm", "localhost/three", "sh", "-c", CHECK_IMAGE
+                   ).stdout == "keep\ntwo\n"
+        podman("start", "kept")
+        assert mounted(merged_dir(podman, "kept"), FSTYPE)
+        assert podman("exec", "kept", "sh", "-c", "test ! -e /keep && test ! -e /gone"
+                      " && ls -A /data && cat /kfile").stdout == "k\nkernel\n"
+        podman("exec", "kept", "sh", "-c", "echo pyunion > /pfile && rm /kfile && rm /data/k"
+               " && mkdir /data/sub && echo q > /data/sub/q && rm /bin/vi")
+        podman("stop", "-t", "1", "kept")
+        podman.settle()
+
+        # Once a mount program has served a graphroot, c/storage writes
+        # "true" to overlay/.has-mount-program and, run as root, keeps
+        # using one there (fuse-overlayfs when none is configured) whatever
+        # storage.conf says; "false" lets the kernel's driver serve it again.
+        podman.use(None)
+        (podman.graphroot / "overlay/.has-mount-program").write_text("false")
+        podman("start", "kept")
+        assert mounted(merged_dir(podman, "kept"), "overlay")
+        assert podman("exec", "kept", "sh", "-c", "test ! -e /kfile && test ! -e /keep"
+                      " && test ! -e /bin/vi && ls -A /data && cat /pfile /data/sub/q"
+                      ).stdout == "sub\npyunion\nq\n"
+        podman("stop", "-t", "1", "kept")
+        assert podman("ps", "-aq", "--no-trunc").stdout.split() == [
+            podman("inspect", "-f", "{{.Id}}", "kept").stdout.strip()]
+        podman("rm", "kept")
+        podman.settle()
+        assert podman.leftovers() == ([], [], [])
+    finally:
+        podman.tear_down()
