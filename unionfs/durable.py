@@ -26,7 +26,7 @@ import os
 from .branches import BranchError
 
 MARKER_DIR = "incompat"
-_MARKER_PATH = MARKER_DIR + "/volatile"
+MARKER = "volatile"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _libc = ctypes.CDLL(None, use_errno=True)
 _volatile = False
@@ -51,26 +51,43 @@ def check(work_fd: int, work_path: str) -> None:
     """Refuse a branch that a volatile mount left as the machine went down;
     forget the marker of one whose daemon was killed in this boot."""
     try:
-        with open(_MARKER_PATH, opener=lambda path, flags: os.open(path, flags, dir_fd=work_fd)) as f:
-            left_by = f.read().strip()
+        dir_fd = _marker_dir(work_fd)
     except FileNotFoundError:
         return
-    if left_by != _boot_id():
-        raise DamagedBranch(
-            f"the writable branch was mounted volatile and the machine has restarted since: "
-            f"its last changes may be lost or torn; remove {work_path}/{_MARKER_PATH} "
-            "to mount it anyway")
-    os.unlink(_MARKER_PATH, dir_fd=work_fd)
+    try:
+        for name in os.listdir(dir_fd):  # staged by a mark() killed half-way
+            if name.startswith(MARKER + "."):
+                os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with os.fdopen(fd) as f:
+            left_by = f.read().strip()
+        if left_by != _boot_id():
+            raise DamagedBranch(
+                f"the writable branch was mounted volatile and the machine has restarted "
+                f"since: its last changes may be lost or torn; remove "
+                f"{work_path}/{MARKER_DIR}/{MARKER} to mount it anyway")
+        os.unlink(MARKER, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def mark(work_fd: int) -> None:
-    """Leave the marker of a volatile mount in its work directory."""
+    """Leave the marker of a volatile mount in its work directory, whole
+    or not at all (staged, then renamed into place)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(MARKER_DIR, 0o700, dir_fd=work_fd)
-    fd = os.open(_MARKER_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600,
-                 dir_fd=work_fd)
-    with os.fdopen(fd, "w") as f:
-        f.write(_boot_id() + "\n")
+    dir_fd = _marker_dir(work_fd)
+    try:
+        staged = f"{MARKER}.{os.getpid()}"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        with os.fdopen(fd, "w") as f:
+            f.write(_boot_id() + "\n")
+        os.rename(staged, MARKER, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def settle(work_fd: int) -> None:
@@ -79,9 +96,14 @@ def settle(work_fd: int) -> None:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_MARKER_PATH, dir_fd=work_fd)
+        os.unlink(f"{MARKER_DIR}/{MARKER}", dir_fd=work_fd)
     with contextlib.suppress(OSError):
         os.rmdir(MARKER_DIR, dir_fd=work_fd)
+
+
+def _marker_dir(work_fd: int) -> int:
+    return os.open(MARKER_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=work_fd)
 
 
 def _boot_id() -> str:
