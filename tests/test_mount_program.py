@@ -124,14 +124,35 @@ def test_a_volatile_branch_from_before_a_restart_is_refused(home):
     done = run_as_storage_does(home, container_options(home))
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "Error: the writable branch was mounted volatile and the machine has restarted since: "
-        "its last changes may be lost or torn; remove "
+        "Error: the writable branch was mounted volatile, and the machine has restarted "
+        "since: its last changes may be lost or torn; remove "
         f"{home}/ctr/{MARKER} to mount it anyway")
     assert not mounted(home / "ctr" / "merged")
 
     (home / "ctr" / MARKER).unlink()  # what containers/storage does before each mount
     assert run_as_storage_does(home, container_options(home)).returncode == 0
     pyunion("umount", str(home / "ctr" / "merged"))
+
+
+@pytest.mark.parametrize("leave, since", [
+    # kernel overlayfs's marker: the directory volatile/dirty
+    (lambda m: (m / "dirty").mkdir(parents=True), "this marker tells nothing of the boot "
+                                                  "it was made in"),
+    (os.mkfifo, "this marker tells nothing of the boot it was made in"),  # never waited on
+    (lambda m: m.write_bytes(b"\xff\xfe" * 10000), "the machine has restarted since"),
+], ids=["overlayfs-dir", "fifo", "not-utf8"])
+def test_a_volatile_marker_pyunion_did_not_write_is_refused_in_one_line(home, leave, since):
+    """A marker that holds no boot id of this boot may be overlayfs's, or
+    anything: the branch may be damaged, and the mount says so at once."""
+    marker = home / "ctr" / MARKER
+    marker.parent.mkdir(parents=True)
+    leave(marker)
+    done = run_as_storage_does(home, container_options(home))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"Error: the writable branch was mounted volatile, and {since}: its last changes "
+        f"may be lost or torn; remove {marker} to mount it anyway")
+    assert not mounted(home / "ctr" / "merged")
 
 
 def test_volatile_flushes_nothing(monkeypatch, tmp_path):
