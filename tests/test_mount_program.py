@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 
 import pytest
@@ -199,6 +200,32 @@ def test_owner_mappings_show_the_hosts_ids_and_store_the_containers(world_readab
     assert (os.lstat(up / "a").st_uid, os.lstat(up / "a").st_gid) == (7, 8)
     (mnt / "made_by_host_root").write_text("r\n")  # root is outside the mapping
     assert os.lstat(up / "made_by_host_root").st_uid == 65534
+
+
+def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
+    """An ACL names users and groups as the owners do: a layer's
+    ``user:5`` is the container's user 5, shown as the host's 100005, and
+    one set through the mount for 100007 is stored for 7."""
+    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
+    build(low, {"f": "f\n"})
+    up.mkdir(), work.mkdir()
+    os.setxattr(low / "f", ACL, _acl(user=5))
+    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                     "gidmapping=:0:100000:65536")
+    assert os.getxattr(mnt / "f", ACL) == _acl(user=100005)
+    os.setxattr(mnt / "f", ACL, _acl(user=100007))
+    assert os.getxattr(up / "f", ACL) == _acl(user=7)
+
+
+ACL = "system.posix_acl_access"
+
+
+def _acl(user: int) -> bytes:
+    """user::rw- user:USER:rw- group::r-- mask::rw- other::r--, as the kernel writes it."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), (0x02, 6, user), (0x04, 4, undefined),
+               (0x10, 6, undefined), (0x20, 4, undefined)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 def test_squash_to_root_shows_every_file_as_roots(unions, tmp_path):

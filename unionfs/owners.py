@@ -12,16 +12,23 @@ and, where one ID is all there is, ``squash_to_uid=``/``squash_to_gid=``.
 What the mount shows is the stored ID moved into the host's range; what it
 stores (a new file's owner, a chown) is the caller's ID moved back.  An ID
 outside every range is the kernel's overflow ID (65534, ``nobody``), both
-ways, as fuse-overlayfs does.  A squash changes only what is shown.
+ways, as fuse-overlayfs does.  A squash changes only what is shown.  The
+users and groups a POSIX ACL names (``system.posix_acl_*``) move as owners
+do, a squash aside.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from .branches import BranchError
 
 _ID_LIMIT = 1 << 32
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+#: an ACL's value: a 4-byte version, then entries (tag, permissions, ID)
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_USER, _ACL_GROUP = 0x02, 0x08  # the tags of entries that name an ID
 _OVERFLOW = {"uid": "/proc/sys/kernel/overflowuid", "gid": "/proc/sys/kernel/overflowgid"}
 
 
@@ -45,12 +52,14 @@ class IdMap:
     def shown(self, stored: int) -> int:
         if self.squash is not None:
             return self.squash
-        return self._moved(stored, lambda s: (s.stored, s.shown))
+        return self.moved(stored, to_shown=True)
 
     def stored(self, shown: int) -> int:
-        return self._moved(shown, lambda s: (s.shown, s.stored))
+        return self.moved(shown, to_shown=False)
 
-    def _moved(self, id_: int, ends) -> int:
+    def moved(self, id_: int, to_shown: bool) -> int:
+        """``id_`` moved across the spans, a squash aside (it is of owners only)."""
+        ends = (lambda s: (s.stored, s.shown)) if to_shown else (lambda s: (s.shown, s.stored))
         if not self.spans:
             return id_
         for span in self.spans:
@@ -68,6 +77,20 @@ class Owners:
     @property
     def mapped(self) -> bool:
         return self != Owners()
+
+    def in_acl(self, name: str, value: bytes, to_shown: bool) -> bytes:
+        """The value of the xattr ``name``, with the users and groups a POSIX
+        ACL names moved as the owners are (what the kernel and the tools
+        read as IDs); any other xattr, or a malformed ACL, as it is."""
+        if name not in _ACL_XATTRS or not self.mapped or len(value) % _ACL_ENTRY.size != 4:
+            return value
+        moved = bytearray(value)
+        for at in range(4, len(value), _ACL_ENTRY.size):
+            tag, perm, id_ = _ACL_ENTRY.unpack_from(value, at)
+            ids = {_ACL_USER: self.uids, _ACL_GROUP: self.gids}.get(tag)
+            if ids is not None:
+                _ACL_ENTRY.pack_into(moved, at, tag, perm, ids.moved(id_, to_shown))
+        return bytes(moved)
 
 
 AS_STORED = Owners()
