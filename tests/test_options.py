@@ -196,6 +196,10 @@ def test_squashes_show_one_owner_and_store_as_mapped(stack):
     ("uidmapping=", "^uidmapping= must be triples"),
     ("uidmapping=0:1000:0", "^uidmapping= has a range of no IDs"),
     ("uidmapping=0:4294967295:2", "^uidmapping= goes past the largest ID"),
+    # (uid_t)-1 is no ID: chown's "leave it", the kernel's invalid ID
+    ("uidmapping=0:4294967295:1", "^uidmapping= goes past the largest ID"),
+    ("gidmapping=4294967295:0:1", "^gidmapping= goes past the largest ID"),
+    ("squash_to_uid=4294967295", "^squash_to_uid= must be a user or group ID"),
     ("squash_to_uid=-1", r"^squash_to_uid= must be a user or group ID, not '-1'$"),
     ("squash_to_gid=4294967296", "^squash_to_gid= must be a user or group ID"),
 ])

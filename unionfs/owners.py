@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .branches import BranchError
 
-_ID_LIMIT = 1 << 32
+_ID_LIMIT = (1 << 32) - 1  # (uid_t)-1 is no ID: chown's "leave it as it is"
 _ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
 #: an ACL's value: a 4-byte version, then entries (tag, permissions, ID)
 _ACL_ENTRY = struct.Struct("<HHI")
