@@ -95,6 +95,19 @@ def test_options_not_done_yet_fail_in_one_line_and_mount_nothing(home, option):
     assert os.listdir(home / "ctr" / "diff") == [] and os.listdir(home / "ctr" / "work") == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-o"], "Error: Option '-o' requires an argument."),
+    (["-o", "lowerdir=l/TOP"], "Error: Missing argument 'MOUNTPOINT'."),
+    (["--debug", "-o", "lowerdir=l/TOP"], "Error: Missing argument 'MOUNTPOINT'."),
+    (["-f", "--bogus", "-o", "lowerdir=l/TOP", "ctr/merged"], "Error: No such option '--bogus'."),
+])
+def test_a_command_line_that_does_not_parse_is_one_line(home, args, message):
+    """Its caller quotes the mount program's stderr whole in its own error."""
+    done = subprocess.run([PYUNION, *args], cwd=home, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (2, message + "\n")
+    assert not mounted(home / "ctr" / "merged")
+
+
 def test_volatile_marks_the_work_dir_while_mounted(home):
     assert run_as_storage_does(home, container_options(home, "volatile")).returncode == 0
     assert (home / "ctr" / MARKER).read_text().strip() == _boot_id()
