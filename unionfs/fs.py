@@ -127,6 +127,11 @@ class UnionOperations(pyfuse3.Operations):
     listings and writes to open files do not take it and keep going.
     """
 
+    #: the kernel enforces the branches' POSIX ACLs (which pass as xattrs),
+    #: as overlayfs and fuse-overlayfs do: the mode alone would let in whom
+    #: an ACL keeps out
+    enable_acl = True
+
     def __init__(self, layers: list[Layer], upper: Upper | None = None,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
                  max_open: int | None = None, udba: Mode = Mode.NONE,
