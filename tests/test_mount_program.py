@@ -215,6 +215,25 @@ def test_owner_mappings_show_the_hosts_ids_and_store_the_containers(world_readab
     assert os.lstat(up / "made_by_host_root").st_uid == 65534
 
 
+def test_an_unmapped_owner_is_no_one_not_the_hosts_nobody(world_readable_dir, unions,
+                                                        tmp_path):
+    """A file whose owner is outside the mapping shows as the overflow ID
+    (65534), as on overlayfs; but, as there, no process is its owner: not
+    the host's nobody, to whom a root daemon's mount is open too."""
+    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
+    build(low, {"f": "not nobody's\n"})
+    os.chown(low / "f", 70000, 70000)
+    os.chmod(low / "f", 0o600)
+    up.mkdir(), work.mkdir(), (world_readable_dir / "mnt").mkdir()
+    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                     "gidmapping=:0:100000:65536",
+                                     mnt=world_readable_dir / "mnt")
+    assert (os.stat(mnt / "f").st_uid, os.stat(mnt / "f").st_gid) == (65534, 65534)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+    denied = subprocess.run([*as_nobody, str(mnt / "f")], capture_output=True, text=True)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
 def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
     """An ACL names users and groups as the owners do: a layer's
     ``user:5`` is the container's user 5, shown as the host's 100005, and
@@ -223,9 +242,12 @@ def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
     build(low, {"f": "f\n"})
     up.mkdir(), work.mkdir()
     os.setxattr(low / "f", ACL, _acl(user=5))
+    (low / "g").touch()
+    os.setxattr(low / "g", ACL, _acl(user=70000))  # outside the mapping: grants no one
     mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
                                      "gidmapping=:0:100000:65536")
     assert os.getxattr(mnt / "f", ACL) == _acl(user=100005)
+    assert os.getxattr(mnt / "g", ACL) == _acl(user=None)
     os.setxattr(mnt / "f", ACL, _acl(user=100007))
     assert os.getxattr(up / "f", ACL) == _acl(user=7)
 
@@ -233,11 +255,12 @@ def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
 ACL = "system.posix_acl_access"
 
 
-def _acl(user: int) -> bytes:
-    """user::rw- user:USER:rw- group::r-- mask::rw- other::r--, as the kernel writes it."""
+def _acl(user: int | None) -> bytes:
+    """user::rw- user:USER:rw- group::r-- mask::rw- other::r--, as the
+    kernel writes it; without the entry of USER if None."""
     undefined = 0xFFFFFFFF
-    entries = [(0x01, 6, undefined), (0x02, 6, user), (0x04, 4, undefined),
-               (0x10, 6, undefined), (0x20, 4, undefined)]
+    entries = [(0x01, 6, undefined), *([(0x02, 6, user)] if user is not None else []),
+               (0x04, 4, undefined), (0x10, 6, undefined), (0x20, 4, undefined)]
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 

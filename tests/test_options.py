@@ -6,6 +6,7 @@ import pytest
 
 from unionfs.branches import BranchError
 from unionfs.options import parse
+from unionfs.owners import NO_ID
 
 
 @pytest.fixture
@@ -175,10 +176,10 @@ def test_owner_mappings_as_containers_storage_writes_them(stack):
                     "gidmapping=:0:200000:10"], str(stack / "mnt"))
     uids, gids = config.owners.uids, config.owners.gids
     assert [uids.shown(i) for i in (0, 1, 65535, 65536, 70000)] \
-        == [100000, 100001, 165535, 300000, 65534]
+        == [100000, 100001, 165535, 300000, NO_ID]
     assert [uids.stored(i) for i in (100000, 165535, 300000, 0, 99999)] \
         == [0, 65535, 65536, 65534, 65534]
-    assert (gids.shown(9), gids.shown(10), gids.stored(200009)) == (200009, 65534, 9)
+    assert (gids.shown(9), gids.shown(10), gids.stored(200009)) == (200009, NO_ID, 9)
 
 
 def test_squashes_show_one_owner_and_store_as_mapped(stack):

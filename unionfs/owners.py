@@ -10,11 +10,15 @@ and, where one ID is all there is, ``squash_to_uid=``/``squash_to_gid=``.
 ``squash_to_root`` shows every file as root's.
 
 What the mount shows is the stored ID moved into the host's range; what it
-stores (a new file's owner, a chown) is the caller's ID moved back.  An ID
-outside every range is the kernel's overflow ID (65534, ``nobody``), both
-ways, as fuse-overlayfs does.  A squash changes only what is shown.  The
-users and groups a POSIX ACL names (``system.posix_acl_*``) move as owners
-do, a squash aside.
+stores (a new file's owner, a chown) is the caller's ID moved back.  A
+stored ID outside every range is shown as no ID, ``(uid_t)-1``: the kernel
+shows that as its overflow ID (65534, ``nobody``), as fuse-overlayfs shows
+it, but, as on overlayfs, never takes any process for its owner (a root
+daemon's mount is open to the host's real ``nobody`` too).  A caller's ID
+outside every range is stored as the overflow ID.  A squash changes only
+what is shown.  The users and groups a POSIX ACL names
+(``system.posix_acl_*``) move as owners do, a squash aside; an entry for
+no ID is left out of what is shown (it grants no one anything).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from dataclasses import dataclass
 
 from .branches import BranchError
 
-_ID_LIMIT = (1 << 32) - 1  # (uid_t)-1 is no ID: chown's "leave it as it is"
+#: (uid_t)-1, no ID: chown's "leave it as it is", the kernel's invalid ID
+NO_ID = (1 << 32) - 1
+_ID_LIMIT = NO_ID  # every ID is below it
 _ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
 #: an ACL's value: a 4-byte version, then entries (tag, permissions, ID)
 _ACL_ENTRY = struct.Struct("<HHI")
@@ -58,7 +64,8 @@ class IdMap:
         return self.moved(shown, to_shown=False)
 
     def moved(self, id_: int, to_shown: bool) -> int:
-        """``id_`` moved across the spans, a squash aside (it is of owners only)."""
+        """``id_`` moved across the spans, a squash aside (it is of owners
+        only); outside them, :data:`NO_ID` shown, the overflow ID stored."""
         ends = (lambda s: (s.stored, s.shown)) if to_shown else (lambda s: (s.shown, s.stored))
         if not self.spans:
             return id_
@@ -66,7 +73,7 @@ class IdMap:
             start, to = ends(span)
             if start <= id_ < start + span.count:
                 return to + id_ - start
-        return self.overflow
+        return NO_ID if to_shown else self.overflow
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,13 @@ class Owners:
         read as IDs); any other xattr, or a malformed ACL, as it is."""
         if name not in _ACL_XATTRS or not self.mapped or len(value) % _ACL_ENTRY.size != 4:
             return value
-        moved = bytearray(value)
-        for at in range(4, len(value), _ACL_ENTRY.size):
-            tag, perm, id_ = _ACL_ENTRY.unpack_from(value, at)
+        moved = [value[:4]]
+        for tag, perm, id_ in _ACL_ENTRY.iter_unpack(value[4:]):
             ids = {_ACL_USER: self.uids, _ACL_GROUP: self.gids}.get(tag)
-            if ids is not None:
-                _ACL_ENTRY.pack_into(moved, at, tag, perm, ids.moved(id_, to_shown))
-        return bytes(moved)
+            id_ = ids.moved(id_, to_shown) if ids is not None else id_
+            if ids is None or id_ != NO_ID:
+                moved.append(_ACL_ENTRY.pack(tag, perm, id_))
+        return b"".join(moved)
 
 
 AS_STORED = Owners()
