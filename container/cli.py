@@ -8,7 +8,6 @@ command cannot be run or is not found.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +17,8 @@ import sys
 import time
 
 import click
+
+from unionfs.cli import OneLineGroup
 
 from . import cgroups, images, logs as container_logs, networking, networks, ports, runtime
 from . import spec as specs
@@ -40,25 +41,11 @@ def _fail_cleanly(function):
     return wrapper
 
 
-class _Group(click.Group):
+class _Group(OneLineGroup):
     """A command line click cannot parse is answered as docker does: one
     line and 125, not a usage text and 2."""
 
-    def make_context(self, *args, **kwargs):
-        with _one_line_usage_errors():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx):
-        with _one_line_usage_errors():
-            return super().invoke(ctx)
-
-
-@contextlib.contextmanager
-def _one_line_usage_errors():
-    try:
-        yield
-    except click.UsageError as exc:
-        raise _Failure(exc.format_message()) from None
+    usage_exit_code = _Failure.exit_code
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

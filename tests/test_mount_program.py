@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 
 import pytest
@@ -94,6 +95,19 @@ def test_options_not_done_yet_fail_in_one_line_and_mount_nothing(home, option):
     assert os.listdir(home / "ctr" / "diff") == [] and os.listdir(home / "ctr" / "work") == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-o"], "Error: Option '-o' requires an argument."),
+    (["-o", "lowerdir=l/TOP"], "Error: Missing argument 'MOUNTPOINT'."),
+    (["--debug", "-o", "lowerdir=l/TOP"], "Error: Missing argument 'MOUNTPOINT'."),
+    (["-f", "--bogus", "-o", "lowerdir=l/TOP", "ctr/merged"], "Error: No such option '--bogus'."),
+])
+def test_a_command_line_that_does_not_parse_is_one_line(home, args, message):
+    """Its caller quotes the mount program's stderr whole in its own error."""
+    done = subprocess.run([PYUNION, *args], cwd=home, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (2, message + "\n")
+    assert not mounted(home / "ctr" / "merged")
+
+
 def test_volatile_marks_the_work_dir_while_mounted(home):
     assert run_as_storage_does(home, container_options(home, "volatile")).returncode == 0
     assert (home / "ctr" / MARKER).read_text().strip() == _boot_id()
@@ -124,14 +138,35 @@ def test_a_volatile_branch_from_before_a_restart_is_refused(home):
     done = run_as_storage_does(home, container_options(home))
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "Error: the writable branch was mounted volatile and the machine has restarted since: "
-        "its last changes may be lost or torn; remove "
+        "Error: the writable branch was mounted volatile, and the machine has restarted "
+        "since: its last changes may be lost or torn; remove "
         f"{home}/ctr/{MARKER} to mount it anyway")
     assert not mounted(home / "ctr" / "merged")
 
     (home / "ctr" / MARKER).unlink()  # what containers/storage does before each mount
     assert run_as_storage_does(home, container_options(home)).returncode == 0
     pyunion("umount", str(home / "ctr" / "merged"))
+
+
+@pytest.mark.parametrize("leave, since", [
+    # kernel overlayfs's marker: the directory volatile/dirty
+    (lambda m: (m / "dirty").mkdir(parents=True), "this marker tells nothing of the boot "
+                                                  "it was made in"),
+    (os.mkfifo, "this marker tells nothing of the boot it was made in"),  # never waited on
+    (lambda m: m.write_bytes(b"\xff\xfe" * 10000), "the machine has restarted since"),
+], ids=["overlayfs-dir", "fifo", "not-utf8"])
+def test_a_volatile_marker_pyunion_did_not_write_is_refused_in_one_line(home, leave, since):
+    """A marker that holds no boot id of this boot may be overlayfs's, or
+    anything: the branch may be damaged, and the mount says so at once."""
+    marker = home / "ctr" / MARKER
+    marker.parent.mkdir(parents=True)
+    leave(marker)
+    done = run_as_storage_does(home, container_options(home))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"Error: the writable branch was mounted volatile, and {since}: its last changes "
+        f"may be lost or torn; remove {marker} to mount it anyway")
+    assert not mounted(home / "ctr" / "merged")
 
 
 def test_volatile_flushes_nothing(monkeypatch, tmp_path):
@@ -178,6 +213,55 @@ def test_owner_mappings_show_the_hosts_ids_and_store_the_containers(world_readab
     assert (os.lstat(up / "a").st_uid, os.lstat(up / "a").st_gid) == (7, 8)
     (mnt / "made_by_host_root").write_text("r\n")  # root is outside the mapping
     assert os.lstat(up / "made_by_host_root").st_uid == 65534
+
+
+def test_an_unmapped_owner_is_no_one_not_the_hosts_nobody(world_readable_dir, unions,
+                                                        tmp_path):
+    """A file whose owner is outside the mapping shows as the overflow ID
+    (65534), as on overlayfs; but, as there, no process is its owner: not
+    the host's nobody, to whom a root daemon's mount is open too."""
+    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
+    build(low, {"f": "not nobody's\n"})
+    os.chown(low / "f", 70000, 70000)
+    os.chmod(low / "f", 0o600)
+    up.mkdir(), work.mkdir(), (world_readable_dir / "mnt").mkdir()
+    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                     "gidmapping=:0:100000:65536",
+                                     mnt=world_readable_dir / "mnt")
+    assert (os.stat(mnt / "f").st_uid, os.stat(mnt / "f").st_gid) == (65534, 65534)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+    denied = subprocess.run([*as_nobody, str(mnt / "f")], capture_output=True, text=True)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
+    """An ACL names users and groups as the owners do: a layer's
+    ``user:5`` is the container's user 5, shown as the host's 100005, and
+    one set through the mount for 100007 is stored for 7."""
+    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
+    build(low, {"f": "f\n"})
+    up.mkdir(), work.mkdir()
+    os.setxattr(low / "f", ACL, _acl(user=5))
+    (low / "g").touch()
+    os.setxattr(low / "g", ACL, _acl(user=70000))  # outside the mapping: grants no one
+    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                     "gidmapping=:0:100000:65536")
+    assert os.getxattr(mnt / "f", ACL) == _acl(user=100005)
+    assert os.getxattr(mnt / "g", ACL) == _acl(user=None)
+    os.setxattr(mnt / "f", ACL, _acl(user=100007))
+    assert os.getxattr(up / "f", ACL) == _acl(user=7)
+
+
+ACL = "system.posix_acl_access"
+
+
+def _acl(user: int | None) -> bytes:
+    """user::rw- user:USER:rw- group::r-- mask::rw- other::r--, as the
+    kernel writes it; without the entry of USER if None."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), *([(0x02, 6, user)] if user is not None else []),
+               (0x04, 4, undefined), (0x10, 6, undefined), (0x20, 4, undefined)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 def test_squash_to_root_shows_every_file_as_roots(unions, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from unionfs.branches import BranchError
 from unionfs.options import parse
+from unionfs.owners import NO_ID
 
 
 @pytest.fixture
@@ -175,10 +176,10 @@ def test_owner_mappings_as_containers_storage_writes_them(stack):
                     "gidmapping=:0:200000:10"], str(stack / "mnt"))
     uids, gids = config.owners.uids, config.owners.gids
     assert [uids.shown(i) for i in (0, 1, 65535, 65536, 70000)] \
-        == [100000, 100001, 165535, 300000, 65534]
+        == [100000, 100001, 165535, 300000, NO_ID]
     assert [uids.stored(i) for i in (100000, 165535, 300000, 0, 99999)] \
         == [0, 65535, 65536, 65534, 65534]
-    assert (gids.shown(9), gids.shown(10), gids.stored(200009)) == (200009, 65534, 9)
+    assert (gids.shown(9), gids.shown(10), gids.stored(200009)) == (200009, NO_ID, 9)
 
 
 def test_squashes_show_one_owner_and_store_as_mapped(stack):
@@ -196,6 +197,10 @@ def test_squashes_show_one_owner_and_store_as_mapped(stack):
     ("uidmapping=", "^uidmapping= must be triples"),
     ("uidmapping=0:1000:0", "^uidmapping= has a range of no IDs"),
     ("uidmapping=0:4294967295:2", "^uidmapping= goes past the largest ID"),
+    # (uid_t)-1 is no ID: chown's "leave it", the kernel's invalid ID
+    ("uidmapping=0:4294967295:1", "^uidmapping= goes past the largest ID"),
+    ("gidmapping=4294967295:0:1", "^gidmapping= goes past the largest ID"),
+    ("squash_to_uid=4294967295", "^squash_to_uid= must be a user or group ID"),
     ("squash_to_uid=-1", r"^squash_to_uid= must be a user or group ID, not '-1'$"),
     ("squash_to_gid=4294967296", "^squash_to_gid= must be a user or group ID"),
 ])

@@ -278,7 +278,8 @@ def test_opaque_and_redirect_xattrs_in_a_read_only_branch(tmp_path, unions):
     os.setxattr(middle / "b", "user.fuseoverlayfs.opaque", b"y")
     os.setxattr(middle / "c", "trusted.overlay.opaque", b"x")  # xwhiteouts: not opaque
     os.setxattr(middle / "dst", "trusted.overlay.redirect", b"/src")
-    os.setxattr(middle / "p/q2", "user.overlay.redirect", b"q")
+    os.setxattr(middle / "p/q2", "trusted.overlay.redirect", b"q")
+    os.setxattr(middle / "c", "user.overlay.redirect", b"/src")  # anyone's: not followed
     os.mknod(middle / "src", stat.S_IFCHR, 0)
     union = unions.mount([middle, bottom])
     assert sorted(os.listdir(union)) == ["a", "b", "c", "dst", "p"]
@@ -351,3 +352,31 @@ def test_opaque_xattr_set_below_the_mount_shows(tmp_path, unions, udba):
     assert sorted(os.listdir(union / "d")) == ["new.txt", "old.txt"]
     os.setxattr(middle / "d", "trusted.overlay.opaque", b"y")
     assert wait_for(lambda: sorted(os.listdir(union / "d")) == ["new.txt"])
+
+
+def test_a_redirect_a_user_set_does_not_open_a_private_directory_below(world_readable_dir,
+                                                                      unions, tmp_path):
+    """Kernel overlayfs follows ``user.overlay.*`` only on a ``userxattr``
+    mount (one made in the user's own namespace); a user who owns a
+    directory of a branch must not reach, through it, a directory below
+    that the permissions keep from them."""
+    low = build(tmp_path / "low", {"secret/s.txt": "secret\n"})
+    os.chmod(low / "secret", 0o700)
+    mine = tmp_path / "users" / "mine"
+    mine.mkdir(parents=True)
+    os.chown(mine, 1000, 1000)
+    os.setxattr(mine, "user.overlay.redirect", b"/secret")  # as uid 1000 may
+    (world_readable_dir / "mnt").mkdir()
+    mnt = unions.mount([tmp_path / "users", low], mnt=world_readable_dir / "mnt")
+
+    def look_as_user():
+        os.setresgid(1000, 1000, 1000)
+        os.setresuid(1000, 1000, 1000)
+        with contextlib.suppress(OSError):
+            os.listdir(mnt / "secret")
+            os._exit(2)
+        os._exit(3 if os.listdir(mnt / "mine") else 0)
+    pid = os.fork()
+    if pid == 0:
+        look_as_user()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

@@ -17,6 +17,7 @@ or pyunion) as ``PROGRAM -o OPTIONS MERGED``: that is ``pyunion mount``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -35,7 +36,34 @@ from .whiteout import FLATTEN_XATTR
 _UMOUNT_WAIT_SECONDS = 120.0
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineGroup(click.Group):
+    """A command line click cannot parse is answered in one line, ``Error:
+    ...``, not a usage text: podman quotes its mount program's stderr whole
+    in its own error.  The exit code is :attr:`usage_exit_code`."""
+
+    usage_exit_code = 2
+
+    def make_context(self, *args, **kwargs):
+        with self._one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with self._one_line():
+            return super().invoke(ctx)
+
+    @contextlib.contextmanager
+    def _one_line(self):
+        try:
+            yield
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # no arguments at all: the help text, as asked
+        except click.UsageError as exc:
+            failure = click.ClickException(exc.format_message())
+            failure.exit_code = self.usage_exit_code
+            raise failure from None
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Log every step to stderr.")
 def cli(debug: bool) -> None:
     """An aufs-style union file system in userspace."""

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
+import stat
 
 from .branches import BranchError
 
@@ -58,14 +60,14 @@ def check(work_fd: int, work_path: str) -> None:
         for name in os.listdir(dir_fd):  # staged by a mark() killed half-way
             if name.startswith(MARKER + "."):
                 os.unlink(name, dir_fd=dir_fd)
-        fd = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        with os.fdopen(fd) as f:
-            left_by = f.read().strip()
-        if left_by != _boot_id():
+        left_by = _left_by(dir_fd)
+        if left_by != _boot_id().encode():
+            since = ("the machine has restarted since" if left_by is not None else
+                     "this marker tells nothing of the boot it was made in")
             raise DamagedBranch(
-                f"the writable branch was mounted volatile and the machine has restarted "
-                f"since: its last changes may be lost or torn; remove "
-                f"{work_path}/{MARKER_DIR}/{MARKER} to mount it anyway")
+                f"the writable branch was mounted volatile, and {since}: its last changes "
+                f"may be lost or torn; remove {work_path}/{MARKER_DIR}/{MARKER} to mount "
+                f"it anyway")
         os.unlink(MARKER, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
@@ -99,6 +101,23 @@ def settle(work_fd: int) -> None:
         os.unlink(f"{MARKER_DIR}/{MARKER}", dir_fd=work_fd)
     with contextlib.suppress(OSError):
         os.rmdir(MARKER_DIR, dir_fd=work_fd)
+
+
+def _left_by(dir_fd: int) -> bytes | None:
+    """The boot id in the marker; None if it is not a file pyunion could
+    have written (overlayfs's own is a directory, ``volatile/dirty``), which
+    is never waited on (a fifo) nor read past a boot id's length."""
+    try:
+        fd = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink
+            return None
+        raise
+    try:
+        return os.read(fd, 64).strip() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
 
 
 def _marker_dir(work_fd: int) -> int:

@@ -127,6 +127,11 @@ class UnionOperations(pyfuse3.Operations):
     listings and writes to open files do not take it and keep going.
     """
 
+    #: the kernel enforces the branches' POSIX ACLs (which pass as xattrs),
+    #: as overlayfs and fuse-overlayfs do: the mode alone would let in whom
+    #: an ACL keeps out
+    enable_acl = True
+
     def __init__(self, layers: list[Layer], upper: Upper | None = None,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
                  max_open: int | None = None, udba: Mode = Mode.NONE,
@@ -468,9 +473,11 @@ class UnionOperations(pyfuse3.Operations):
             raise FUSEError(pyfuse3.ENOATTR)
         node = self.inodes[inode]
         if (fd := self._nameless(node)) is not None:
-            return os.getxattr(f"/proc/self/fd/{fd}", name)
-        top = self._entry(node).top
-        return top.layer.getxattr(top.path, name)
+            value = os.getxattr(f"/proc/self/fd/{fd}", name)
+        else:
+            top = self._entry(node).top
+            value = top.layer.getxattr(top.path, name)
+        return self._owners.in_acl(name, value, to_shown=True)
 
     @_fuse_errors
     async def listxattr(self, inode, ctx):
@@ -490,6 +497,7 @@ class UnionOperations(pyfuse3.Operations):
             await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch,
                                          self._copied_by_flatten, self._change_lock)
             return
+        value = self._owners.in_acl(os.fsdecode(name), value, to_shown=False)
         async with self._change_lock:
             await self._change_xattr(inode, name,
                                      lambda target: target.setxattr(os.fsdecode(name), value))

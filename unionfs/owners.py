@@ -10,18 +10,31 @@ and, where one ID is all there is, ``squash_to_uid=``/``squash_to_gid=``.
 ``squash_to_root`` shows every file as root's.
 
 What the mount shows is the stored ID moved into the host's range; what it
-stores (a new file's owner, a chown) is the caller's ID moved back.  An ID
-outside every range is the kernel's overflow ID (65534, ``nobody``), both
-ways, as fuse-overlayfs does.  A squash changes only what is shown.
+stores (a new file's owner, a chown) is the caller's ID moved back.  A
+stored ID outside every range is shown as no ID, ``(uid_t)-1``: the kernel
+shows that as its overflow ID (65534, ``nobody``), as fuse-overlayfs shows
+it, but, as on overlayfs, never takes any process for its owner (a root
+daemon's mount is open to the host's real ``nobody`` too).  A caller's ID
+outside every range is stored as the overflow ID.  A squash changes only
+what is shown.  The users and groups a POSIX ACL names
+(``system.posix_acl_*``) move as owners do, a squash aside; an entry for
+no ID is left out of what is shown (it grants no one anything).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from .branches import BranchError
 
-_ID_LIMIT = 1 << 32
+#: (uid_t)-1, no ID: chown's "leave it as it is", the kernel's invalid ID
+NO_ID = (1 << 32) - 1
+_ID_LIMIT = NO_ID  # every ID is below it
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+#: an ACL's value: a 4-byte version, then entries (tag, permissions, ID)
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_USER, _ACL_GROUP = 0x02, 0x08  # the tags of entries that name an ID
 _OVERFLOW = {"uid": "/proc/sys/kernel/overflowuid", "gid": "/proc/sys/kernel/overflowgid"}
 
 
@@ -45,19 +58,22 @@ class IdMap:
     def shown(self, stored: int) -> int:
         if self.squash is not None:
             return self.squash
-        return self._moved(stored, lambda s: (s.stored, s.shown))
+        return self.moved(stored, to_shown=True)
 
     def stored(self, shown: int) -> int:
-        return self._moved(shown, lambda s: (s.shown, s.stored))
+        return self.moved(shown, to_shown=False)
 
-    def _moved(self, id_: int, ends) -> int:
+    def moved(self, id_: int, to_shown: bool) -> int:
+        """``id_`` moved across the spans, a squash aside (it is of owners
+        only); outside them, :data:`NO_ID` shown, the overflow ID stored."""
+        ends = (lambda s: (s.stored, s.shown)) if to_shown else (lambda s: (s.shown, s.stored))
         if not self.spans:
             return id_
         for span in self.spans:
             start, to = ends(span)
             if start <= id_ < start + span.count:
                 return to + id_ - start
-        return self.overflow
+        return NO_ID if to_shown else self.overflow
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,20 @@ class Owners:
     @property
     def mapped(self) -> bool:
         return self != Owners()
+
+    def in_acl(self, name: str, value: bytes, to_shown: bool) -> bytes:
+        """The value of the xattr ``name``, with the users and groups a POSIX
+        ACL names moved as the owners are (what the kernel and the tools
+        read as IDs); any other xattr, or a malformed ACL, as it is."""
+        if name not in _ACL_XATTRS or not self.mapped or len(value) % _ACL_ENTRY.size != 4:
+            return value
+        moved = [value[:4]]
+        for tag, perm, id_ in _ACL_ENTRY.iter_unpack(value[4:]):
+            ids = {_ACL_USER: self.uids, _ACL_GROUP: self.gids}.get(tag)
+            id_ = ids.moved(id_, to_shown) if ids is not None else id_
+            if ids is None or id_ != NO_ID:
+                moved.append(_ACL_ENTRY.pack(tag, perm, id_))
+        return b"".join(moved)
 
 
 AS_STORED = Owners()

@@ -17,10 +17,13 @@ written in one of them, the mount's ``whiteout=`` choice (:class:`Format`).
   fuse-overlayfs writes the xattr and ``.wh..wh..opq`` both; kernel
   overlayfs's other values (``x``: a directory holding xwhiteouts) are not
   opaque.
-* overlay's ``trusted.overlay.redirect`` (or ``user.overlay.redirect``) on a
-  directory says where its lower parts live: an absolute path from the
-  layer's root (``/a/b``), or a bare name, in the same parent.  It is
-  followed as pyunion's own redirect is, in any branch.
+* overlay's ``trusted.overlay.redirect`` on a directory says where its
+  lower parts live: an absolute path from the layer's root (``/a/b``), or a
+  bare name, in the same parent.  It is followed as pyunion's own redirect
+  is, in any branch.  ``user.overlay.redirect`` is not: any owner of a
+  directory may set it, and so reach, through it, what a directory below
+  keeps from them (kernel overlayfs never follows it on a directory
+  either: ``userxattr`` turns ``redirect_dir`` off).
 * overlay's other xattrs are not read: ``origin`` is a file handle of the
   lower file (for stable inode numbers, and the index); pyunion keeps its
   own origin (below), and a handle could not be trusted across a copy of
@@ -85,9 +88,9 @@ FLATTEN_XATTR = XATTR + ".flatten"
 OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 OVERLAY_OPAQUE = "trusted.overlay.opaque"  # the one pyunion writes
 _OPAQUE_XATTRS = frozenset(prefix + "opaque" for prefix in OVERLAY_PREFIXES)
-_REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
+_REDIRECT_XATTR = "trusted.overlay.redirect"  # only root can set it
 #: overlay's xattrs that say something of a directory to pyunion
-DIR_XATTRS = _OPAQUE_XATTRS | frozenset(_REDIRECT_XATTRS)
+DIR_XATTRS = _OPAQUE_XATTRS | {_REDIRECT_XATTR}
 
 
 class Format(enum.Enum):
@@ -107,7 +110,7 @@ class DirMarks(NamedTuple):
     @classmethod
     def of(cls, values: dict[str, bytes]) -> DirMarks:
         """From the values of the directory's :data:`DIR_XATTRS`."""
-        redirect = next((values[n] for n in _REDIRECT_XATTRS if n in values), None)
+        redirect = values.get(_REDIRECT_XATTR)
         return cls(any(values.get(n) == b"y" for n in _OPAQUE_XATTRS),
                    os.fsdecode(redirect.rstrip(b"\0")) if redirect else None)
 
