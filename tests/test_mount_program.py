@@ -190,14 +190,10 @@ def test_owner_mappings_show_the_hosts_ids_and_store_the_containers(world_readab
     """``podman run --uidmap 0:100000:65536``: the image's files belong to
     0 and 1; through the mount they are the host's 100000 and 100001, and
     what the container's processes make is stored as their own IDs."""
-    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
-    build(low, {"a": "a\n", "b": "b\n", "shared/keep": "k\n"})
+    low = build(tmp_path / "low", {"a": "a\n", "b": "b\n", "shared/keep": "k\n"})
     os.chown(low / "b", 1, 1)
     os.chmod(low / "shared", 0o1777)
-    up.mkdir(), work.mkdir(), (world_readable_dir / "mnt").mkdir()
-    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
-                                     "gidmapping=:0:100000:65536",
-                                     mnt=world_readable_dir / "mnt")
+    mnt, up = _mount_mapped(unions, low, world_readable_dir / "mnt")
     assert [(os.stat(mnt / n).st_uid, os.stat(mnt / n).st_gid) for n in ("a", "b")] \
         == [(100000, 100000), (100001, 100001)]
 
@@ -220,14 +216,10 @@ def test_an_unmapped_owner_is_no_one_not_the_hosts_nobody(world_readable_dir, un
     """A file whose owner is outside the mapping shows as the overflow ID
     (65534), as on overlayfs; but, as there, no process is its owner: not
     the host's nobody, to whom a root daemon's mount is open too."""
-    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
-    build(low, {"f": "not nobody's\n"})
+    low = build(tmp_path / "low", {"f": "not nobody's\n"})
     os.chown(low / "f", 70000, 70000)
     os.chmod(low / "f", 0o600)
-    up.mkdir(), work.mkdir(), (world_readable_dir / "mnt").mkdir()
-    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
-                                     "gidmapping=:0:100000:65536",
-                                     mnt=world_readable_dir / "mnt")
+    mnt, _ = _mount_mapped(unions, low, world_readable_dir / "mnt")
     assert (os.stat(mnt / "f").st_uid, os.stat(mnt / "f").st_gid) == (65534, 65534)
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
     denied = subprocess.run([*as_nobody, str(mnt / "f")], capture_output=True, text=True)
@@ -238,14 +230,10 @@ def test_owner_mappings_map_the_ids_in_posix_acls(unions, tmp_path):
     """An ACL names users and groups as the owners do: a layer's
     ``user:5`` is the container's user 5, shown as the host's 100005, and
     one set through the mount for 100007 is stored for 7."""
-    low, up, work = (tmp_path / n for n in ("low", "up", "work"))
-    build(low, {"f": "f\n"})
-    up.mkdir(), work.mkdir()
+    low = build(tmp_path / "low", {"f": "f\n", "g": ""})
     os.setxattr(low / "f", ACL, _acl(user=5))
-    (low / "g").touch()
     os.setxattr(low / "g", ACL, _acl(user=70000))  # outside the mapping: grants no one
-    mnt = unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
-                                     "gidmapping=:0:100000:65536")
+    mnt, up = _mount_mapped(unions, low, tmp_path / "mnt")
     assert os.getxattr(mnt / "f", ACL) == _acl(user=100005)
     assert os.getxattr(mnt / "g", ACL) == _acl(user=None)
     os.setxattr(mnt / "f", ACL, _acl(user=100007))
@@ -269,6 +257,16 @@ def test_squash_to_root_shows_every_file_as_roots(unions, tmp_path):
     os.chown(low / "f", 1000, 1000)
     mnt = unions.mount([low], "squash_to_root")
     assert (os.stat(mnt / "f").st_uid, os.stat(mnt / "f").st_gid) == (0, 0)
+
+
+def _mount_mapped(unions, low, mnt):
+    """``low`` under a writable branch beside it, mapped as ``podman run
+    --uidmap 0:100000:65536`` asks, on ``mnt`` (which other users reach);
+    the mount point and the writable branch."""
+    up, work = low.parent / "up", low.parent / "work"
+    up.mkdir(), work.mkdir(), mnt.mkdir()
+    return unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
+                                      "gidmapping=:0:100000:65536", mnt=mnt), up
 
 
 def _in_child(work) -> None:
