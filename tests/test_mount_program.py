@@ -140,8 +140,9 @@ def test_a_volatile_branch_from_before_a_restart_is_refused(home):
     assert done.stderr.strip() == (
         "Error: the writable branch was mounted volatile, and the machine has restarted "
         "since: its last changes may be lost or torn; remove "
-        f"{home}/ctr/{MARKER} to mount it anyway")
+        f"{home}/ctr/work/work/incompat to mount it anyway")
     assert not mounted(home / "ctr" / "merged")
+    assert _no_failure_left(home)
 
     (home / "ctr" / MARKER).unlink()  # what containers/storage does before each mount
     assert run_as_storage_does(home, container_options(home)).returncode == 0
@@ -154,7 +155,9 @@ def test_a_volatile_branch_from_before_a_restart_is_refused(home):
                                                   "it was made in"),
     (os.mkfifo, "this marker tells nothing of the boot it was made in"),  # never waited on
     (lambda m: m.write_bytes(b"\xff\xfe" * 10000), "the machine has restarted since"),
-], ids=["overlayfs-dir", "fifo", "not-utf8"])
+    (lambda m: m.parent.rmdir() or m.parent.symlink_to("/etc"),
+     "this marker tells nothing of the boot it was made in"),
+], ids=["overlayfs-dir", "fifo", "not-utf8", "symlinked"])
 def test_a_volatile_marker_pyunion_did_not_write_is_refused_in_one_line(home, leave, since):
     """A marker that holds no boot id of this boot may be overlayfs's, or
     anything: the branch may be damaged, and the mount says so at once."""
@@ -165,8 +168,9 @@ def test_a_volatile_marker_pyunion_did_not_write_is_refused_in_one_line(home, le
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"Error: the writable branch was mounted volatile, and {since}: its last changes "
-        f"may be lost or torn; remove {marker} to mount it anyway")
+        f"may be lost or torn; remove {marker.parent} to mount it anyway")
     assert not mounted(home / "ctr" / "merged")
+    assert _no_failure_left(home)
 
 
 def test_volatile_flushes_nothing(monkeypatch, tmp_path):
@@ -267,6 +271,12 @@ def _mount_mapped(unions, low, mnt):
     up.mkdir(), work.mkdir(), mnt.mkdir()
     return unions.mount_overlay_style([low], up, work, "uidmapping=:0:100000:65536",
                                       "gidmapping=:0:100000:65536", mnt=mnt), up
+
+
+def _no_failure_left(home) -> bool:
+    """A mount refused before it was made leaves no failure record (those
+    are for daemons that fail after serving, for ``pyunion umount``)."""
+    return not os.path.exists(daemon._failure_path(str(home / "ctr" / "merged")))
 
 
 def _in_child(work) -> None:

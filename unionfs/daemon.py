@@ -94,6 +94,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
         try:
             if upper is not None:
                 upper.check_format()
+                upper.check_volatile()
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
                                          max_open=config.max_open, udba=Mode(config.udba),

@@ -49,30 +49,32 @@ def fsync(fd: int, datasync: bool = False) -> None:
         (os.fdatasync if datasync else os.fsync)(fd)
 
 
-def check(work_fd: int, work_path: str) -> None:
-    """Refuse a branch that a volatile mount left as the machine went down;
-    forget the marker of one whose daemon was killed in this boot."""
+def check(work_path: str) -> None:
+    """Before the mount: refuse a branch whose work directory ``work_path``
+    holds the marker of a volatile mount that the machine went down under
+    (or one that tells nothing of its boot)."""
+    try:
+        work_fd = os.open(work_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # never mounted: nothing to check
     try:
         dir_fd = _marker_dir(work_fd)
+        try:
+            left_by = _left_by(dir_fd)
+        finally:
+            os.close(dir_fd)
     except FileNotFoundError:
         return
-    try:
-        for name in os.listdir(dir_fd):  # staged by a mark() killed half-way
-            if name.startswith(MARKER + "."):
-                os.unlink(name, dir_fd=dir_fd)
-        left_by = _left_by(dir_fd)
-        if left_by != _boot_id().encode():
-            since = ("the machine has restarted since" if left_by is not None else
-                     "this marker tells nothing of the boot it was made in")
-            raise DamagedBranch(
-                f"the writable branch was mounted volatile, and {since}: its last changes "
-                f"may be lost or torn; remove {work_path}/{MARKER_DIR}/{MARKER} to mount "
-                f"it anyway")
-        os.unlink(MARKER, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+    except OSError:  # not pyunion's directory (a file, a symlink)
+        left_by = None
     finally:
-        os.close(dir_fd)
+        os.close(work_fd)
+    if left_by != _boot_id().encode():
+        since = ("the machine has restarted since" if left_by is not None else
+                 "this marker tells nothing of the boot it was made in")
+        raise DamagedBranch(
+            f"the writable branch was mounted volatile, and {since}: its last changes "
+            f"may be lost or torn; remove {work_path}/{MARKER_DIR} to mount it anyway")
 
 
 def mark(work_fd: int) -> None:
@@ -92,15 +94,28 @@ def mark(work_fd: int) -> None:
         os.close(dir_fd)
 
 
+def unmark(work_fd: int) -> None:
+    """Remove the marker (:func:`check` has passed it), and what a
+    :func:`mark` killed half-way staged."""
+    try:
+        dir_fd = _marker_dir(work_fd)
+    except FileNotFoundError:
+        return
+    try:
+        for name in os.listdir(dir_fd):
+            if name == MARKER or name.startswith(MARKER + "."):
+                os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    os.rmdir(MARKER_DIR, dir_fd=work_fd)
+
+
 def settle(work_fd: int) -> None:
     """At a clean unmount: flush the branch's file system, then the marker goes."""
     if _libc.syncfs(work_fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(f"{MARKER_DIR}/{MARKER}", dir_fd=work_fd)
-    with contextlib.suppress(OSError):
-        os.rmdir(MARKER_DIR, dir_fd=work_fd)
+    unmark(work_fd)
 
 
 def _left_by(dir_fd: int) -> bytes | None:

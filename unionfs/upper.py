@@ -87,9 +87,14 @@ class Upper:
         for stale in os.listdir(self.work_fd):
             if stale != durable.MARKER_DIR:
                 remove_staged(self.work_fd, stale)
-        durable.check(self.work_fd, self._work_path())
+        durable.unmark(self.work_fd)  # checked before the mount (check_volatile)
         if volatile:
             durable.mark(self.work_fd)
+
+    def check_volatile(self) -> None:
+        """Before the mount: refuse a branch that a volatile mount left as
+        the machine went down (``durable.py``)."""
+        durable.check(self._work_path())
 
     def settle(self) -> None:
         """At a clean unmount of a volatile mount: flushed, and unmarked."""
