@@ -14,6 +14,7 @@ whose upper directory is ours, so the cache lands there.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import resource
 import shutil
@@ -29,6 +30,7 @@ from container import images
 from unionfs import daemon
 
 PODMAN = shutil.which("podman")
+_CGROUP_PARENT = "libpod_parent"  # podman's, with the cgroupfs manager
 HOST_DIRS = ("/var/lib/containers", "/run/containers", "/run/libpod")
 
 
@@ -53,6 +55,7 @@ class Podman:
         # cleanup`) exits 125, and every `podman run --rm` waits 20 s for it
         # (found by trial, podman 4.3.1 and conmon 2.1.6).
         self.root = root = Path(tempfile.mkdtemp(prefix="podman-", dir="/tmp"))
+        self._cgroups_before = set(libpod_cgroups())
         self.graphroot = root / "graph"
         self._merged: set[str] = set()  # every layer's mount point seen, for pyunion_records
         for name in ("run", "tmp", "net", "varlib-upper", "varlib-work"):
@@ -161,7 +164,20 @@ class Podman:
         for pid in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for path in libpod_cgroups():  # podman leaves its parent cgroup, made for us
+            if path not in self._cgroups_before:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
         shutil.rmtree(self.root)
+
+
+def libpod_cgroups() -> list[str]:
+    """The cgroups under podman's parent (cgroupfs manager), in every
+    hierarchy, deepest first."""
+    parents = glob.glob(f"/sys/fs/cgroup/{_CGROUP_PARENT}") + glob.glob(
+        f"/sys/fs/cgroup/*/{_CGROUP_PARENT}")
+    found = [dirpath for parent in parents for dirpath, _, _ in os.walk(parent)]
+    return sorted(found, key=len, reverse=True)
 
 
 class PodmanError(RuntimeError):

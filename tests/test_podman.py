@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.podman_env import HOST_DIRS, PODMAN, Podman, busybox_tar
+from bench.podman_env import HOST_DIRS, PODMAN, Podman, busybox_tar, libpod_cgroups
 from helpers import PYUNION, mounted
 
 pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
@@ -52,10 +52,11 @@ def make_images(podman: Podman, context: Path) -> None:
 
 @pytest.fixture(scope="module")
 def host_untouched():
-    """The host's default container storage neither appears nor changes."""
-    before = {d: _listing(d) for d in HOST_DIRS}
+    """The host's default container storage neither appears nor changes,
+    and no cgroup of podman's is left."""
+    before = {d: _listing(d) for d in HOST_DIRS}, libpod_cgroups()
     yield
-    assert {d: _listing(d) for d in HOST_DIRS} == before
+    assert ({d: _listing(d) for d in HOST_DIRS}, libpod_cgroups()) == before
 
 
 def _listing(directory: str):

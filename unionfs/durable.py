@@ -96,18 +96,18 @@ def mark(work_fd: int) -> None:
 
 def unmark(work_fd: int) -> None:
     """Remove the marker (:func:`check` has passed it), and what a
-    :func:`mark` killed half-way staged."""
-    try:
+    :func:`mark` killed half-way staged.  What is gone already is fine:
+    podman removes a ``--rm`` container's work directory as soon as it has
+    unmounted it, while the daemon may still be settling."""
+    with contextlib.suppress(FileNotFoundError):
         dir_fd = _marker_dir(work_fd)
-    except FileNotFoundError:
-        return
-    try:
-        for name in os.listdir(dir_fd):
-            if name == MARKER or name.startswith(MARKER + "."):
-                os.unlink(name, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    os.rmdir(MARKER_DIR, dir_fd=work_fd)
+        try:
+            for name in os.listdir(dir_fd):
+                if name == MARKER or name.startswith(MARKER + "."):
+                    os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.rmdir(MARKER_DIR, dir_fd=work_fd)
 
 
 def settle(work_fd: int) -> None:
