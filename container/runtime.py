@@ -52,6 +52,7 @@ from unionfs import options as union_options
 from . import cgroups, images, init, logs, networking, networks, ports, security, terminal
 from . import syscalls as sc
 from .networking import Attachment
+from .oci.sync import close_all_but
 from .spec import SPECIAL_NETWORKS, ContainerSpec
 from .terminal import Console
 
@@ -66,7 +67,6 @@ ROOT_DIED = "root file system daemon died"
 OPEN_FILE_COST = 16 << 10
 _NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
                | sc.CLONE_NEWPID)
-_MAX_FD = 0x7FFFFFFF  # closerange's upper bound: past any descriptor
 
 
 class ContainerError(RuntimeError):
@@ -437,7 +437,7 @@ def _helper_process(spec: ContainerSpec, errors_w: int, what: str, keep: tuple[i
     125.  The body must end the process."""
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        _close_all_but((errors_w, *keep))
+        close_all_but((errors_w, *keep))
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         # The supervisor forwards these to the container; the command unblocks them.
         signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
@@ -450,17 +450,6 @@ def _helper_process(spec: ContainerSpec, errors_w: int, what: str, keep: tuple[i
         with contextlib.suppress(OSError):
             os.write(errors_w, f"{what} failed: {exc}\n".encode())
     os._exit(init.RUNTIME_ERROR)
-
-
-def _close_all_but(keep: tuple[int, ...]) -> None:
-    """Close every descriptor but stdio and ``keep``: what the caller holds
-    without close-on-exec, and what the runtime opened, must not reach the
-    container, whose init never execs (close-on-exec would not do)."""
-    low = 3
-    for fd in sorted(set(keep)):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, _MAX_FD)
 
 
 def _fds_of(console: Console | None) -> tuple[int, ...]:

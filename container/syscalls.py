@@ -37,7 +37,10 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_KEEPCAPS = 8
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _check(result: int, what: str = "") -> int:
@@ -93,12 +96,17 @@ class _CapData(ctypes.Structure):
 def capset(caps: set[int]) -> None:
     """Set this thread's effective and permitted sets to ``caps``, and its
     inheritable set to empty (as docker does since CVE-2022-24769)."""
-    mask = sum(1 << cap for cap in caps)
+    set_capabilities(caps, caps, set())
+
+
+def set_capabilities(effective: set[int], permitted: set[int], inheritable: set[int]) -> None:
+    """capset(2) of this thread's three sets."""
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
+    masks = [sum(1 << cap for cap in caps) for caps in (effective, permitted, inheritable)]
     for i in range(2):
-        word = (mask >> (32 * i)) & 0xFFFFFFFF
-        data[i].effective = data[i].permitted = word
+        data[i].effective, data[i].permitted, data[i].inheritable = (
+            (mask >> (32 * i)) & 0xFFFFFFFF for mask in masks)
     _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
@@ -113,3 +121,19 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     how = _OpenHow(flags, mode, resolve)
     return _check(_libc.syscall(_SYS_OPENAT2, dir_fd, path.encode(), ctypes.byref(how),
                                 ctypes.sizeof(how)), path)
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+
+
+def join_session_keyring(name: str) -> None:
+    """Give this process a new session keyring named ``name``, so a
+    container never shares the runtime's (or another's) keys."""
+    _check(_libc.syscall(_SYS_KEYCTL[os.uname().machine], KEYCTL_JOIN_SESSION_KEYRING,
+                         name.encode()), "keyctl")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")

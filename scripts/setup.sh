@@ -46,6 +46,6 @@ ln -sfn "$seccomp_so" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.
 
 # mount(8) runs helpers with the system PATH only: `mount -t fuse.pyunion`
 # finds the program there.
-for program in pyunion pycontainer; do
+for program in pyunion pycontainer pycontainer-runtime; do
     ln -sfn "$PWD/.venv/bin/$program" "/usr/local/bin/$program"
 done

@@ -1,0 +1,122 @@
+"""What the container's first process does before it becomes the user's
+command, in runc's order: join and make its namespaces, set up its root
+(the runtime runs ``prestart`` and ``createRuntime`` hooks meanwhile, and
+``createContainer`` hooks run here before ``pivot_root``), hostname,
+terminal, limits, user and capabilities, look the command up, report the
+container created, then wait on the exec FIFO until ``start`` opens it,
+run ``startContainer`` hooks, and exec.  With no ``noNewPrivileges`` the
+seccomp filter is loaded while it still may be (with CAP_SYS_ADMIN),
+otherwise as the very last step, as runc does.
+
+The same steps, less the root and the FIFO, give ``exec`` its process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import struct
+import sys
+import termios
+from typing import NoReturn
+
+from .. import syscalls as sc
+from . import hooks as oci_hooks
+from . import mounts as oci_mounts
+from . import process as oci_process
+from .config import Config
+from .namespaces import Joiner
+from .sync import GO, HOOKS, READY, Channel
+
+FAILED_AFTER_START = 127  # the exit code when the command cannot run after ``start``
+
+
+def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fifo_fd: int,
+         console: socket.socket | None, seccomp, cgroup_paths: dict[str, str],
+         new_keyring: bool, preserve_fds: int) -> NoReturn:
+    """Be the container's first process until its command runs (call in
+    the forked child, which is PID 1 of a new pid namespace if it has one)."""
+    state = {}
+    try:
+        joiner.rest()
+        if new_keyring:
+            sc.join_session_keyring(container_id)
+        if config.hostname:
+            sc.sethostname(config.hostname)
+        if config.domainname:
+            sc.setdomainname(config.domainname)
+
+        def before_pivot() -> None:
+            channel.send(HOOKS)
+            state.update(json.loads(channel.expect(GO)))
+            oci_hooks.run(config.hooks, "createContainer", state)
+            _write_sysctls(config)
+
+        oci_mounts.setup(config.root, config.mounts, cgroup_paths, before_pivot)
+        if console is not None:
+            oci_mounts.bind_console(take_terminal(config.process, console))
+        path = become(config.process, seccomp)
+        channel.send(READY)
+    except Exception as exc:  # noqa: BLE001 - reported to the runtime, which fails create
+        channel.fail(exc)
+        os._exit(1)
+    channel.close()
+    try:
+        _wait_for_start(fifo_fd)
+        oci_hooks.run(config.hooks, "startContainer", state)
+        if seccomp is not None and config.process.no_new_privileges:
+            seccomp.load()
+        oci_process.execute(config.process, path, preserve_fds)
+    except Exception as exc:  # noqa: BLE001 - the container's stderr is the engine's log
+        print(f"pycontainer-runtime: {exc}", file=sys.stderr, flush=True)
+    os._exit(FAILED_AFTER_START)
+
+
+def _write_sysctls(config: Config) -> None:
+    """Through the container's own /proc, mounted by now under its root."""
+    for key, value in config.sysctl.items():
+        with open(os.path.join(config.root, "proc/sys", key.replace(".", "/")), "w") as f:
+            f.write(value)
+
+
+def become(process: oci_process.Process, seccomp) -> str:
+    """Limits, seccomp (when it must come early), user and capabilities,
+    working directory; the command's path, looked up."""
+    oci_process.set_limits(process)
+    if seccomp is not None and not process.no_new_privileges:
+        seccomp.load()
+    os.makedirs(process.cwd, exist_ok=True)
+    oci_process.become_user(process)
+    os.chdir(process.cwd)
+    return oci_process.look_up(process)
+
+
+def take_terminal(process: oci_process.Process, console: socket.socket) -> str:
+    """A terminal from the container's own devpts: its master side goes to
+    whoever listens on the console socket (SCM_RIGHTS, as runc sends it),
+    its slave side becomes stdio and the controlling terminal; its name."""
+    master, slave = os.openpty()
+    if process.console_size:
+        rows, columns = process.console_size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    name = os.ttyname(slave)
+    socket.send_fds(console, [name.encode()], [master])
+    os.close(master)
+    console.close()
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    if slave > 2:
+        os.close(slave)
+    return name
+
+
+def _wait_for_start(fifo_fd: int) -> None:
+    """Block until ``start`` opens the FIFO to read, then say so."""
+    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)

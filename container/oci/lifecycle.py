@@ -1,0 +1,166 @@
+"""The verbs on a created container: ``start``, ``kill``, ``delete``,
+``pause``/``resume``, and what ``state``, ``list`` and ``ps`` show.
+Each holds the container's lock, and reads the container's status from
+the world under it (``state.status``)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+import time
+
+from .. import cgroups
+from . import config as oci_config
+from . import hooks as oci_hooks
+from .reader import ConfigError
+from .state import Record, StateError, Store, init_alive, oci_state, status
+
+#: how long ``start`` waits for a created container's process to take the
+#: FIFO's other end, in case it died meanwhile (its status says stopped then)
+_FIFO_POLL = 0.01
+
+
+def start(store: Store, container_id: str) -> None:
+    with store.locked(container_id) as record:
+        current = status(store, record)
+        if current == "stopped":
+            raise StateError("cannot start a container that has stopped")
+        if current != "created":
+            raise StateError(f"cannot start an already {current} container")
+        _open_fifo(store, record)
+        os.unlink(store.fifo(container_id))
+    config = stored_config(store, container_id)
+    if config is not None:
+        try:
+            oci_hooks.run(config.hooks, "poststart", oci_state(store, record))
+        except oci_hooks.HookError as exc:  # the container runs: only reported
+            print(f"pycontainer-runtime: warning: {exc}", file=sys.stderr)
+
+
+def _open_fifo(store: Store, record: Record) -> None:
+    """Open the FIFO to read, which lets the waiting process go on; never
+    block on one whose process has died (nobody would open the other end)."""
+    fd = os.open(store.fifo(record.id), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                if os.read(fd, 1):
+                    return
+            except BlockingIOError:
+                pass
+            if not init_alive(record):
+                raise StateError("cannot start a container that has stopped")
+            time.sleep(_FIFO_POLL)
+    finally:
+        os.close(fd)
+
+
+def kill(store: Store, container_id: str, signum: int, all_processes: bool = False) -> None:
+    with store.locked(container_id) as record:
+        current = status(store, record)
+        if current == "stopped":
+            raise StateError("container not running")
+        if all_processes:
+            group = cgroups.reopen_oci(record.cgroup_paths)
+            for pid in group.pids():
+                _signal(pid, signum)
+            if current == "paused" and signum == signal.SIGKILL:
+                group.thaw()  # a frozen process dies only once thawed
+        else:
+            _signal(record.pid, signum)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def delete(store: Store, container_id: str, force: bool = False) -> None:
+    """Remove a stopped container (or, with ``force``, kill it first);
+    a container already gone is fine with ``force``, as runc does."""
+    try:
+        with store.locked(container_id) as record:
+            current = status(store, record)
+            if current not in ("stopped", "created") and not force:
+                raise StateError(f"cannot delete container {container_id} that is not "
+                                 f"stopped: {current}")
+            config = stored_config(store, container_id)
+            _destroy(store, record)
+    except StateError as exc:
+        if force and str(exc) == "container does not exist":
+            return
+        raise
+    if config is not None:
+        try:
+            oci_hooks.run(config.hooks, "poststop", oci_state(store, record))
+        except oci_hooks.HookError as exc:
+            print(f"pycontainer-runtime: warning: {exc}", file=sys.stderr)
+
+
+def _destroy(store: Store, record: Record) -> None:
+    """Kill every process of the container, remove its cgroup, forget it."""
+    if record.cgroup_paths:
+        group = cgroups.reopen_oci(record.cgroup_paths)
+        group.thaw()
+        group.kill_all()
+        group.remove()
+    elif init_alive(record):
+        _signal(record.pid, signal.SIGKILL)
+    directory = store.directory(record.id)
+    for name in ("state.json", "config.json", "exec.fifo"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+    os.rmdir(directory)
+
+
+def pause(store: Store, container_id: str) -> None:
+    with store.locked(container_id) as record:
+        current = status(store, record)
+        if current not in ("running", "created"):
+            raise StateError(f"container not running: {current}")
+        cgroups.reopen_oci(record.cgroup_paths).freeze()
+
+
+def resume(store: Store, container_id: str) -> None:
+    with store.locked(container_id) as record:
+        if status(store, record) != "paused":
+            raise StateError("container not paused")
+        cgroups.reopen_oci(record.cgroup_paths).thaw()
+
+
+def state(store: Store, container_id: str) -> dict:
+    return oci_state(store, store.load(container_id))
+
+
+def listing(store: Store) -> list[dict]:
+    """Every container's state; one removed meanwhile is left out."""
+    states = []
+    for container_id in store.ids():
+        with contextlib.suppress(StateError):
+            states.append(state(store, container_id))
+    return states
+
+
+def processes(store: Store, container_id: str) -> list[int]:
+    record = store.load(container_id)
+    if status(store, record) == "stopped":
+        return []
+    return sorted(cgroups.reopen_oci(record.cgroup_paths).pids())
+
+
+def stored_config(store: Store, container_id: str) -> oci_config.Config | None:
+    """The config as it was at create (for hooks and exec); None if it no
+    longer reads (its bundle's root gone is fine: only its text is used)."""
+    try:
+        with open(store.config_copy(container_id)) as f:
+            data = json.load(f)
+        record = store.load(container_id)
+        return oci_config.parse(data, record.bundle)
+    except (OSError, ValueError, ConfigError, StateError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ENOENT:
+            raise
+        return None

@@ -1,0 +1,134 @@
+"""The real podman (with conmon) driving ``pycontainer-runtime`` as its
+OCI runtime (``podman --runtime``), on the kernel's overlay storage and
+with pyunion as the overlay driver's mount program at the same time: the
+calls podman and conmon make (create with a pid file and a console
+socket, start, kill, delete --force, pause/resume, exec --detach with a
+process file) as they make them, in throwaway podman roots
+(bench/podman_env.py).  Nothing may be left: containers, mounts,
+processes, the runtime's state.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.podman_env import PODMAN, Podman, busybox_tar
+from container.oci.state import DEFAULT_ROOT
+from helpers import PYUNION, wait_for
+
+pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
+
+RUNTIME = str(Path(sys.executable).parent / "pycontainer-runtime")
+
+
+@pytest.fixture(scope="module", params=["kernel overlay", "pyunion"])
+def shared(request, tmp_path_factory):
+    """A podman whose containers run under pycontainer-runtime, on one of
+    the two storages, holding the busybox image."""
+    podman = Podman(PYUNION if request.param == "pyunion" else None)
+    if request.param == "pyunion":  # see tests/test_podman.py: c/storage maps owners twice
+        (podman.root / "run" / "overlay").mkdir(parents=True)
+        (podman.root / "run" / "overlay" / "idmapped-lower-dir-false").write_text("")
+    try:
+        work = tmp_path_factory.mktemp("busybox")
+        podman.copying("import", str(busybox_tar(work)), "localhost/busybox")
+        yield podman
+    finally:
+        podman.tear_down()
+
+
+@pytest.fixture
+def podman(shared):
+    yield shared
+    ids = set(shared("ps", "-aq", "--no-trunc").stdout.split())
+    shared("rm", "-af", "-t", "0")
+    shared.settle()
+    assert shared.leftovers() == ([], [], [])
+    left = os.listdir(DEFAULT_ROOT) if os.path.isdir(DEFAULT_ROOT) else []
+    assert not ids & set(left)
+
+
+def run(podman: Podman, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return podman("--runtime", RUNTIME, "run", "--network", "none", *args, check=check)
+
+
+def on(podman: Podman, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return podman("--runtime", RUNTIME, *args, check=check)
+
+
+def test_run_rm_passes_exit_codes_through(podman):
+    assert run(podman, "--rm", "localhost/busybox", "sh", "-c", "echo hi; exit 3",
+               check=False).returncode == 3
+    done = run(podman, "--rm", "localhost/busybox", "echo", "hello")
+    assert done.stdout == "hello\n"
+    missing = run(podman, "--rm", "localhost/busybox", "/nonexistent", check=False)
+    assert missing.returncode == 127, missing.stderr
+    assert "no such file or directory" in missing.stderr
+    refused = run(podman, "--rm", "localhost/busybox", "/etc/passwd", check=False)
+    assert refused.returncode == 126, refused.stderr
+
+
+def test_detached_exec_logs_stop_rm(podman):
+    run(podman, "-d", "--name", "d1", "localhost/busybox", "sh", "-c",
+        "echo started; exec sleep 600")
+    assert wait_for(lambda: on(podman, "logs", "d1").stdout == "started\n")
+    done = on(podman, "exec", "d1", "sh", "-c", "echo in $(hostname); exit 4", check=False)
+    assert done.returncode == 4 and done.stdout.startswith("in ")
+    assert on(podman, "exec", "-d", "d1", "sleep", "5").returncode == 0
+    assert on(podman, "inspect", "-f", "{{.State.Status}}", "d1").stdout.strip() == "running"
+    on(podman, "stop", "-t", "1", "d1")  # sleep as PID 1 ignores SIGTERM: SIGKILL after 1 s
+    assert on(podman, "inspect", "-f", "{{.State.ExitCode}}", "d1").stdout.strip() == "137"
+    on(podman, "rm", "d1")
+
+
+def test_kill_with_a_signal(podman):
+    run(podman, "-d", "--name", "k1", "localhost/busybox", "sh", "-c",
+        'trap "exit 42" USR1; while :; do sleep 0.1; done')
+    time.sleep(0.5)  # the trap is set
+    on(podman, "kill", "-s", "USR1", "k1")
+    assert on(podman, "wait", "k1").stdout.strip() == "42"
+
+
+def test_pause_and_unpause(podman):
+    run(podman, "-d", "--name", "p1", "localhost/busybox", "sleep", "600")
+    on(podman, "pause", "p1")
+    assert on(podman, "inspect", "-f", "{{.State.Status}}", "p1").stdout.strip() == "paused"
+    on(podman, "unpause", "p1")
+    assert on(podman, "inspect", "-f", "{{.State.Status}}", "p1").stdout.strip() == "running"
+    on(podman, "rm", "-f", "-t", "0", "p1")
+
+
+def test_memory_and_pids_limits(podman):
+    done = run(podman, "--rm", "--memory", "64m", "--pids-limit", "50", "localhost/busybox",
+               "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                           "/sys/fs/cgroup/pids/pids.max")
+    assert done.stdout.split() == [str(64 << 20), "50"]
+
+
+def test_a_terminal_through_the_console_socket(podman):
+    """``run -it`` and ``exec -it`` from a terminal (script(1) gives podman
+    one): the process's stdio is a pty made in the container."""
+    command = " ".join(map(shlex.quote, [PODMAN, "--tmpdir", str(podman.root / "tmp"),
+                                         "--runtime", RUNTIME, "run", "--rm", "-it",
+                                         "--network", "none", "localhost/busybox", "sh", "-c",
+                                         "tty; exit 5"]))
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], env=podman.env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "/dev/pts/0" in done.stdout
+    run(podman, "-d", "--name", "t1", "localhost/busybox", "sleep", "600")
+    command = " ".join(map(shlex.quote, [PODMAN, "--tmpdir", str(podman.root / "tmp"),
+                                         "--runtime", RUNTIME, "exec", "-it", "t1", "sh",
+                                         "-c", "tty; exit 6"]))
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], env=podman.env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 6, done.stdout + done.stderr
+    assert "/dev/pts/" in done.stdout
+    on(podman, "rm", "-f", "-t", "0", "t1")
