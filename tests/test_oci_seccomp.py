@@ -1,7 +1,7 @@
 """``linux.seccomp``: what a bundle may say (each refusal in one line), and
 what the compiled filter does to a process that loads it, tried with the
 static probe (tests/probe.c) exec'd under it: podman's real profile, each
-action, the argument tests."""
+action, the argument tests, and the same profile under runc side by side."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import seccomp as libseccomp
 
+import runc_as_docker
 from container.oci.reader import ConfigError, Reader
 from container.oci.seccomp import Action, Arg, Rule, Seccomp, parse
 
@@ -323,3 +324,20 @@ def test_tsync_filters_every_thread():
     assert sorted(seccomp_modes_of_threads(allowing(rule, flags=[]))) == ["0", "2"]
     assert seccomp_modes_of_threads(allowing(rule, flags=["SECCOMP_FILTER_FLAG_TSYNC"])) \
         == ["2", "2"]
+
+
+# -- side by side with runc --------------------------------------------------------
+
+def test_podmans_profile_under_runc_gives_the_same_answers(probe, probe_dir, image_root,
+                                                           tmp_path):
+    calls = [("personality", 0xFFFFFFFF), ("personality", READ_IMPLIES_EXEC),
+             ("syscall", SYS_ADD_KEY), ("syscall", SYS_KCMP, 0, 0, 99), ("i386", I386_GETPID),
+             ("i386", I386_VM86), ("syscall", SYS_GETPID)]
+    script = "; ".join("/probe/probe " + " ".join(map(str, call)) for call in calls)
+    done = runc_as_docker.run(tmp_path, str(image_root), ["sh", "-c", script],
+                              binds={"/probe": (str(probe_dir), True)}, memory=64 << 20,
+                              pids=32, seccomp=PODMAN)
+    assert done.returncode == 0, done.stderr
+    theirs = [int(line) for line in done.stdout.split()]
+    assert theirs == [probe(read(PODMAN), *call) for call in calls]
+    assert theirs == [0, errno.ENOSYS, errno.ENOSYS, errno.EPERM, 0, errno.EPERM, 0]
