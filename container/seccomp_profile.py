@@ -1,5 +1,7 @@
 """Docker's default seccomp profile, as plain data: what the container's
-command may call.  ``security.SeccompFilter`` compiles it.
+command may call; and ``oci``, which resolves it for a capability set on
+this machine into the ``linux.seccomp`` object docker hands its runtime
+(``security.SeccompFilter`` compiles that, as a bundle's would be).
 
 The data follows the semantics of moby's ``profiles/seccomp/default.json``
 (read there, restated here): every call not allowed fails with EPERM; the
@@ -16,6 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import errno
+import os
+import re
+
+import seccomp as libseccomp
 
 # The capabilities some entries depend on (numbers from linux/capability.h).
 DAC_READ_SEARCH = 2
@@ -183,3 +189,57 @@ RULES = (
     Rule(("bpf",), needs_cap=BPF),
     Rule(("perf_event_open",), needs_cap=PERFMON),
 )
+
+
+def oci(capabilities: frozenset[int]) -> dict:
+    """The profile as a bundle's ``linux.seccomp`` holds it, for a container
+    holding ``capabilities`` on this machine: docker's own rendering."""
+    native, rules = rules_for(capabilities)
+    arches = (native, *COMPAT_ARCHES.get(native, ()))
+    return {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": DEFAULT_ERRNO,
+        "architectures": [f"SCMP_ARCH_{arch}" for arch in arches],
+        "syscalls": [{"names": list(ALLOWED), "action": "SCMP_ACT_ALLOW"},
+                     *map(_oci_rule, rules)],
+    }
+
+
+def _oci_rule(rule: Rule) -> dict:
+    entry = {"names": list(rule.names),
+             "args": [{"index": index, "value": a, "valueTwo": b, "op": f"SCMP_CMP_{op}"}
+                      for index, op, a, b in rule.args]}
+    if rule.errno is None:
+        return {**entry, "action": "SCMP_ACT_ALLOW"}
+    return {**entry, "action": "SCMP_ACT_ERRNO", "errnoRet": rule.errno}
+
+
+def rules_for(capabilities: frozenset[int]) -> tuple[str, list[Rule]]:
+    """This machine's native architecture (libseccomp's name) and the
+    profile's rules that apply on it to a container holding
+    ``capabilities``, as docker resolves them before handing its runtime
+    a filter."""
+    native, kernel = _native_arch(), _kernel_version()
+    return native, [rule for rule in RULES if _applies(rule, capabilities, native, kernel)]
+
+
+def _applies(rule: Rule, capabilities: frozenset[int], native: str,
+             kernel: tuple[int, int]) -> bool:
+    return ((rule.needs_cap is None or rule.needs_cap in capabilities)
+            and rule.unless_cap not in capabilities
+            and (not rule.arches or native in rule.arches)
+            and native not in rule.except_arches
+            and kernel >= rule.min_kernel)
+
+
+def _native_arch() -> str:
+    """libseccomp's name of this machine's architecture (e.g. X86_64)."""
+    native = libseccomp.system_arch() & 0xFFFFFFFF  # Arch's values are signed
+    return next(name for name in dir(libseccomp.Arch)
+                if name.isupper() and name != "NATIVE"
+                and getattr(libseccomp.Arch, name) & 0xFFFFFFFF == native)
+
+
+def _kernel_version() -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", os.uname().release).groups()
+    return int(major), int(minor)

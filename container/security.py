@@ -5,23 +5,24 @@ seccomp profile (``seccomp_profile``: an allow-list with argument filters
 and capability-dependent entries, over the native architecture and its
 compat ABIs).
 
-libseccomp compiles the filter, through its own Python bindings, the
-``seccomp`` module (Debian's python3-seccomp, kept with the libseccomp2 it
-matches; scripts/setup.sh makes the venv see that one module).  Calls
-newer than the installed libseccomp knows are refused with EPERM, not the
-ENOSYS runc gives them.
+The profile is rendered as a bundle's ``linux.seccomp`` and compiled by
+``oci.seccomp``, the one compiler of both faces: libseccomp, through its
+own Python bindings, the ``seccomp`` module (Debian's python3-seccomp,
+kept with the libseccomp2 it matches; scripts/setup.sh makes the venv see
+that one module).  Calls newer than the installed libseccomp knows are
+refused with EPERM, not the ENOSYS runc gives them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import resource
-
-import seccomp as libseccomp
 
 from . import seccomp_profile as profile
 from . import syscalls as sc
+from .oci import seccomp as oci_seccomp
+from .oci.reader import Reader
+from .seccomp_profile import rules_for  # noqa: F401 (a public name of this module)
 
 DEFAULT_CAPABILITIES = frozenset({
     0,   # CHOWN
@@ -40,7 +41,6 @@ DEFAULT_CAPABILITIES = frozenset({
     31,  # SETFCAP
 })
 NOFILE = 1_048_576  # docker's usual default for open files
-_UNKNOWN = -1  # libseccomp's __NR_SCMP_ERROR: a name it does not know
 
 
 def confine(uid: int, gid: int, seccomp: SeccompFilter | None) -> None:
@@ -75,61 +75,13 @@ def _last_capability() -> int:
 
 class SeccompFilter:
     """Docker's default profile for a container whose command holds
-    ``capabilities``, compiled by libseccomp.  Build it while the host's
-    libraries are still reachable (before ``pivot_root``); load it in the
-    process about to exec."""
+    ``capabilities``, rendered as a bundle's ``linux.seccomp`` and compiled
+    as one is.  Build it while the host's libraries are still reachable
+    (before ``pivot_root``); load it in the process about to exec."""
 
     def __init__(self, capabilities: frozenset[int] = DEFAULT_CAPABILITIES):
-        native, rules = rules_for(capabilities)
-        self._filter = libseccomp.SyscallFilter(libseccomp.ERRNO(profile.DEFAULT_ERRNO))
-        for name in profile.COMPAT_ARCHES.get(native, ()):
-            self._filter.add_arch(getattr(libseccomp.Arch, name))
-        for name in profile.ALLOWED:
-            self._add(libseccomp.ALLOW, name, [])
-        for rule in rules:
-            action = libseccomp.ALLOW if rule.errno is None else libseccomp.ERRNO(rule.errno)
-            args = [libseccomp.Arg(index, getattr(libseccomp, op), a, b)
-                    for index, op, a, b in rule.args]
-            for name in rule.names:
-                self._add(action, name, args)
-
-    def _add(self, action, name: str, args: list) -> None:
-        """Add a rule for every architecture of the filter, unless this
-        libseccomp does not know the call (docker skips those too)."""
-        if libseccomp.resolve_syscall(libseccomp.Arch.NATIVE, name) != _UNKNOWN:
-            self._filter.add_rule(action, name, *args)
+        section = Reader(profile.oci(capabilities), "docker's default seccomp profile")
+        self._filter = oci_seccomp.parse(section).compile()
 
     def load(self) -> None:
         self._filter.load()
-
-
-def rules_for(capabilities: frozenset[int]) -> tuple[str, list[profile.Rule]]:
-    """This machine's native architecture (libseccomp's name) and the
-    profile's rules that apply on it to a container holding
-    ``capabilities``, as docker resolves them before handing its runtime
-    a filter."""
-    native, kernel = _native_arch(), _kernel_version()
-    return native, [rule for rule in profile.RULES
-                    if _applies(rule, capabilities, native, kernel)]
-
-
-def _applies(rule: profile.Rule, capabilities: frozenset[int], native: str,
-             kernel: tuple[int, int]) -> bool:
-    return ((rule.needs_cap is None or rule.needs_cap in capabilities)
-            and rule.unless_cap not in capabilities
-            and (not rule.arches or native in rule.arches)
-            and native not in rule.except_arches
-            and kernel >= rule.min_kernel)
-
-
-def _native_arch() -> str:
-    """libseccomp's name of this machine's architecture (e.g. X86_64)."""
-    native = libseccomp.system_arch() & 0xFFFFFFFF  # Arch's values are signed
-    return next(name for name in dir(libseccomp.Arch)
-                if name.isupper() and name != "NATIVE"
-                and getattr(libseccomp.Arch, name) & 0xFFFFFFFF == native)
-
-
-def _kernel_version() -> tuple[int, int]:
-    major, minor = re.match(r"(\d+)\.(\d+)", os.uname().release).groups()
-    return int(major), int(minor)

@@ -7,7 +7,7 @@ Docker's defaults are restated from moby's ``daemon/pkg/oci/defaults.go``
 and ``caps.DefaultCapabilities``; the seccomp profile is not restated: it
 is made from pycontainer's own ``container/seccomp_profile.py``, resolved
 for docker's capabilities as docker resolves its ``default.json`` before
-it hands runc the filter.
+it hands runc the filter (or another profile is given).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from bench.containers import oci_bundle
-from container import seccomp_profile as profile
+from container import seccomp_profile
 from container import security
 
 CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
@@ -57,37 +57,15 @@ MOUNTS = [
 NAMESPACES = ["mount", "network", "uts", "pid", "ipc"]
 
 
-def seccomp() -> dict:
-    """Docker's default profile in OCI form, for a container holding
-    docker's capabilities on this machine (made from pycontainer's data)."""
-    native, rules = security.rules_for(security.DEFAULT_CAPABILITIES)
-    arches = [native, *profile.COMPAT_ARCHES.get(native, ())]
-    return {
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": profile.DEFAULT_ERRNO,
-        "architectures": [f"SCMP_ARCH_{arch}" for arch in arches],
-        "syscalls": [{"names": list(profile.ALLOWED), "action": "SCMP_ACT_ALLOW"},
-                     *map(_oci_rule, rules)],
-    }
-
-
-def _oci_rule(rule: profile.Rule) -> dict:
-    entry = {"names": list(rule.names),
-             "args": [{"index": index, "value": a, "valueTwo": b, "op": f"SCMP_CMP_{op}"}
-                      for index, op, a, b in rule.args]}
-    if rule.errno is None:
-        return {**entry, "action": "SCMP_ACT_ALLOW"}
-    return {**entry, "action": "SCMP_ACT_ERRNO", "errnoRet": rule.errno}
-
-
 def run(workdir: Path, image: str, args: list[str], *, binds: dict[str, tuple[str, bool]],
-        memory: int, pids: int, pass_fds=(), via_exec: bool = False
-        ) -> subprocess.CompletedProcess:
+        memory: int, pids: int, pass_fds=(), via_exec: bool = False,
+        seccomp: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``args`` in a runc container with docker's defaults (and the
     ``memory`` and ``pids`` limits docker's ``--memory``/``--pids-limit``
     set) on a writable copy of ``image``, with ``binds`` ({container path:
     (host path, read-only)}): as the container's command, or ``via_exec``
-    in a container whose command sleeps (as ``docker exec`` would).  Its
+    in a container whose command sleeps (as ``docker exec`` would);
+    ``seccomp`` is its ``linux.seccomp`` in place of docker's default.  Its
     state, cgroups, root and bundle go after."""
     container = f"side-by-side-{uuid.uuid4().hex[:12]}"
     state, rootfs, bundle = workdir / "runc-state", workdir / "rootfs", workdir / "bundle"
@@ -95,7 +73,7 @@ def run(workdir: Path, image: str, args: list[str], *, binds: dict[str, tuple[st
     try:
         shutil.copytree(image, rootfs, symlinks=True)
         _write_bundle(bundle, rootfs, ["sleep", "600"] if via_exec else args, container, binds,
-                      memory, pids)
+                      memory, pids, seccomp or seccomp_profile.oci(security.DEFAULT_CAPABILITIES))
         command = [*runc, "run", "--bundle", str(bundle), container]
         if via_exec:
             _start_detached([*runc, "run", "--detach", "--bundle", str(bundle), container],
@@ -125,7 +103,8 @@ def _start_detached(command: list[str], log: Path) -> None:
 
 
 def _write_bundle(bundle: Path, rootfs: Path, args: list[str], container: str,
-                  binds: dict[str, tuple[str, bool]], memory: int, pids: int) -> None:
+                  binds: dict[str, tuple[str, bool]], memory: int, pids: int,
+                  seccomp: dict) -> None:
     oci_bundle(bundle, str(rootfs), "runc", args, readonly=False)
     config = json.loads((bundle / "config.json").read_text())
     # containerd runs docker's containers with its own open-files limit,
@@ -143,7 +122,7 @@ def _write_bundle(bundle: Path, rootfs: Path, args: list[str], container: str,
         "namespaces": [{"type": kind} for kind in NAMESPACES],
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
-        "seccomp": seccomp(),
+        "seccomp": seccomp,
         "cgroupsPath": f"/{container}",
         "resources": {"devices": DEVICE_RULES,
                       "memory": {"limit": memory, "swap": 2 * memory},  # docker's swap default
