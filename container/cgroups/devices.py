@@ -1,10 +1,13 @@
-"""Which devices a container may use: docker's default rules, as plain data
-that each driver applies its own way (v1 writes them to ``devices.allow``
+"""Which devices a container may use: rules as plain data that each driver
+applies its own way (v1 writes them to ``devices.allow`` or ``devices.deny``
 after denying all; v2 compiles them into an eBPF program, ``devices_bpf.py``).
 
-All is denied but making any device node (``mknod``; the node is of no use
-without read or write) and reading and writing the standard character
-devices.
+A container starts with every device denied; its rules then apply in
+order, a later one overriding an earlier one, as cgroup v1 reads them.
+``pycontainer run`` gives docker's defaults; an OCI config gives its own
+list followed by runc's defaults.  Both deny all but making any device node
+(``mknod``; the node is of no use without read or write) and reading and
+writing the standard character devices.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Rule:
-    """An allowed device: type ``c`` or ``b``, numbers (None for any), access of ``rwm``."""
+    """Devices allowed or denied: type ``c`` or ``b`` with numbers (None
+    for any), or ``a`` (every device, every access); access of ``rwm``."""
     type: str
     major: int | None
     minor: int | None
     access: str
+    allow: bool = True
 
     def __str__(self) -> str:
         """The rule as cgroup v1's ``devices.allow`` reads it."""
@@ -40,3 +45,7 @@ DEFAULT_ALLOWED = (
     Rule("c", 5, 2, "rwm"),    # ptmx
     Rule("c", 136, None, "rwm"),  # pts/*
 )
+
+#: runc's (specconv's AllowedDevices): docker's without the console, with tun
+RUNC_ALLOWED = tuple(rule for rule in DEFAULT_ALLOWED if (rule.major, rule.minor) != (5, 1)) \
+    + (Rule("c", 10, 200, "rwm"),)  # net/tun

@@ -5,9 +5,12 @@ so it is written here as raw instructions.
 
 The program reads ``struct bpf_cgroup_dev_ctx {u32 access_type, major,
 minor}``: the device type (block 1, char 2) in access_type's low 16 bits,
-the access asked (mknod 1, read 2, write 4) in its high ones.  The first
-rule that matches allows (returns 1); when none does, it denies (0).  The
-kernel keeps an attached program until its cgroup is removed.
+the access asked (mknod 1, read 2, write 4) in its high ones.  Rules are
+tried last first, so a later rule overrides an earlier one as in cgroup v1:
+the first that matches allows (returns 1) or denies (0); when none does,
+the program denies.  An allowing rule matches an access wholly within its
+own; a denying one, an access that touches its own.  The kernel keeps an
+attached program until its cgroup is removed.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
 
 _LDX_W, _AND32_K, _RSH32_K, _MOV32_X, _MOV64_K = 0x61, 0x54, 0x74, 0xbc, 0xb7
-_JNE_K, _JNE_X, _EXIT = 0x55, 0x5d, 0x95
+_JEQ_K, _JNE_K, _JNE_X, _EXIT = 0x15, 0x55, 0x5d, 0x95
 _TYPES = {"b": 1, "c": 2}
 _ACCESS = {"m": 1, "r": 2, "w": 4}
 
@@ -40,29 +43,33 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
 
 def program(rules: tuple[Rule, ...]) -> bytes:
     """The instructions: load type (r2), access (r3), major (r4), minor
-    (r5); one block per rule; deny."""
+    (r5); one block per rule, the last first; deny."""
     code = [_insn(_LDX_W, 2, 1, 0), _insn(_AND32_K, 2, imm=0xFFFF),
             _insn(_LDX_W, 3, 1, 0), _insn(_RSH32_K, 3, imm=16),
             _insn(_LDX_W, 4, 1, 4), _insn(_LDX_W, 5, 1, 8)]
-    for rule in rules:
+    for rule in reversed(rules):
         code += _rule(rule)
     code += [_insn(_MOV64_K, 0, imm=0), _insn(_EXIT)]
     return b"".join(code)
 
 
 def _rule(rule: Rule) -> list[bytes]:
-    """Allow if type, access (all of it within the rule's) and numbers
-    match; else jump past this block to the next rule."""
-    steps = [(_JNE_K, 2, 0, _TYPES[rule.type])]
-    if set(rule.access) != set(_ACCESS):
-        mask = sum(_ACCESS[a] for a in rule.access)
-        steps += [(_MOV32_X, 1, 3, 0), (_AND32_K, 1, 0, mask), (_JNE_X, 1, 3, 0)]
-    if rule.major is not None:
-        steps.append((_JNE_K, 4, 0, rule.major))
-    if rule.minor is not None:
-        steps.append((_JNE_K, 5, 0, rule.minor))
-    steps += [(_MOV64_K, 0, 0, 1), (_EXIT, 0, 0, 0)]
-    return [_insn(code, dst, src, len(steps) - i - 1 if code in (_JNE_K, _JNE_X) else 0, imm)
+    """Allow or deny if type, access and numbers match; else jump past
+    this block to the next rule.  Type ``a`` matches every device."""
+    steps = []
+    if rule.type != "a":
+        steps.append((_JNE_K, 2, 0, _TYPES[rule.type]))
+        if set(rule.access) != set(_ACCESS):
+            mask = sum(_ACCESS[a] for a in rule.access)
+            steps += [(_MOV32_X, 1, 3, 0), (_AND32_K, 1, 0, mask),
+                      (_JNE_X, 1, 3, 0) if rule.allow else (_JEQ_K, 1, 0, 0)]
+        if rule.major is not None:
+            steps.append((_JNE_K, 4, 0, rule.major))
+        if rule.minor is not None:
+            steps.append((_JNE_K, 5, 0, rule.minor))
+    steps += [(_MOV64_K, 0, 0, int(rule.allow)), (_EXIT, 0, 0, 0)]
+    jumps = (_JEQ_K, _JNE_K, _JNE_X)
+    return [_insn(code, dst, src, len(steps) - i - 1 if code in jumps else 0, imm)
             for i, (code, dst, src, imm) in enumerate(steps)]
 
 
