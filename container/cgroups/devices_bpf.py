@@ -5,12 +5,13 @@ so it is written here as raw instructions.
 
 The program reads ``struct bpf_cgroup_dev_ctx {u32 access_type, major,
 minor}``: the device type (block 1, char 2) in access_type's low 16 bits,
-the access asked (mknod 1, read 2, write 4) in its high ones.  Rules are
-tried last first, so a later rule overrides an earlier one as in cgroup v1:
-the first that matches allows (returns 1) or denies (0); when none does,
-the program denies.  An allowing rule matches an access wholly within its
-own; a denying one, an access that touches its own.  The kernel keeps an
-attached program until its cgroup is removed.
+the access asked (mknod 1, read 2, write 4) in its high ones.  The rules
+come to a default and exceptions to it, as cgroup v1 keeps them
+(``devices.effective``): an exception that matches allows (returns 1) or
+denies (0), the opposite of the default, which is returned when none does.
+An allowing exception matches an access wholly within its own; a denying
+one, an access that touches its own, as the v1 kernel matches them.  The
+kernel keeps an attached program until its cgroup is removed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import platform
 import struct
 
-from .devices import Rule
+from .devices import Rule, effective
 
 _BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
 BPF_PROG_LOAD = 5
@@ -43,30 +44,29 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
 
 def program(rules: tuple[Rule, ...]) -> bytes:
     """The instructions: load type (r2), access (r3), major (r4), minor
-    (r5); one block per rule, the last first; deny."""
+    (r5); one block per exception; the default."""
+    default_allow, exceptions = effective(rules)
     code = [_insn(_LDX_W, 2, 1, 0), _insn(_AND32_K, 2, imm=0xFFFF),
             _insn(_LDX_W, 3, 1, 0), _insn(_RSH32_K, 3, imm=16),
             _insn(_LDX_W, 4, 1, 4), _insn(_LDX_W, 5, 1, 8)]
-    for rule in reversed(rules):
+    for rule in exceptions:
         code += _rule(rule)
-    code += [_insn(_MOV64_K, 0, imm=0), _insn(_EXIT)]
+    code += [_insn(_MOV64_K, 0, imm=int(default_allow)), _insn(_EXIT)]
     return b"".join(code)
 
 
 def _rule(rule: Rule) -> list[bytes]:
     """Allow or deny if type, access and numbers match; else jump past
-    this block to the next rule.  Type ``a`` matches every device."""
-    steps = []
-    if rule.type != "a":
-        steps.append((_JNE_K, 2, 0, _TYPES[rule.type]))
-        if set(rule.access) != set(_ACCESS):
-            mask = sum(_ACCESS[a] for a in rule.access)
-            steps += [(_MOV32_X, 1, 3, 0), (_AND32_K, 1, 0, mask),
-                      (_JNE_X, 1, 3, 0) if rule.allow else (_JEQ_K, 1, 0, 0)]
-        if rule.major is not None:
-            steps.append((_JNE_K, 4, 0, rule.major))
-        if rule.minor is not None:
-            steps.append((_JNE_K, 5, 0, rule.minor))
+    this block to the next exception."""
+    steps = [(_JNE_K, 2, 0, _TYPES[rule.type])]
+    if set(rule.access) != set(_ACCESS):
+        mask = sum(_ACCESS[a] for a in rule.access)
+        steps += [(_MOV32_X, 1, 3, 0), (_AND32_K, 1, 0, mask),
+                  (_JNE_X, 1, 3, 0) if rule.allow else (_JEQ_K, 1, 0, 0)]
+    if rule.major is not None:
+        steps.append((_JNE_K, 4, 0, rule.major))
+    if rule.minor is not None:
+        steps.append((_JNE_K, 5, 0, rule.minor))
     steps += [(_MOV64_K, 0, 0, int(rule.allow)), (_EXIT, 0, 0, 0)]
     jumps = (_JEQ_K, _JNE_K, _JNE_X)
     return [_insn(code, dst, src, len(steps) - i - 1 if code in jumps else 0, imm)

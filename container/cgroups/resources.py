@@ -168,7 +168,7 @@ def _memory(section: Reader) -> Memory:
     section.refuse("kernelTCP", "kernel memory limits are no longer enforced by the kernel")
     limit = _limit(section, "limit")
     swap = _limit(section, "swap")
-    swappiness = _unsigned(section, "swappiness")
+    swappiness = _unsigned(section, "swappiness", zero_is_unset=False)
     if swappiness is not None and swappiness > 100:
         raise section.error("swappiness", f"{swappiness} is not within 0..100")
     if swap not in (None, -1):

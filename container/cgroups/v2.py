@@ -28,15 +28,15 @@ def limit_files(resources: Resources) -> list[tuple[str, str]]:
     memory, cpu, block_io = resources.memory, resources.cpu, resources.block_io
     for setting, value, why in (
             ("memory.swappiness", memory.swappiness, "cgroup v2 has no swappiness"),
-            ("memory.disableOOMKiller", memory.disable_oom_killer,
+            ("memory.disableOOMKiller", memory.disable_oom_killer or None,
              "cgroup v2 cannot keep the OOM killer off a cgroup"),
             ("cpu.realtimeRuntime", cpu.realtime_runtime, "cgroup v2 has no realtime budget"),
             ("cpu.realtimePeriod", cpu.realtime_period, "cgroup v2 has no realtime budget"),
             ("blockIO.leafWeight", block_io.leaf_weight, "cgroup v2 has no leaf weights"),
             ("blockIO.weightDevice[].leafWeight",
-             any(d.leaf_weight is not None for d in block_io.weight_device),
+             any(d.leaf_weight is not None for d in block_io.weight_device) or None,
              "cgroup v2 has no leaf weights")):
-        if value not in (None, False):
+        if value is not None:
             raise CgroupError(f"{setting}: {why}")
     files = [(name, str(value)) for name, value in (
         ("memory.max", _max(memory.limit)),
@@ -107,7 +107,9 @@ class CgroupV2:
         return share_of(self.path) if self.in_share and controller == "cpu" else self.path
 
     def apply(self, resources: Resources) -> None:
-        """Set ``resources``: its limits, then its device rules."""
+        """Set ``resources``: its limits, then its device rules.  Once a
+        cgroup: a later program would be attached beside the first, and
+        could only narrow what it allows."""
         write_settings(limit_files(resources), self._limit_home)
         devices_bpf.attach(self.path, resources.devices)
 
