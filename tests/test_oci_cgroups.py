@@ -20,7 +20,6 @@ from container.cgroups.resources import (BlockIO, Cpu, HugepageLimit, Memory, Re
                                          ThrottleDevice, WeightDevice)
 from container.oci.reader import ConfigError, Reader
 from container.spec import Limits
-from helpers import wait_for
 
 UNIFIED = cgroups.ROOT if cgroups.is_pure_v2() else "/sys/fs/cgroup/unified"
 V1 = not cgroups.is_pure_v2() and os.path.exists("/sys/fs/cgroup/devices/devices.list")
@@ -561,3 +560,51 @@ def test_reopened_from_its_recorded_paths(v1_group, started):
     again.remove()
     assert sleeper.wait(timeout=10) == -9
     assert not any(os.path.exists(path) for path in v1_group.paths.values())
+
+
+#: On a pure cgroup v2 machine (as this script's mount namespace shows it):
+#: the cgroup made at the path given, limited, frozen, thawed, removed.
+PURE_V2 = """
+import json, subprocess, sys
+from container import cgroups
+from container.cgroups import resources
+from container.oci.reader import Reader
+group = cgroups.create_at(sys.argv[1])
+sleeper = subprocess.Popen(["sleep", "60"])
+try:
+    group.add(sleeper.pid)
+    group.apply(resources.parse(Reader({"unified": {"cgroup.max.descendants": "3"}}, "r")))
+    with open(f"{group.path}/cgroup.max.descendants") as f:
+        descendants = f.read().strip()
+    group.freeze()
+    frozen = group.is_frozen()
+    group.thaw()
+    said = {"path": group.path, "pids": group.pids() == [sleeper.pid], "frozen": frozen,
+            "thawed": not group.is_frozen(), "descendants": descendants}
+finally:
+    group.remove()
+said["killed"] = sleeper.wait() == -9
+print(json.dumps(said))
+"""
+
+
+@needs_v2
+def test_on_a_pure_cgroup2_machine():
+    """This host may be hybrid: a private mount namespace that shows only
+    its cgroup2 hierarchy makes create_at take the v2 driver, as runc's fs2
+    places it, and ``unified`` is honoured there."""
+    top = f"/pyc-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && "
+             'exec "$@"', "-", sys.executable, "-c", PURE_V2, f"{top}/ctr"],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "path": f"/sys/fs/cgroup{top}/ctr", "pids": True, "frozen": True, "thawed": True,
+            "descendants": "3", "killed": True}
+        assert not os.path.exists(f"{UNIFIED}{top}/ctr")
+    finally:
+        cgroups.remove_tree(f"{UNIFIED}{top}")
+

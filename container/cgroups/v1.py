@@ -19,6 +19,9 @@ from .resources import Resources
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio",
                "hugetlb")
+NO_DEVICES = "this machine has no cgroup devices hierarchy to confine devices with"
+#: swap the kernel does not account is not limited: "unlimited" holds anyway
+UNLIMITED_SWAP = ("memory.memsw.limit_in_bytes", "-1")
 
 
 def _mount_points() -> dict[str, str]:
@@ -106,8 +109,7 @@ class CgroupV1:
         driver places it; a machine without a devices hierarchy is refused."""
         mounts, own = _mount_points(), own_paths()
         if "devices" not in mounts:
-            raise CgroupError("this machine has no cgroup devices hierarchy to confine "
-                              "devices with")
+            raise CgroupError(NO_DEVICES)
         paths = {}
         for controller in CONTROLLERS:
             if controller not in mounts:
@@ -148,11 +150,13 @@ class CgroupV1:
     def apply(self, resources: Resources) -> None:
         """Set ``resources``: its limits, then its device rules after
         denying every device."""
-        write_settings(limit_files(resources), self._limit_home)
+        files = limit_files(resources)
+        if not os.path.exists(f"{self.paths.get('memory')}/{UNLIMITED_SWAP[0]}"):
+            files = [setting for setting in files if setting != UNLIMITED_SWAP]
+        write_settings(files, self._limit_home)
         devices = self.paths.get("devices")
         if devices is None:
-            raise CgroupError("this machine has no cgroup devices hierarchy to confine "
-                              "devices with")
+            raise CgroupError(NO_DEVICES)
         write(f"{devices}/devices.deny", "a")
         for rule in resources.devices:
             write(f"{devices}/devices.{'allow' if rule.allow else 'deny'}", rule)
