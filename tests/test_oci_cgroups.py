@@ -457,6 +457,23 @@ def test_v2_devices(v2_group, tmp_path, config, expected):
     assert _as_probed(probe(tmp_path / "nodes", v2_group)) == expected
 
 
+def _reapplied(group, tmp_path):
+    group.apply(parse(DEVICES))
+    group.apply(parse(ALL_BUT_KMSG))
+    assert _as_probed(probe(tmp_path / "nodes", group)) == PROBED[1][1]
+
+
+@needs_v1
+def test_v1_devices_reapplied_replace_the_first(v1_group, tmp_path):
+    _reapplied(v1_group, tmp_path)
+
+
+@needs_v2
+def test_v2_devices_reapplied_replace_the_first(v2_group, tmp_path):
+    """The second program replaces the first; beside it, it could only narrow it."""
+    _reapplied(v2_group, tmp_path)
+
+
 #: writes a byte to stdout as fast as it can
 BUSY = "import os\nwhile True:\n    os.write(1, b'x')\n"
 
@@ -539,6 +556,21 @@ def test_v1_remove_leaves_its_parents(v1_group, started):
     top = os.path.basename(os.path.dirname(v1_group.paths["memory"]))
     assert glob.glob(f"/sys/fs/cgroup/*/{top}/ctr") == []
     assert all(os.path.isdir(os.path.dirname(path)) for path in v1_group.paths.values())
+
+
+@needs_v1
+def test_v1_a_sibling_outlives_its_neighbour(v1_group, started):
+    """Two containers in one parent (as podman's libpod_parent holds them):
+    removing one leaves the other and its processes alone."""
+    sleeper = started(["sleep", "60"])
+    parent = os.path.dirname(v1_group.paths["memory"])
+    sibling = cgroups.create_at(f"/{os.path.basename(parent)}/sibling")  # the fixture's top
+    sibling.add(sleeper.pid)
+    v1_group.remove()
+    assert sibling.pids() == [sleeper.pid]
+    assert all(os.path.isdir(path) for path in sibling.paths.values())
+    sibling.remove()
+    assert sleeper.wait(timeout=10) == -9
 
 
 @needs_v2

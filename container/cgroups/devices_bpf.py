@@ -26,6 +26,11 @@ from .devices import Rule, effective
 _BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_QUERY = 16
+#: a cgroup's own device programs: one, while one is being replaced two
+MAX_PROGRAMS = 64
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
@@ -91,20 +96,40 @@ def load(rules: tuple[Rule, ...]) -> int:
 
 def attach(cgroup: str, rules: tuple[Rule, ...]) -> None:
     """Make ``rules`` the devices the processes in ``cgroup`` may use (as
-    well as what its ancestors' programs allow)."""
+    well as what its ancestors' programs allow), in place of the rules
+    attached before: the new program goes on first, then the old ones come
+    off (as runc does), so there is no moment without one."""
     program_fd = load(rules)
     target = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    old = _attached(target)
     try:
         _bpf(BPF_PROG_ATTACH, struct.pack("<IIII", target, program_fd, BPF_CGROUP_DEVICE,
                                           BPF_F_ALLOW_MULTI))
+        for old_fd in old:
+            _bpf(BPF_PROG_DETACH, struct.pack("<IIII", target, old_fd, BPF_CGROUP_DEVICE, 0))
     finally:
-        os.close(target)
-        os.close(program_fd)
+        for fd in (target, program_fd, *old):
+            os.close(fd)
 
 
-def _bpf(command: int, attr: bytes) -> int:
-    buffer = ctypes.create_string_buffer(attr, len(attr))
-    result = _libc.syscall(_BPF, command, buffer, len(attr))
+def _attached(target: int) -> list[int]:
+    """Descriptors of the device programs attached to the cgroup ``target``
+    itself (not its ancestors')."""
+    ids = (ctypes.c_uint32 * MAX_PROGRAMS)()
+    query = struct.pack("<IIIIQII", target, BPF_CGROUP_DEVICE, 0, 0, ctypes.addressof(ids),
+                        MAX_PROGRAMS, 0)
+    attr = ctypes.create_string_buffer(query, len(query))
+    _bpf(BPF_PROG_QUERY, attr)
+    count = struct.unpack_from("<I", attr, 24)[0]
+    return [_bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<III", ids[i], 0, 0)) for i in range(count)]
+
+
+def _bpf(command: int, attr: bytes | ctypes.Array) -> int:
+    """bpf(2); ``attr`` is copied unless it is a buffer the kernel is to
+    write back into."""
+    if not isinstance(attr, ctypes.Array):
+        attr = ctypes.create_string_buffer(attr, len(attr))
+    result = _libc.syscall(_BPF, command, attr, len(attr))
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

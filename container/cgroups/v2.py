@@ -107,9 +107,8 @@ class CgroupV2:
         return share_of(self.path) if self.in_share and controller == "cpu" else self.path
 
     def apply(self, resources: Resources) -> None:
-        """Set ``resources``: its limits, then its device rules.  Once a
-        cgroup: a later program would be attached beside the first, and
-        could only narrow what it allows."""
+        """Set ``resources``: its limits, then its device rules (in place
+        of any set before)."""
         write_settings(limit_files(resources), self._limit_home)
         devices_bpf.attach(self.path, resources.devices)
 
