@@ -342,6 +342,10 @@ def test_v1_refuses_what_the_machine_lacks(v1_group):
         v1_group.apply(parse({"cpu": {"realtimeRuntime": 10 ** 9}}))
 
 
+def _has_blkio_file(group, name: str) -> bool:
+    return "blkio" in group.paths and os.path.exists(f"{group.paths['blkio']}/{name}")
+
+
 def _whole_disk() -> tuple[int, int]:
     """The disk (not a partition) that holds the root file system."""
     dev = os.stat("/").st_dev
@@ -355,8 +359,7 @@ def _whole_disk() -> tuple[int, int]:
 @needs_v1
 def test_v1_block_io_throttles(v1_group):
     major, minor = _whole_disk()
-    if not os.path.exists(f"{v1_group.paths.get('blkio', '/nonexistent')}"
-                          f"/blkio.throttle.read_bps_device"):
+    if not _has_blkio_file(v1_group, "blkio.throttle.read_bps_device"):
         pytest.skip("no blkio throttling on this machine")
     v1_group.apply(parse({"blockIO": {
         "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1 << 20}],
@@ -368,19 +371,17 @@ def test_v1_block_io_throttles(v1_group):
 
 @needs_v1
 def test_v1_block_io_weight(v1_group):
-    weight = f"{v1_group.paths.get('blkio', '/nonexistent')}/blkio.weight"
-    if not os.path.exists(weight):
+    if not _has_blkio_file(v1_group, "blkio.weight"):
         pytest.skip("this machine's blkio controller has no blkio.weight (no CFQ or BFQ "
                     "weights); its refusal is checked by the test below")
     v1_group.apply(parse({"blockIO": {"weight": 300}}))
-    assert read(weight) == "300"
+    assert read(f"{v1_group.paths['blkio']}/blkio.weight") == "300"
 
 
 @needs_v1
 def test_v1_block_io_weight_refused_where_missing(v1_group):
-    if "blkio" not in v1_group.paths or \
-            os.path.exists(f"{v1_group.paths['blkio']}/blkio.weight"):
-        pytest.skip("this machine's blkio controller has weights")
+    if "blkio" not in v1_group.paths or _has_blkio_file(v1_group, "blkio.weight"):
+        pytest.skip("this machine has no blkio controller, or one with weights")
     with pytest.raises(cgroups.CgroupError, match=r"^blkio.weight: not in .* on this machine: "
                                                   r"no I/O scheduler with weights"):
         v1_group.apply(parse({"blockIO": {"weight": 300}}))
