@@ -249,7 +249,7 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     state.cgroup_paths = group.paths
     state.save()
     try:
-        group.apply(spec.limits)
+        group.apply(spec.limits.as_resources())
     except (cgroups.CgroupError, OSError) as exc:
         raise ContainerError(f"cannot apply limits: {exc}") from None
     # Containers of one image share its files' page cache: each container's

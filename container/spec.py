@@ -12,8 +12,12 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .cgroups.devices import DEFAULT_ALLOWED
+from .cgroups.resources import Cpu, Memory, Resources
 from .ports import Published
 
+#: the CPU period that --cpus is a share of, as docker sets it
+CPU_PERIOD_US = 100_000
 MIN_MEMORY = 6 * 1024 * 1024  # docker's floor: below it a container cannot start
 #: A cgroup keeps a limit as a signed 64-bit count: 8 EiB and up it cannot take.
 MAX_SIZE = 1 << 63
@@ -40,6 +44,17 @@ class Limits:
     cpu_shares: int | None = None      # relative weight, docker's 2..262144
     cpuset_cpus: str | None = None     # e.g. "0-1,3"
     pids: int | None = None
+
+    def as_resources(self) -> Resources:
+        """The same limits as the cgroup drivers take them (and as an OCI
+        config says them), with docker's device rules."""
+        return Resources(
+            devices=DEFAULT_ALLOWED,
+            memory=Memory(limit=self.memory, swap=self.memory_swap),
+            cpu=Cpu(shares=self.cpu_shares, cpus=self.cpuset_cpus,
+                    quota=None if self.cpus is None else round(self.cpus * CPU_PERIOD_US),
+                    period=None if self.cpus is None else CPU_PERIOD_US),
+            pids=self.pids)
 
 
 @dataclass(frozen=True)

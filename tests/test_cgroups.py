@@ -30,7 +30,7 @@ def test_v1_limits_stats_and_removal(sleeper):
         own = cgroups.own_paths()["memory"]
         assert group.paths["memory"].startswith(f"/sys/fs/cgroup/memory{own.rstrip('/')}/")
         group.apply(Limits(memory=64 << 20, cpus=0.5, cpu_shares=512, cpuset_cpus="0",
-                           pids=10))
+                           pids=10).as_resources())
         group.add(sleeper.pid)
         assert group.pids() == [sleeper.pid]
         share = cgroups.share_of(group.paths["cpu"])  # the container's and its daemon's
@@ -83,7 +83,7 @@ def test_v2_driver_on_the_unified_hierarchy(sleeper):
         with open(f"{root}/cgroup.controllers") as f:
             if "memory" not in f.read().split():
                 with pytest.raises(cgroups.CgroupError, match="memory controller"):
-                    group.apply(Limits(memory=64 << 20))
+                    group.apply(Limits(memory=64 << 20).as_resources())
     finally:
         group.remove()
     assert sleeper.wait(timeout=5) == -9
@@ -91,10 +91,12 @@ def test_v2_driver_on_the_unified_hierarchy(sleeper):
 
 
 def test_v2_limit_files():
-    files = v2.limit_files(Limits(memory=64 << 20, memory_swap=96 << 20, cpus=1.5,
-                                  cpu_shares=1024, cpuset_cpus="0-1", pids=100))
+    files = dict(v2.limit_files(Limits(memory=64 << 20, memory_swap=96 << 20, cpus=1.5,
+                                       cpu_shares=1024, cpuset_cpus="0-1",
+                                       pids=100).as_resources()))
     assert files == {"memory.max": str(64 << 20), "memory.swap.max": str(32 << 20),
                      "cpu.max": "150000 100000", "cpu.weight": "39",
                      "cpuset.cpus": "0-1", "pids.max": "100"}
-    assert v2.limit_files(Limits(memory=1 << 30, memory_swap=-1))["memory.swap.max"] == "max"
-    assert v2.limit_files(Limits()) == {}
+    unlimited_swap = Limits(memory=1 << 30, memory_swap=-1).as_resources()
+    assert dict(v2.limit_files(unlimited_swap))["memory.swap.max"] == "max"
+    assert v2.limit_files(Limits().as_resources()) == []

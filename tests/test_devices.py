@@ -66,7 +66,7 @@ def test_the_rules_are_dockers():
 def test_v1_devices_controller(tmp_path):
     group = v1.CgroupV1.create(f"test-{os.getpid()}")
     try:
-        group.apply(Limits())
+        group.apply(Limits().as_resources())
         with open(f"{group.paths['devices']}/devices.list") as f:
             assert f.read().split("\n")[:3] == ["c *:* m", "b *:* m", "c 1:3 rwm"]
         said = probe(tmp_path, *(f"{path}/cgroup.procs" for path in group.paths.values()))
@@ -81,7 +81,7 @@ def test_v2_device_program(tmp_path):
         pytest.skip("no cgroup v2 hierarchy")
     group = v2.CgroupV2.create(f"test-{os.getpid()}", root=root)
     try:
-        group.apply(Limits())
+        group.apply(Limits().as_resources())
         said = probe(tmp_path, f"{group.path}/cgroup.procs")
     finally:
         group.remove()

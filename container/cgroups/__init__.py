@@ -18,12 +18,20 @@ served, stopped and removed.  On a hybrid host (v1 controllers plus a v2 ``unifi
 mount, as this project's machines are) the v1 driver is used; on a pure v2
 host, the v2 one.
 
-A driver offers ``add(pid)``, ``add_union_daemon(pid, memory)``,
-``releaser()``, ``apply(limits)``, ``stats()``, ``pids()``, ``kill_all()``,
-``remove()`` and ``paths`` (the container's cgroup per hierarchy: what to
-record so a later command can find it again, see :func:`reopen`).  ``apply`` also confines
-the container's devices to docker's defaults (``devices.py``): the v1
-devices controller, or on v2 an eBPF program (``devices_bpf.py``).
+The OCI face (``pycontainer-runtime``) makes one cgroup at the config's
+``linux.cgroupsPath`` instead, as runc's cgroupfs driver does
+(:func:`create_at`): an absolute path under each hierarchy's root, a
+relative one (by default the container's ID) under the runtime's own
+cgroup.  Removing it leaves its parents, as runc does: others may use them.
+
+A driver offers ``add(pid)``, ``apply(resources)`` (``resources.py``),
+``freeze()``, ``thaw()``, ``is_frozen()``, ``stats()``, ``pids()``,
+``kill_all()``, ``remove()`` and ``paths`` (the container's cgroup per
+hierarchy: what to record so a later command can find it again, see
+:func:`reopen`); for the front end's layout also
+``add_union_daemon(pid, memory)`` and ``releaser()``.  ``apply`` confines
+the container's devices to its rules (``devices.py``): the v1 devices
+controller, or on v2 an eBPF program (``devices_bpf.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -123,15 +132,25 @@ def is_pure_v2() -> bool:
 
 
 def create(name: str):
-    """A new, empty cgroup for the container ``name``."""
+    """A new, empty cgroup for the container ``name``, in the front end's layout."""
     from . import v1, v2
     return v2.CgroupV2.create(name) if is_pure_v2() else v1.CgroupV1.create(name)
 
 
-def reopen(paths: dict[str, str]):
-    """The cgroup whose ``paths`` were recorded earlier."""
+def create_at(inner: str):
+    """The OCI container's cgroup at ``inner`` (``resources.inner_path``),
+    made where missing."""
     from . import v1, v2
-    return v2.CgroupV2(paths["unified"]) if "unified" in paths else v1.CgroupV1(paths)
+    return v2.CgroupV2.create_at(inner) if is_pure_v2() else v1.CgroupV1.create_at(inner)
+
+
+def reopen(paths: dict[str, str], in_share: bool = True):
+    """The cgroup whose ``paths`` were recorded earlier; ``in_share`` for
+    the front end's layout, False for one made by :func:`create_at`."""
+    from . import v1, v2
+    if "unified" in paths:
+        return v2.CgroupV2(paths["unified"], in_share)
+    return v1.CgroupV1(paths, in_share)
 
 
 def read_int(path: str) -> int | None:
@@ -174,6 +193,66 @@ class ProcsWriter:
 def write(path: str, value) -> None:
     with open(path, "w") as f:
         f.write(str(value))
+
+
+#: why a cgroup file a setting needs may be missing
+_MISSING_WHY = {
+    "memory.memsw.limit_in_bytes": "the kernel does not account swap (swapaccount=1), "
+                                   "so memory plus swap cannot be limited",
+    "blkio.weight": "no I/O scheduler with weights (CFQ or BFQ) serves this machine's disks",
+    "blkio.leaf_weight": "only the CFQ I/O scheduler, gone from current kernels, had it",
+    "blkio.weight_device": "no I/O scheduler with weights (CFQ or BFQ) serves this machine's "
+                           "disks",
+}
+
+
+def write_settings(settings: list[tuple[str, str]], directory_of) -> None:
+    """Write each ``(file, value)``, in order, in the directory
+    ``directory_of(controller)`` gives (None: no such hierarchy); refuse
+    in one line what the machine lacks or the kernel does not take."""
+    for name, value in settings:
+        controller = name.split(".")[0]
+        directory = directory_of(controller)
+        if directory is None:
+            raise CgroupError(f"{name}: this machine has no cgroup {controller} hierarchy")
+        target = f"{directory}/{name}"
+        if not os.path.exists(target):
+            why = _MISSING_WHY.get(name, f"the {controller} controller is not available there")
+            raise CgroupError(f"{name}: not in {directory} on this machine: {why}")
+        try:
+            write(target, value)
+        except OSError as exc:
+            raise CgroupError(f"{name}: the kernel refused {value!r}: {exc.strerror}") from None
+
+
+def procs_below(path: str) -> set[int]:
+    """The processes in the cgroup ``path`` and the cgroups below it."""
+    found = set()
+    for directory, _, _ in os.walk(path):
+        with contextlib.suppress(FileNotFoundError), open(f"{directory}/cgroup.procs") as f:
+            found.update(int(line) for line in f if line.strip())
+    return found
+
+
+def kill_until_empty(group) -> None:
+    """SIGKILL every process of ``group`` until none is left (new ones may
+    fork meanwhile); a frozen group is thawed so that its processes die."""
+    for _ in range(200):
+        pids = group.pids()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if group.is_frozen():
+            group.thaw()
+        time.sleep(0.01)
+
+
+def remove_tree(path: str) -> None:
+    """rmdir the cgroup ``path`` and any made below it, deepest first."""
+    for directory, _, _ in sorted(os.walk(path), key=lambda walked: -len(walked[0])):
+        rmdir_patiently(directory)
 
 
 def rmdir_patiently(path: str) -> None:
