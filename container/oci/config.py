@@ -9,7 +9,6 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .. import cgroups
 from ..cgroups import resources as oci_resources
 from . import hooks as oci_hooks
 from . import mounts as oci_mounts
@@ -35,7 +34,7 @@ class Config:
     domainname: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     hooks: oci_hooks.Hooks = oci_hooks.Hooks()
-    resources: oci_resources.Resources | None = None
+    resources: oci_resources.Resources = oci_resources.Resources()
     cgroups_path: str = ""
     sysctl: dict[str, str] = field(default_factory=dict)
     seccomp: oci_seccomp.Seccomp | None = None
@@ -80,8 +79,8 @@ def parse(data: dict, bundle: str) -> Config:
         domainname=_name(top, "domainname", namespaces),
         annotations=annotations,
         hooks=oci_hooks.parse(top.take_object("hooks")),
-        resources=_resources(linux),
-        cgroups_path=cgroups.check_oci_path(linux.take("cgroupsPath", str, "")),
+        resources=oci_resources.parse(linux.take_object("resources")),
+        cgroups_path=oci_resources.parse_path(linux),
         sysctl=_sysctl(linux, namespaces),
         seccomp=_seccomp(linux))
     for key in ("uidMappings", "gidMappings", "timeOffsets", "intelRdt", "personality",
@@ -99,11 +98,6 @@ def _name(top: Reader, key: str, namespaces) -> str | None:
     if name and not oci_namespaces.has_own(namespaces, "uts"):
         raise top.error(key, "needs a uts namespace of the container's own")
     return name
-
-
-def _resources(linux: Reader) -> oci_resources.Resources | None:
-    section = linux.take_object("resources")
-    return oci_resources.parse(section) if section else None
 
 
 def _seccomp(linux: Reader) -> oci_seccomp.Seccomp | None:

@@ -24,6 +24,7 @@ import socket
 from typing import NoReturn
 
 from .. import cgroups
+from ..cgroups.resources import inner_path
 from . import config as oci_config
 from . import hooks as oci_hooks
 from . import inside, state as oci_state
@@ -57,9 +58,8 @@ def create(store: Store, container_id: str, bundle: str, pid_file: str | None = 
         shutil.copyfile(os.path.join(config.bundle, "config.json"),
                         store.config_copy(container_id))
         os.mkfifo(store.fifo(container_id), 0o600)
-        made.group = cgroups.create_oci(config.cgroups_path, container_id)
-        if config.resources is not None:
-            made.group.apply(config.resources)
+        made.group = cgroups.create_at(inner_path(config.cgroups_path, container_id))
+        made.group.apply(config.resources)
         record = _start_process(store, container_id, config, made, console,
                                 preserve_fds, new_keyring)
         if pid_file:

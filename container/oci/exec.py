@@ -52,7 +52,7 @@ def exec_process(store: Store, container_id: str, process: Process, detach: bool
         console = relay.theirs
     namespaces = _open_namespaces(record.pid, config.namespaces, record.pid_start)
     seccomp = config.seccomp.compile() if config.seccomp else None
-    group = cgroups.reopen_oci(record.cgroup_paths)
+    group = cgroups.reopen(record.cgroup_paths, in_share=False)
     if not detach:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
 

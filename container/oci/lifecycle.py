@@ -65,7 +65,7 @@ def kill(store: Store, container_id: str, signum: int, all_processes: bool = Fal
         if current == "stopped":
             raise StateError("container not running")
         if all_processes:
-            group = cgroups.reopen_oci(record.cgroup_paths)
+            group = cgroups.reopen(record.cgroup_paths, in_share=False)
             for pid in group.pids():
                 _signal(pid, signum)
             if current == "paused" and signum == signal.SIGKILL:
@@ -104,7 +104,7 @@ def delete(store: Store, container_id: str, force: bool = False) -> None:
 def _destroy(store: Store, record: Record) -> None:
     """Kill every process of the container, remove its cgroup, forget it."""
     if record.cgroup_paths:
-        group = cgroups.reopen_oci(record.cgroup_paths)
+        group = cgroups.reopen(record.cgroup_paths, in_share=False)
         group.thaw()
         group.kill_all()
         group.remove()
@@ -122,14 +122,14 @@ def pause(store: Store, container_id: str) -> None:
         current = status(store, record)
         if current not in ("running", "created"):
             raise StateError(f"container not running: {current}")
-        cgroups.reopen_oci(record.cgroup_paths).freeze()
+        cgroups.reopen(record.cgroup_paths, in_share=False).freeze()
 
 
 def resume(store: Store, container_id: str) -> None:
     with store.locked(container_id) as record:
         if status(store, record) != "paused":
             raise StateError("container not paused")
-        cgroups.reopen_oci(record.cgroup_paths).thaw()
+        cgroups.reopen(record.cgroup_paths, in_share=False).thaw()
 
 
 def state(store: Store, container_id: str) -> dict:
@@ -149,7 +149,7 @@ def processes(store: Store, container_id: str) -> list[int]:
     record = store.load(container_id)
     if status(store, record) == "stopped":
         return []
-    return sorted(cgroups.reopen_oci(record.cgroup_paths).pids())
+    return sorted(cgroups.reopen(record.cgroup_paths, in_share=False).pids())
 
 
 def stored_config(store: Store, container_id: str) -> oci_config.Config | None:

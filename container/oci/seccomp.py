@@ -182,6 +182,15 @@ def _action(reader: Reader, key: str, value_key: str) -> Action:
     return Action(name, value)
 
 
+def features() -> dict:
+    """What ``features`` tells of seccomp here, in the spec's names."""
+    return {"enabled": True,
+            "actions": sorted(f"SCMP_ACT_{name}" for name in _ACTIONS),
+            "operators": sorted(f"SCMP_CMP_{name}" for name in _OPERATORS),
+            "archs": sorted(f"SCMP_ARCH_{name}" for name in dir(libseccomp.Arch)
+                            if name.isupper() and name != "NATIVE")}
+
+
 def _architecture(section: Reader, index: int, spelled: str) -> str:
     name = spelled.removeprefix("SCMP_ARCH_")
     if name == spelled or name == "NATIVE" or not hasattr(libseccomp.Arch, name):

@@ -65,8 +65,6 @@ def features() -> dict:
             "namespaces": sorted(FLAGS),
             "capabilities": list(CAPABILITIES),
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
-            "seccomp": {"enabled": True, "actions": sorted(oci_seccomp.ACTIONS),
-                        "operators": sorted(oci_seccomp.OPERATORS),
-                        "archs": sorted(oci_seccomp.ARCHITECTURES)},
+            "seccomp": oci_seccomp.features(),
             "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
         "annotations": {}}

@@ -143,7 +143,7 @@ def status(store: Store, record: Record) -> str:
         return "stopped"
     if os.path.exists(store.fifo(record.id)):
         return "created"
-    if record.cgroup_paths and cgroups.reopen_oci(record.cgroup_paths).is_frozen():
+    if record.cgroup_paths and cgroups.reopen(record.cgroup_paths, in_share=False).is_frozen():
         return "paused"
     return "running"
 
