@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import posixpath
-from typing import Iterator
+from collections.abc import Iterator
 
 from . import syscalls as sc
 

@@ -21,6 +21,7 @@ as runc does where it may not mknod.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -83,7 +84,7 @@ def _unshare_parent(path: str, flag: int) -> None:
             sc.mount("none", path, None, flag)
             return
         except OSError as exc:
-            if exc.errno != 22 or path == "/":  # EINVAL: not a mount point
+            if exc.errno != errno.EINVAL or path == "/":  # not a mount point: go up
                 raise
         path = os.path.dirname(path)
 
@@ -107,7 +108,7 @@ def _mount(root: str, plan: Plan, mount: Mount, cgroup_dirs: Mapping[str, str] |
             _tmpfs_copy_up(root, mount, inside, target, data)
         else:
             flags = mount.flags
-            if mount.type == "tmpfs" or inside == "/dev":
+            if mount.type == "tmpfs" or mount.destination == "/dev":
                 flags &= ~sc.MS_RDONLY  # made read-only once filled, at the end
             sc.mount(mount.source or mount.type, target,
                      None if mount.is_bind else mount.type, flags, data or None)
@@ -126,10 +127,12 @@ def _exists(root: str, path: str) -> bool:
 def _check_target(plan: Plan, mount: Mount, inside: str, target: str) -> None:
     if inside == "/":
         raise OSError(f"mount target {mount.destination} leads to the root itself")
-    if mount.type in ("proc", "sysfs") and (inside != mount.destination
-                                             or not os.path.isdir(target)):
-        raise OSError(f"{mount.type} goes on the directory {mount.destination} itself, "
-                      f"not through a link to {inside}")
+    if mount.type in ("proc", "sysfs"):  # never through a link (runc's checkProcMount)
+        if inside != mount.destination:
+            raise OSError(f"{mount.type} goes on the directory {mount.destination} itself, "
+                          f"not through a link to {inside}")
+        if not os.path.isdir(target):
+            raise OSError(f"{mount.type} goes on a directory; {inside} is not one")
     why = proc_refusal(inside, mount)
     if why:
         raise OSError(f"mount target {mount.destination} leads to {why}")
@@ -218,11 +221,11 @@ def _mount_cgroup(root: str, mount: Mount, inside: str, target: str,
         with inroot.target(root, bind.destination) as sub:
             sc.mount(directory, sub, None, bind.flags)
         _after_mount(root, bind, bind.destination)
-    for name in cgroup_dirs:
-        for controller in name.split(",") if "," in name else ():
-            with inroot.parent(root, f"{inside}/{controller}") as (dir_fd, link):
-                if not _exists(root, f"{inside}/{controller}"):
-                    os.symlink(name, link, dir_fd=dir_fd)
+    for name in (name for name in cgroup_dirs if "," in name):
+        with inroot.parent(root, f"{inside}/{name}") as (dir_fd, _):
+            for controller in name.split(","):
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(name, controller, dir_fd=dir_fd)
     if mount.flags & sc.MS_RDONLY:
         with inroot.target(root, inside) as fresh:
             sc.mount("none", fresh, None,
@@ -242,16 +245,11 @@ def _make_dev(root: str, devices: tuple[Device, ...]) -> None:
     if os.path.exists("/proc/kcore"):
         links += (("core", "/proc/kcore"),)
     with inroot.parent(root, "/dev/ptmx") as (dev_fd, _):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("ptmx", dir_fd=dev_fd)
         for name, to in links:
-            if name == "ptmx":
-                try:
-                    os.unlink(name, dir_fd=dev_fd)
-                except FileNotFoundError:
-                    pass
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.symlink(to, name, dir_fd=dev_fd)
-            except FileExistsError:
-                pass
 
 
 def _make_node(root: str, device: Device, honours_nodes: bool) -> None:
