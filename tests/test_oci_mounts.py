@@ -215,9 +215,11 @@ def test_devices_replace_the_defaults_they_name():
     parsed = plan({"root": {"path": "rootfs", "readonly": True}, "linux": {
         "rootfsPropagation": "rprivate", "mountLabel": "",
         "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 0o20600},
-                    {"path": "/dev/fifo", "type": "p", "uid": 7, "gid": 8}]}})
-    assert parsed.devices[-2:] == (dev.Device("/dev/null", stat.S_IFCHR, 1, 3, 0o600),
-                                   dev.Device("/dev/fifo", stat.S_IFIFO, uid=7, gid=8))
+                    {"path": "/dev/fifo", "type": "p", "uid": 7, "gid": 8},
+                    {"path": "/dev/../dev/ttyS0", "type": "u", "major": 4, "minor": 64}]}})
+    assert parsed.devices[-3:] == (dev.Device("/dev/null", stat.S_IFCHR, 1, 3, 0o600),
+                                   dev.Device("/dev/fifo", stat.S_IFIFO, uid=7, gid=8),
+                                   dev.Device("/dev/ttyS0", stat.S_IFCHR, 4, 64))
     assert [d.path for d in parsed.devices].count("/dev/null") == 1
     assert parsed.read_only_root and parsed.propagation == sc.MS_PRIVATE | sc.MS_REC
 
@@ -387,7 +389,8 @@ def test_bind_options_and_propagation(root, tmp_path):
 
 
 @pytest.mark.parametrize("propagation, tag", [(sc.MS_SLAVE | sc.MS_REC, "master:"),
-                                              (sc.MS_PRIVATE | sc.MS_REC, None)])
+                                              (sc.MS_PRIVATE | sc.MS_REC, None),
+                                              (sc.MS_SHARED | sc.MS_REC, "shared:")])
 def test_root_propagation(root, propagation, tag):
     def check():
         return [t.split(":")[0] + ":" for t in mount_info("/")["optional"]]
@@ -452,9 +455,15 @@ def test_no_symlink_leads_a_mount_out_of_the_root(root, tmp_path):
     ("/dev/shm", Mount("/data", "bind", "/etc", sc.MS_BIND),
      "mount target /data leads to /dev/shm, which the runtime mounts"),
     ("/", Mount("/data", "tmpfs", "tmpfs"), "mount target /data leads to the root itself"),
+    ("/data/x", Mount("/data", "tmpfs", "tmpfs"),
+     "[Errno 40] Too many levels of symbolic links: '/data'"),
+    (None, Mount("/data", "sysfs", "sysfs"), "sysfs goes on a directory; /data is not one"),
 ])
 def test_a_mount_led_astray_is_refused(root, link, the_mount, message):
-    (root / "data").symlink_to(link)
+    if link is None:
+        (root / "data").write_text("a file")
+    else:
+        (root / "data").symlink_to(link)
     with pytest.raises(SetupFailed) as caught:
         inside(root, Plan((BASICS[0], the_mount), guarded=("/proc", "/sys", "/dev")), lambda: 0)
     assert str(caught.value) == message
