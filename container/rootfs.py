@@ -1,6 +1,6 @@
 """The front end's root file system: what ``docker run`` gives a
 container, as a :class:`~container.oci.mounts.Plan` that the OCI core's
-executor (``oci.root_setup``) carries out from inside the container's new
+executor (``oci.mounts.setup``) carries out from inside the container's new
 mount namespace, so both faces set up a root one way.
 
 docker's mounts (proc, a ``/dev`` tmpfs with devpts, shm and mqueue, a
@@ -22,7 +22,7 @@ import glob
 import os
 
 from . import syscalls as sc
-from .oci import root_setup
+from .oci import mounts as oci_mounts
 from .oci.mounts import Mount, Plan
 from .spec import RESERVED_DESTINATIONS, ContainerSpec
 
@@ -38,7 +38,7 @@ ETC_FILES = ("hostname", "hosts", "resolv.conf")
 def prepare(root: str, spec: ContainerSpec, etc_dir: str) -> None:
     """Everything up to and including ``pivot_root``; the caller is then in
     the new root."""
-    root_setup.setup(root, plan_from_spec(spec, etc_dir))
+    oci_mounts.setup(root, plan_from_spec(spec, etc_dir))
 
 
 def plan_from_spec(spec: ContainerSpec, etc_dir: str) -> Plan:

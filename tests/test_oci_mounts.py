@@ -1,7 +1,7 @@
 """The root file system part of the OCI core: ``mounts``, ``root.readonly``,
 masked and read-only paths, ``rootfsPropagation`` and ``linux.devices``
 parsed strictly (container/oci/mounts.py, devices.py), and carried out
-(container/oci/root_setup.py) in a forked child that unshares a mount
+(mounts.setup) in a forked child that unshares a mount
 namespace over a throwaway busybox root: when it ends, so do its mounts.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from container import rootfs
 from container import syscalls as sc
 from container.oci import devices as dev
-from container.oci import root_setup
-from container.oci.mounts import DEFAULT_PROPAGATION, Mount, Plan, parse_mount, parse_plan
+from container.oci import mounts
+from container.oci.mounts import DEFAULT_PROPAGATION, Mount, Plan, parse, parse_mount
 from container.oci.reader import ConfigError, Reader
 from container.spec import BindMount, ContainerSpec
 
@@ -36,16 +36,16 @@ def mount(**fields) -> Mount:
     return parse_mount(Reader(fields, "mounts[0]"))
 
 
-def plan(config: dict) -> Plan:
+def plan(config: dict, read_only_root: bool = False) -> Plan:
     reader = Reader(config, "")
-    return parse_plan(reader, reader.take_object("root"), reader.take_object("linux"))
+    return parse(reader, reader.take_object("linux") or Reader({}, "linux"), read_only_root)
 
 
-def inside(root: Path, the_plan: Plan, check, shared: bool = False, **kwargs):
+def inside(root: Path, the_plan: Plan, check, shared: bool = False, before=None, **kwargs):
     """``check()``'s result, run in a child that set up ``root`` by
     ``the_plan`` in its own mount namespace and is in it; with ``shared``,
     its mounts are peers of a namespace it keeps (as a host's are, under
-    systemd)."""
+    systemd); ``before()`` runs in the namespace first."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -56,7 +56,9 @@ def inside(root: Path, the_plan: Plan, check, shared: bool = False, **kwargs):
                 sc.mount("none", "/", None, sc.MS_SHARED | sc.MS_REC)
                 kept = os.open("/proc/self/ns/mnt", os.O_RDONLY)  # noqa: F841 - its peers
                 sc.unshare(sc.CLONE_NEWNS)
-            root_setup.setup(str(root), the_plan, **kwargs)
+            if before is not None:
+                before()
+            mounts.setup(str(root), the_plan, **kwargs)
             result = {"ok": check()}
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             result = {"error": str(exc)}
@@ -193,13 +195,15 @@ def test_lxcfs_files_may_cover_proc_files():
      "rprivate, private, rslave, slave, rshared, shared, runbindable, unbindable"),
     ({"mountLabel": "system_u:object_r:container_file_t:s0"},
      "linux.mountLabel: SELinux labels are not supported"),
-    ({"maskedPaths": ["proc/kcore"]}, "linux.maskedPaths[0]: 'proc/kcore' must be an absolute path"),
+    ({"maskedPaths": ["proc/kcore"]},
+     "linux.maskedPaths[0]: 'proc/kcore' must be an absolute path"),
     ({"readonlyPaths": [1]}, "linux.readonlyPaths[0]: must be a string"),
     ({"devices": [{"path": "/etc/null", "type": "c", "major": 1, "minor": 3}]},
      "linux.devices[0].path: '/etc/null' must be an absolute path under /dev"),
     ({"devices": [{"path": "/dev/x", "type": "s", "major": 1, "minor": 3}]},
      "linux.devices[0].type: 's': must be one of c, u, b, p"),
-    ({"devices": [{"path": "/dev/x", "type": "b", "minor": 3}]}, "linux.devices[0].major: required"),
+    ({"devices": [{"path": "/dev/x", "type": "b", "minor": 3}]},
+     "linux.devices[0].major: required"),
     ({"devices": [{"path": "/dev/x", "type": "c", "major": 1, "minor": -1}]},
      "linux.devices[0].minor: -1 is out of range"),
     ({"devices": [{"path": "/dev/x", "type": "c", "major": 1, "minor": 3, "access": "rwm"}]},
@@ -212,7 +216,7 @@ def test_the_linux_part_is_refused(linux, message):
 
 
 def test_devices_replace_the_defaults_they_name():
-    parsed = plan({"root": {"path": "rootfs", "readonly": True}, "linux": {
+    parsed = plan({"linux": {
         "rootfsPropagation": "rprivate", "mountLabel": "",
         "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 0o20600},
                     {"path": "/dev/fifo", "type": "p", "uid": 7, "gid": 8},
@@ -221,7 +225,7 @@ def test_devices_replace_the_defaults_they_name():
                                    dev.Device("/dev/fifo", stat.S_IFIFO, uid=7, gid=8),
                                    dev.Device("/dev/ttyS0", stat.S_IFCHR, 4, 64))
     assert [d.path for d in parsed.devices].count("/dev/null") == 1
-    assert parsed.read_only_root and parsed.propagation == sc.MS_PRIVATE | sc.MS_REC
+    assert parsed.propagation == sc.MS_PRIVATE | sc.MS_REC
 
 
 def test_the_front_end_plan_is_dockers(tmp_path):
@@ -237,15 +241,17 @@ def test_the_front_end_plan_is_dockers(tmp_path):
 
 # -- carrying it out --------------------------------------------------------
 
-def _cgroup_dirs() -> dict[str, str]:
-    """This process's own cgroup in each v1 hierarchy, named as mounted."""
+def _cgroup_paths() -> dict[str, str]:
+    """This process's own cgroup, controller -> directory, as the cgroups
+    part records a container's (v1)."""
     own = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            own[controllers.removeprefix("name=")] = path
-    return {name: f"/sys/fs/cgroup/{name}{own[name]}" for name in own
-            if name and os.path.ismount(f"/sys/fs/cgroup/{name}")}
+            for controller in controllers.split(","):
+                if controller and not controller.startswith("name="):
+                    own[controller] = os.path.normpath(f"/sys/fs/cgroup/{controllers}{path}")
+    return {c: path for c, path in own.items() if os.path.isdir(path)}
 
 
 def test_podmans_full_list(root, tmp_path):
@@ -254,7 +260,7 @@ def test_podmans_full_list(root, tmp_path):
     for name in (".containerenv", "hostname", "hosts", "resolv.conf"):
         (scratch / name).write_text(f"{name} from the host\n")
     config = json.loads(PODMAN.read_text().replace("/SCRATCH", str(scratch)))
-    cgroups = _cgroup_dirs()
+    cgroups = _cgroup_paths()
 
     def check():
         null = os.stat("/dev/null")
@@ -276,7 +282,7 @@ def test_podmans_full_list(root, tmp_path):
             "shm": mount_info("/dev/shm")["options"],
         }
 
-    seen = inside(root, plan(config), check, cgroup_dirs=cgroups)
+    seen = inside(root, plan(config), check, cgroup_paths=cgroups)
     assert seen["types"] == {"/proc": "proc", "/dev": "tmpfs", "/sys": "sysfs",
                              "/dev/pts": "devpts", "/dev/mqueue": "mqueue"}
     assert seen["hostname"] == "hostname from the host\n"
@@ -284,7 +290,7 @@ def test_podmans_full_list(root, tmp_path):
     assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue",
             "fd", "stdin", "stdout", "stderr"} <= set(seen["dev"])
     assert (seen["ptmx"], seen["fd"], seen["sys"]) == ("pts/ptmx", "/proc/self/fd", True)
-    assert seen["cgroups"] == sorted(cgroups) and seen["cgroup_ro"] == "EROFS"
+    assert set(cgroups) <= set(seen["cgroups"]) and seen["cgroup_ro"] == "EROFS"
     assert seen["keys"] and seen["firmware"] == [] and seen["proc_sys"] == "EROFS"
     assert {"nosuid", "nodev", "noexec"} <= set(seen["shm"])
 
@@ -319,10 +325,16 @@ def test_a_bound_dev_gets_no_devices(root, tmp_path):
     assert inside(root, the_plan, lambda: os.listdir("/dev")) == []
 
 
-def test_the_console_is_the_slave_given(root, tmp_path):
-    (tmp_path / "pty").write_text("the terminal")
-    assert inside(root, Plan(BASICS), lambda: open("/dev/console").read(),
-                  console=str(tmp_path / "pty")) == "the terminal"
+def test_the_console_is_the_terminal_given(root):
+    """A terminal of the container's own devpts, opened in the new root."""
+    def check():
+        master, slave = os.openpty()
+        mounts.bind_console(os.ttyname(slave))
+        os.write(master, b"typed\n")
+        with open("/dev/console", "rb", buffering=0) as console:
+            return [os.ttyname(slave).startswith("/dev/pts/"), console.read(6).decode()]
+
+    assert inside(root, Plan(BASICS), check) == [True, "typed\n"]
 
 
 def test_tmpfs_options(root):
@@ -395,7 +407,8 @@ def test_root_propagation(root, propagation, tag):
     def check():
         return [t.split(":")[0] + ":" for t in mount_info("/")["optional"]]
 
-    assert inside(root, Plan(BASICS[:1], propagation=propagation), check, shared=True) == ([tag] if tag else [])
+    seen = inside(root, Plan(BASICS[:1], propagation=propagation), check, shared=True)
+    assert seen == ([tag] if tag else [])
 
 
 def test_masked_and_read_only_paths(root):
@@ -470,10 +483,17 @@ def test_a_mount_led_astray_is_refused(root, link, the_mount, message):
 
 
 def test_cgroup_v1_layout_with_comounted_controllers(root, tmp_path):
-    dirs = {name: tmp_path / name.replace(",", "+") for name in ("cpu,cpuacct", "memory")}
-    for path in dirs.values():
-        path.mkdir()
-        (path / "tasks").write_text("1\n")
+    hierarchies = [tmp_path / name for name in ("cpu,cpuacct", "memory")]
+    paths = {"cpu": f"{hierarchies[0]}/ctr", "cpuacct": f"{hierarchies[0]}/ctr",
+             "memory": f"{hierarchies[1]}/ctr"}
+
+    def stand_in_hierarchies():  # mounted as the host mounts them, in the child only
+        for hierarchy in hierarchies:
+            hierarchy.mkdir()
+            sc.mount("tmpfs", str(hierarchy), "tmpfs")
+            (hierarchy / "ctr").mkdir()
+            (hierarchy / "ctr" / "tasks").write_text("1\n")
+
     the_plan = Plan((BASICS[0],
                      Mount("/sys/fs/cgroup", "cgroup", "cgroup", HARDENED | sc.MS_RDONLY)))
 
@@ -483,11 +503,12 @@ def test_cgroup_v1_layout_with_comounted_controllers(root, tmp_path):
                 fails_with(lambda: write("/sys/fs/cgroup/memory/tasks")),
                 fails_with(lambda: os.mkdir("/sys/fs/cgroup/x"))]
 
-    seen = inside(root, the_plan, check, cgroup_dirs={k: str(v) for k, v in dirs.items()})
+    seen = inside(root, the_plan, check, before=stand_in_hierarchies, cgroup_paths=paths)
     assert seen == [["cpu", "cpu,cpuacct", "cpuacct", "memory"], "cpu,cpuacct", "1\n", "tmpfs",
                     "EROFS", "EROFS"]
 
 
 def test_cgroup_v2_is_a_cgroup2_mount(root):
     the_plan = Plan((BASICS[0], Mount("/sys/fs/cgroup", "cgroup", "cgroup", HARDENED)))
-    assert inside(root, the_plan, lambda: mount_info("/sys/fs/cgroup")["type"]) == "cgroup2"
+    assert inside(root, the_plan, lambda: mount_info("/sys/fs/cgroup")["type"],
+                  cgroup_paths={"unified": "/sys/fs/cgroup/unified"}) == "cgroup2"
