@@ -128,6 +128,11 @@ def test_options_are_read_as_runc_reads_them():
                            "mode=700,size=1m", copy_up=True)
 
 
+def test_the_options_honoured_are_listed():
+    assert {"nosuid", "rbind", "rslave", "strictatime", "tmpcopyup"} <= mounts.OPTIONS
+    assert not {"idmap", "ridmap", "rro", "mode=755"} & mounts.OPTIONS
+
+
 def test_a_bind_is_a_bind_whatever_its_type():
     parsed = mount(destination="/v", type="none", source="/srv", options=["rbind", "ro"])
     assert (parsed.type, parsed.flags) == ("bind", sc.MS_BIND | sc.MS_REC | sc.MS_RDONLY)

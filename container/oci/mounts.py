@@ -72,6 +72,9 @@ PROPAGATION = {
     "rshared": sc.MS_SHARED | sc.MS_REC, "shared": sc.MS_SHARED,
     "runbindable": sc.MS_UNBINDABLE | sc.MS_REC, "unbindable": sc.MS_UNBINDABLE,
 }
+#: every option honoured (what ``features`` lists as mountOptions); any other
+#: option but the refused ones is the file system's data
+OPTIONS = frozenset({*FLAGS, *PROPAGATION, "tmpcopyup"})
 _NEEDS_SETATTR = {"rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec",
                   "rnodiratime", "rdiratime", "rrelatime", "rnorelatime", "rnoatime", "ratime",
                   "rstrictatime", "rnostrictatime", "rnosymfollow", "rsymfollow"}
