@@ -22,7 +22,6 @@ from . import seccomp_profile as profile
 from . import syscalls as sc
 from .oci import seccomp as oci_seccomp
 from .oci.reader import Reader
-from .seccomp_profile import rules_for  # noqa: F401 (a public name of this module)
 
 DEFAULT_CAPABILITIES = frozenset({
     0,   # CHOWN

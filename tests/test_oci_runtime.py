@@ -182,7 +182,8 @@ def test_kill_all_reaches_every_process(runtime, bundle):
 
 
 def test_pause_and_resume(runtime, bundle, tmp_path):
-    created = runtime.create(bundle(["sh", "-c", "while :; do date +%s%N > /tmp/t; done"]))
+    created = runtime.create(bundle(["sh", "-c", "while :; do date +%s%N > /tmp/t; done"],
+                                    root={"path": "rootfs", "readonly": False}))
     runtime("start", created.id)
     beat = bundle.path / "rootfs/tmp/t"
     assert wait_for(beat.exists)
@@ -284,13 +285,11 @@ def test_run_in_the_foreground_passes_the_exit_code(runtime, bundle):
 
 def test_preserve_fds(runtime, bundle, tmp_path):
     passed = tmp_path / "passed"
-    with open(passed, "w") as f:
-        os.dup2(f.fileno(), 3, inheritable=True)
-        container_id = runtime.new_id()
-        done = subprocess.run([RUNTIME, "--root", str(runtime.root), "run", "--preserve-fds",
-                               "1", "--bundle", str(bundle(["sh", "-c", "echo via 3 >&3"])),
-                               container_id], pass_fds=(3,), capture_output=True, text=True)
-        os.close(3)
+    container_id = runtime.new_id()
+    done = subprocess.run(["sh", "-c", 'exec 3>"$0"; exec "$@"', str(passed), RUNTIME,
+                           "--root", str(runtime.root), "run", "--preserve-fds", "1",
+                           "--bundle", str(bundle(["sh", "-c", "echo via 3 >&3"])),
+                           container_id], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert passed.read_text() == "via 3\n"
 

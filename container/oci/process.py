@@ -236,7 +236,9 @@ def become_user(process: Process) -> None:
         sc.set_capabilities(caps.effective & known, caps.permitted & known,
                             caps.inheritable & known)
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-        for cap in caps.ambient & known:
+        # The kernel keeps an ambient capability only if it is permitted and
+        # inheritable; runc leaves the others out, as here.
+        for cap in caps.ambient & caps.permitted & caps.inheritable & known:
             sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
     if process.no_new_privileges:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
