@@ -17,8 +17,10 @@ from . import (CONTAINER, PARENT, UNION_CPU_SHARES, CgroupError, Stats, home_of,
                read_keyed, remove_dirs, remove_tree, share_of, union_of, write, write_settings)
 from .resources import Resources
 
+#: every hierarchy a container joins where the machine mounts it: runc's
+#: list, so the container's /sys/fs/cgroup shows what runc's shows
 CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "devices", "freezer", "blkio",
-               "hugetlb")
+               "hugetlb", "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
 NO_DEVICES = "this machine has no cgroup devices hierarchy to confine devices with"
 #: swap the kernel does not account is not limited: "unlimited" holds anyway
 UNLIMITED_SWAP = ("memory.memsw.limit_in_bytes", "-1")
