@@ -11,6 +11,7 @@ processes, the runtime's state.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -132,3 +133,50 @@ def test_a_terminal_through_the_console_socket(podman):
     assert done.returncode == 6, done.stdout + done.stderr
     assert "/dev/pts/" in done.stdout
     on(podman, "rm", "-f", "-t", "0", "t1")
+
+
+#: What a container reports of itself, compared between runc and
+#: pycontainer-runtime under the same podman command.
+PROBE = r"""
+grep -E '^(Cap|NoNewPrivs|Seccomp:|Groups)' /proc/self/status
+echo "id $(id -u):$(id -g) $(id -G)"
+echo "hostname $(hostname) oom $(cat /proc/self/oom_score_adj) umask $(umask)"
+echo "nofile $(ulimit -n) nproc $(ulimit -u) pwd $(pwd)"
+awk '{ sep = 0; for (i = 7; i <= NF; i++) if ($i == "-") sep = i;
+       print "mount", $5, $6, $(sep + 1) }' /proc/self/mountinfo | sort
+ls -A /dev | tr '\n' ' '; echo
+ls -A /data 2>&1 | tr '\n' ' '; echo
+cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/msgmax
+for f in memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes pids/pids.max \
+         cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us cpu/cpu.shares cpuset/cpuset.cpus; do
+  echo "$f $(cat /sys/fs/cgroup/$f 2>&1)"; done
+touch /rootfile 2>&1 && echo "root writable"
+exit 3
+"""
+FLAG_SETS = {
+    "defaults": [],
+    "limits": ["--memory", "64m", "--memory-swap", "96m", "--pids-limit", "40", "--cpus", "0.5",
+               "--cpu-shares", "512", "--cpuset-cpus", "0"],
+    "user": ["--user", "1000:1000", "--group-add", "27", "--workdir", "/tmp",
+             "--oom-score-adj", "100", "--security-opt", "no-new-privileges"],
+    "capabilities": ["--cap-drop", "all", "--cap-add", "NET_ADMIN", "--cap-add", "SYS_TIME"],
+    "mounts": ["--read-only", "--tmpfs", "/data",
+               "--sysctl", "net.ipv4.ip_forward=1", "--sysctl", "kernel.msgmax=4096"],
+    "devices": ["--device", "/dev/fuse", "--device", "/dev/null:/dev/mynull"],
+    "privileged": ["--privileged"],
+}
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS.values(), ids=FLAG_SETS.keys())
+def test_podman_flags_give_what_runc_gives(podman, flags, request):
+    if "pyunion" in request.node.callspec.id:
+        pytest.skip("compared once, on the kernel's storage")
+    outputs = {}
+    for runtime in ("runc", RUNTIME):
+        done = podman("--runtime", runtime, "run", "--rm", "--network", "none",
+                      "--hostname", "probe", *flags,
+                      "localhost/busybox", "sh", "-c", PROBE, check=False)
+        assert done.returncode == 3, done.stderr
+        outputs[runtime] = [re.sub(r"^mount (\S+) \S+", r"mount \1", line)
+                            for line in done.stdout.splitlines()]
+    assert outputs[RUNTIME] == outputs["runc"]

@@ -25,7 +25,7 @@ from . import inside
 from . import namespaces as oci_namespaces
 from .create import CreateError, write_pid_file
 from .lifecycle import stored_config
-from .process import Process, execute
+from .process import Process
 from .state import StateError, Store, start_time, status
 from .sync import READY, Channel, spawn
 
@@ -103,12 +103,11 @@ def _become(process: Process, channel: Channel, console, seccomp, preserve_fds: 
     try:
         if console is not None:
             inside.take_terminal(process, console)
-        path = inside.become(process, seccomp)
+        path = inside.prepare(process)
+        inside.confine(process, seccomp)
         channel.send(READY)
         channel.close()
-        if seccomp is not None and process.no_new_privileges:
-            seccomp.load()
-        execute(process, path, preserve_fds)
+        inside.run(process, path, seccomp, preserve_fds)
     except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
         channel.fail(exc)
     os._exit(inside.FAILED_AFTER_START)

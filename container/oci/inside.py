@@ -57,7 +57,7 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
         oci_mounts.setup(config.root, config.mounts, cgroup_paths, before_pivot)
         if console is not None:
             oci_mounts.bind_console(take_terminal(config.process, console))
-        path = become(config.process, seccomp)
+        path = prepare(config.process)
         channel.send(READY)
     except Exception as exc:  # noqa: BLE001 - reported to the runtime, which fails create
         channel.fail(exc)
@@ -65,10 +65,9 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
     channel.close()
     try:
         _wait_for_start(fifo_fd)
+        confine(config.process, seccomp)
         oci_hooks.run(config.hooks, "startContainer", state)
-        if seccomp is not None and config.process.no_new_privileges:
-            seccomp.load()
-        oci_process.execute(config.process, path, preserve_fds)
+        run(config.process, path, seccomp, preserve_fds)
     except Exception as exc:  # noqa: BLE001 - the container's stderr is the engine's log
         print(f"pycontainer-runtime: {exc}", file=sys.stderr, flush=True)
     os._exit(FAILED_AFTER_START)
@@ -81,16 +80,31 @@ def _write_sysctls(config: Config) -> None:
             f.write(value)
 
 
-def become(process: oci_process.Process, seccomp) -> str:
-    """Limits, seccomp (when it must come early), user and capabilities,
-    working directory; the command's path, looked up."""
+def prepare(process: oci_process.Process) -> str:
+    """As root: limits set, the working directory made; then, with the
+    user's effective IDs (the permissions are the user's), into it, and
+    the command looked up: its path.  The process stays root, so it can
+    still wait on the FIFO that only root may open."""
     oci_process.set_limits(process)
+    os.makedirs(process.cwd, exist_ok=True)
+    with oci_process.effective_user(process.user):
+        os.chdir(process.cwd)
+        return oci_process.look_up(process)
+
+
+def confine(process: oci_process.Process, seccomp) -> None:
+    """Become the user with the capabilities asked for; a seccomp filter
+    loaded first if it needs CAP_SYS_ADMIN to load (no noNewPrivileges)."""
     if seccomp is not None and not process.no_new_privileges:
         seccomp.load()
-    os.makedirs(process.cwd, exist_ok=True)
     oci_process.become_user(process)
-    os.chdir(process.cwd)
-    return oci_process.look_up(process)
+
+
+def run(process: oci_process.Process, path: str, seccomp, preserve_fds: int) -> None:
+    """The last steps: a filter that could wait for noNewPrivileges, exec."""
+    if seccomp is not None and process.no_new_privileges:
+        seccomp.load()
+    oci_process.execute(process, path, preserve_fds)
 
 
 def take_terminal(process: oci_process.Process, console: socket.socket) -> str:

@@ -206,6 +206,20 @@ def _check_executable(name: str, path: str) -> None:
         raise OSError(f'exec: "{name}": permission denied')
 
 
+@contextlib.contextmanager
+def effective_user(user: User):
+    """Act with ``user``'s effective IDs and groups, then be root again
+    (the real and saved IDs stay root's)."""
+    os.setgroups(list(user.additional_gids))
+    os.setegid(user.gid)
+    os.seteuid(user.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 def set_limits(process: Process) -> None:
     """Resource limits and the OOM score: while still root."""
     for limit in process.rlimits:
