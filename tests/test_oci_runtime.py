@@ -268,6 +268,29 @@ def test_hooks_get_the_state(runtime, bundle, tmp_path):
     assert json.loads((marks / "poststop").read_text())["id"] == created.id
 
 
+def test_container_hooks_run_in_the_container(runtime, bundle, tmp_path):
+    """createContainer runs in the container's namespaces before
+    pivot_root (the host's files still show), startContainer after start
+    in the container's root, just before the command."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hooks = {"createContainer": [{"path": "/bin/sh", "args": [
+                 "sh", "-c", f"hostname > {marks}/createContainer; cat >> {marks}/createContainer"]}],
+             "startContainer": [{"path": "/bin/sh", "args": [
+                 "sh", "-c", "(cat; echo; readlink /proc/self/ns/pid) > /tmp/startContainer"]}]}
+    created = runtime.create(bundle(["cat", "/tmp/startContainer"], hooks=hooks,
+                                    root={"path": "rootfs", "readonly": False}))
+    pid_namespace = os.readlink(f"/proc/{created.pid}/ns/pid")
+    lines = (marks / "createContainer").read_text().splitlines()
+    assert lines[0] == "pycontainer"  # the container's uts namespace
+    assert json.loads(lines[1])["id"] == created.id
+    assert not (bundle.path / "rootfs/tmp/startContainer").exists()
+    runtime("start", created.id)
+    assert created.exit_code() == 0
+    started = (bundle.path / "rootfs/tmp/startContainer").read_text().splitlines()
+    assert json.loads(started[0])["id"] == created.id and started[1] == pid_namespace
+
+
 def test_a_failing_hook_fails_create_and_leaves_nothing(runtime, bundle):
     hooks = {"createRuntime": [{"path": "/bin/false"}]}
     created = runtime.create(bundle(["true"], hooks=hooks))
