@@ -30,6 +30,7 @@ from . import config as oci_config
 from . import lifecycle, spec_template
 from . import process as oci_process
 from .create import CreateError, connect_console, create
+from .inside import CreateOptions
 from .exec import exec_process, wait_for
 from .hooks import HookError
 from .reader import ConfigError, Reader
@@ -114,7 +115,9 @@ def _create_options(function):
             click.option("--console-socket", metavar="PATH",
                          help="Send the terminal's master side to this unix socket."),
             click.option("--pid-file", metavar="FILE", help="Write the process's PID here."),
-            click.option("--no-pivot", is_flag=True, help="Refused: pivot_root always."),
+            click.option("--no-pivot", is_flag=True,
+                         help="Move the root over / and chroot, for roots pivot_root "
+                              "refuses (weaker, as runc's)."),
             click.option("--no-new-keyring", is_flag=True,
                          help="Keep the caller's session keyring."),
             click.option("--preserve-fds", type=click.IntRange(0), default=0,
@@ -137,12 +140,10 @@ def create_command(store: Store, container_id: str, bundle: str, console_socket:
 
 def _create(store, container_id, bundle, console_socket, pid_file, no_pivot, no_new_keyring,
             preserve_fds, console=None):
-    if no_pivot:
-        raise CreateError("--no-pivot: not supported, the root is always pivoted to")
     if console_socket is not None:
         console = connect_console(console_socket)
-    create(store, container_id, bundle, pid_file, console, preserve_fds,
-           new_keyring=not no_new_keyring)
+    create(store, container_id, bundle, pid_file, console,
+           CreateOptions(preserve_fds, new_keyring=not no_new_keyring, no_pivot=no_pivot))
 
 
 @cli.command()

@@ -28,6 +28,7 @@ from ..cgroups.resources import inner_path
 from . import config as oci_config
 from . import hooks as oci_hooks
 from . import inside, state as oci_state
+from .inside import CreateOptions
 from .namespaces import Joiner
 from .state import Record, Store
 from .sync import GO, HOOKS, READY, Channel, spawn
@@ -38,8 +39,8 @@ class CreateError(RuntimeError):
 
 
 def create(store: Store, container_id: str, bundle: str, pid_file: str | None = None,
-           console: socket.socket | None = None, preserve_fds: int = 0,
-           new_keyring: bool = True) -> Record:
+           console: socket.socket | None = None,
+           options: CreateOptions = CreateOptions()) -> Record:
     """``console``: where the terminal's master side goes (see
     :func:`connect_console`), needed by a process with a terminal."""
     config = oci_config.load(bundle)
@@ -60,8 +61,7 @@ def create(store: Store, container_id: str, bundle: str, pid_file: str | None = 
         os.mkfifo(store.fifo(container_id), 0o600)
         made.group = cgroups.create_at(inner_path(config.cgroups_path, container_id))
         made.group.apply(config.resources)
-        record = _start_process(store, container_id, config, made, console,
-                                preserve_fds, new_keyring)
+        record = _start_process(store, container_id, config, made, console, options)
         if pid_file:
             write_pid_file(pid_file, record.pid)
     except BaseException:
@@ -89,17 +89,16 @@ class _Made:
 
 
 def _start_process(store: Store, container_id: str, config: oci_config.Config, made: _Made,
-                   console: socket.socket | None, preserve_fds: int,
-                   new_keyring: bool) -> Record:
+                   console: socket.socket | None, options: CreateOptions) -> Record:
     seccomp = config.seccomp.compile() if config.seccomp else None
     joiner = Joiner(config.namespaces)
     fifo_fd = os.open(store.fifo(container_id), os.O_PATH | os.O_CLOEXEC)
-    keep = (*range(3, 3 + preserve_fds), *joiner.fds, fifo_fd,
+    keep = (*range(3, 3 + options.preserve_fds), *joiner.fds, fifo_fd,
             *([console.fileno()] if console else []))
 
     def first_process(channel: Channel) -> NoReturn:
         inside.boot(config, container_id, channel, joiner, fifo_fd, console, seccomp,
-                    made.group.paths, new_keyring, preserve_fds)
+                    made.group.paths, options)
 
     try:
         made.pid, channel = spawn(made.group, keep, joiner.pid_step, first_process)

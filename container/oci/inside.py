@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import termios
+from dataclasses import dataclass
 from typing import NoReturn
 
 from .. import syscalls as sc
@@ -33,15 +34,23 @@ from .sync import GO, HOOKS, READY, Channel
 FAILED_AFTER_START = 127  # the exit code when the command cannot run after ``start``
 
 
+@dataclass(frozen=True)
+class CreateOptions:
+    """What ``create``'s command line adds to the config."""
+    preserve_fds: int = 0      # descriptors 3.. passed on to the command
+    new_keyring: bool = True   # a session keyring of the container's own
+    no_pivot: bool = False     # chroot, not pivot_root
+
+
 def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fifo_fd: int,
          console: socket.socket | None, seccomp, cgroup_paths: dict[str, str],
-         new_keyring: bool, preserve_fds: int) -> NoReturn:
+         options: CreateOptions) -> NoReturn:
     """Be the container's first process until its command runs (call in
     the forked child, which is PID 1 of a new pid namespace if it has one)."""
     state = {}
     try:
         joiner.rest()
-        if new_keyring:
+        if options.new_keyring:
             sc.join_session_keyring(container_id)
         if config.hostname:
             sc.sethostname(config.hostname)
@@ -54,7 +63,8 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
             oci_hooks.run(config.hooks, "createContainer", state)
             _write_sysctls(config)
 
-        oci_mounts.setup(config.root, config.mounts, cgroup_paths, before_pivot)
+        oci_mounts.setup(config.root, config.mounts, cgroup_paths, before_pivot,
+                         options.no_pivot)
         if console is not None:
             oci_mounts.bind_console(take_terminal(config.process, console))
         path = prepare(config.process)
@@ -67,7 +77,7 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
         _wait_for_start(fifo_fd)
         confine(config.process, seccomp)
         oci_hooks.run(config.hooks, "startContainer", state)
-        run(config.process, path, seccomp, preserve_fds)
+        run(config.process, path, seccomp, options.preserve_fds)
     except Exception as exc:  # noqa: BLE001 - the container's stderr is the engine's log
         print(f"pycontainer-runtime: {exc}", file=sys.stderr, flush=True)
     os._exit(FAILED_AFTER_START)

@@ -219,12 +219,15 @@ def _absolute_items(reader: Reader, key: str) -> list[str]:
 
 
 def setup(root: str, plan: Plan, cgroup_paths: Mapping[str, str] | None = None,
-          before_pivot: Callable[[], None] | None = None) -> None:
+          before_pivot: Callable[[], None] | None = None, no_pivot: bool = False) -> None:
     """Everything up to a read-only root; the caller is then in it.
     ``cgroup_paths``: the container's cgroup, controller -> directory (v1)
     or ``unified`` -> directory (v2), for a ``cgroup`` mount;
     ``before_pivot``: what runs with everything mounted, just before
-    ``pivot_root`` (the createContainer hooks)."""
+    ``pivot_root`` (the createContainer hooks); ``no_pivot``: move the
+    root over ``/`` and chroot into it instead, as ``runc --no-pivot`` does
+    for roots pivot_root refuses (a ramfs) -- weaker, as runc warns: a
+    process with CAP_SYS_CHROOT may climb out of a chroot."""
     root = os.path.realpath(root)
     private_or_slave = plan.propagation & (sc.MS_PRIVATE | sc.MS_SLAVE)
     sc.mount("none", "/", None, plan.propagation)
@@ -238,8 +241,12 @@ def setup(root: str, plan: Plan, cgroup_paths: Mapping[str, str] | None = None,
     if before_pivot is not None:
         before_pivot()
     os.chdir(root)
-    sc.pivot_root(".", ".")
-    sc.umount(".", sc.MNT_DETACH)
+    if no_pivot:
+        sc.mount(root, "/", None, sc.MS_MOVE)
+        os.chroot(".")
+    else:
+        sc.pivot_root(".", ".")
+        sc.umount(".", sc.MNT_DETACH)
     os.chdir("/")
     if not private_or_slave:
         sc.mount("none", "/", None, plan.propagation)
