@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
@@ -279,8 +280,8 @@ def test_podmans_full_list(root, tmp_path):
             "fd": os.readlink("/dev/fd"),
             "sys": "ro" in mount_info("/sys")["options"],
             "cgroups": sorted(os.listdir("/sys/fs/cgroup")),
-            "cgroup_ro": fails_with(lambda: os.mkdir(
-                f"/sys/fs/cgroup/{next(iter(cgroups))}/x")),
+            "cgroup_ro": fails_with(lambda: os.mkdir(  # a name nobody else makes
+                f"/sys/fs/cgroup/{next(iter(cgroups))}/{uuid.uuid4().hex}")),
             "keys": os.stat("/proc/keys").st_rdev == null.st_rdev,
             "firmware": os.listdir("/sys/firmware"),
             "proc_sys": fails_with(lambda: write("/proc/sys/kernel/hostname")),

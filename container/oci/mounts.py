@@ -319,12 +319,12 @@ def _check_target(plan: Plan, mount: Mount, inside: str, target: str) -> None:
                           f"not through a link to {inside}")
         if not os.path.isdir(target):
             raise OSError(f"{mount.type} goes on a directory; {inside} is not one")
-    why = proc_refusal(inside, mount)
-    if why:
-        raise OSError(f"mount target {mount.destination} leads to {why}")
     if mount.is_bind and any(inside == p or inside.startswith(p + "/") for p in plan.guarded):
         raise OSError(f"mount target {mount.destination} leads to {inside}, "
                       "which the runtime mounts")
+    why = proc_refusal(inside, mount)
+    if why:
+        raise OSError(f"mount target {mount.destination} leads to {why}")
 
 
 def _after_mount(root: str, mount: Mount, inside: str) -> None:
