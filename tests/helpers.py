@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -128,3 +129,36 @@ def process_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+#: Joins the cgroups whose ``cgroup.procs`` files follow its first argument,
+#: makes the device nodes that argument names (JSON: name -> [b or c,
+#: major, minor]) in ``$DIR``, and prints what opening each for reading gave.
+_NODE_PROBE = """
+import errno, json, os, stat, sys
+for procs in sys.argv[2:]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+said = {}
+for name, (kind, major, minor) in json.loads(sys.argv[1]).items():
+    path = os.path.join(os.environ["DIR"], name)
+    os.mknod(path, (stat.S_IFBLK if kind == "b" else stat.S_IFCHR) | 0o600,
+             os.makedev(major, minor))
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        said[name] = "opened"
+    except OSError as exc:
+        said[name] = errno.errorcode[exc.errno]
+print(json.dumps(said))
+"""
+
+
+def open_nodes(directory, nodes: dict, procs_files) -> dict[str, str]:
+    """What opening each of ``nodes`` gave a process in the cgroups whose
+    ``procs_files`` are given (see _NODE_PROBE); ``directory`` is made."""
+    os.makedirs(directory, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", _NODE_PROBE, json.dumps(nodes), *procs_files],
+                          env={**os.environ, "DIR": str(directory)}, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -2,11 +2,9 @@
 real process in a real cgroup, then a hostile container that makes nodes
 for the host's disk and kernel log.  Disks are only ever opened to read."""
 
-import json
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 
@@ -14,40 +12,17 @@ from container import cgroups
 from container.cgroups import devices, devices_bpf, v1, v2
 from container.spec import Limits
 from conftest import PYCONTAINER
+from helpers import open_nodes
 
 HOST_DISK = (os.major(os.stat("/").st_dev), os.minor(os.stat("/").st_dev))
 #: Some hosts refuse even their root the disk (EPERM) whatever the rules;
 #: a loop device, which the host lets root open, shows what they deny.
 LOOP = (7, 0)
 
-#: Joins the cgroups given as arguments, makes nodes in a directory of
-#: its own, and says what opening each (for reading) gave.
-PROBE = """
-import errno, json, os, stat, sys
-for procs in sys.argv[2:]:
-    with open(procs, "w") as f:
-        f.write(str(os.getpid()))
-nodes = {"disk": (stat.S_IFBLK, *json.loads(sys.argv[1])), "loop": (stat.S_IFBLK, 7, 0),
-         "kmsg": (stat.S_IFCHR, 1, 11),
-         "null": (stat.S_IFCHR, 1, 3), "pts": (stat.S_IFCHR, 136, 1 << 19)}
-said = {}
-for name, (kind, major, minor) in nodes.items():
-    path = os.path.join(os.environ["DIR"], name)
-    os.mknod(path, kind | 0o600, os.makedev(major, minor))
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        said[name] = "opened"
-    except OSError as exc:
-        said[name] = errno.errorcode[exc.errno]
-print(json.dumps(said))
-"""
-
-
 def probe(tmp_path, *procs_files):
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HOST_DISK), *procs_files],
-                          env={**os.environ, "DIR": str(tmp_path)}, capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout)
+    nodes = {"disk": ["b", *HOST_DISK], "loop": ["b", 7, 0], "kmsg": ["c", 1, 11],
+             "null": ["c", 1, 3], "pts": ["c", 136, 1 << 19]}
+    return open_nodes(tmp_path / "nodes", nodes, procs_files)
 
 
 #: no such pts exists, but the device rules let it be tried

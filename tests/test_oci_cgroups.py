@@ -20,6 +20,7 @@ from container.cgroups.resources import (BlockIO, Cpu, HugepageLimit, Memory, Re
                                          ThrottleDevice, WeightDevice)
 from container.oci.reader import ConfigError, Reader
 from container.spec import Limits
+from helpers import open_nodes
 
 UNIFIED = cgroups.ROOT if cgroups.is_pure_v2() else "/sys/fs/cgroup/unified"
 V1 = not cgroups.is_pure_v2() and os.path.exists("/sys/fs/cgroup/devices/devices.list")
@@ -387,29 +388,8 @@ def test_v1_block_io_weight_refused_where_missing(v1_group):
         v1_group.apply(parse({"blockIO": {"weight": 300}}))
 
 
-#: Joins the cgroups given as arguments, makes nodes in a directory of its
-#: own, and says what opening each (for reading) gave.
-PROBE = """
-import errno, json, os, stat, sys
-for procs in sys.argv[1:]:
-    with open(procs, "w") as f:
-        f.write(str(os.getpid()))
-nodes = {"kmsg": (stat.S_IFCHR, 1, 11), "null": (stat.S_IFCHR, 1, 3),
-         "loop0": (stat.S_IFBLK, 7, 0), "loop1": (stat.S_IFBLK, 7, 1)}
-said = {}
-for name, (kind, major, minor) in nodes.items():
-    path = os.path.join(os.environ["DIR"], name)
-    os.mknod(path, kind | 0o600, os.makedev(major, minor))
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        said[name] = "opened"
-    except OSError as exc:
-        said[name] = errno.errorcode[exc.errno]
-print(json.dumps(said))
-"""
-
-#: the config's rules: the kernel log readable, loop1 too, loop0 allowed
-#: then denied
+#: the nodes each probe makes
+NODES = {"kmsg": ["c", 1, 11], "null": ["c", 1, 3], "loop0": ["b", 7, 0], "loop1": ["b", 7, 1]}
 DEVICES = {"devices": [{"allow": False, "access": "rwm"},
                        {"allow": True, "type": "c", "major": 1, "minor": 11, "access": "r"},
                        {"allow": True, "type": "b", "major": 7, "minor": 0, "access": "rw"},
@@ -424,12 +404,7 @@ ALLOWED_LOOP = ("opened", "ENXIO")
 
 
 def probe(directory, group) -> dict:
-    directory.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, *(f"{p}/cgroup.procs" for p in group.paths.values())],
-        env={**os.environ, "DIR": str(directory)}, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return open_nodes(directory, NODES, [f"{p}/cgroup.procs" for p in group.paths.values()])
 
 
 #: what the probe says under each list of rules (a loop device the rules
