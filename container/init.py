@@ -26,7 +26,6 @@ import fcntl
 import os
 import signal
 import socket
-import struct
 import termios
 from typing import NoReturn
 
@@ -39,7 +38,6 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
 RUNTIME_ERROR, CANNOT_EXECUTE, NOT_FOUND = 125, 126, 127
 INIT_CAPABILITIES = frozenset({5})  # CAP_KILL
 TITLE = "pycontainer-init"
-_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def exit_code(status: int) -> int:
@@ -64,7 +62,7 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
         if spec.network == "none":
-            _loopback_up()
+            sc.loopback_up()
         if console is not None:
             terminal.use_as_stdio(terminal.open_in_container(console))
         security.confine(0, 0, seccomp)
@@ -167,12 +165,3 @@ def _fail(errors: int, code: int, message: str) -> NoReturn:
         os.write(errors, (message.replace("\n", " ") + "\n").encode())
     finally:
         os._exit(code)
-
-
-def _loopback_up() -> None:
-    """Bring ``lo`` up in the new network namespace (an ioctl: no netlink
-    library needed for that)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        request = struct.pack("16sH14s", b"lo", 0, b"")
-        flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))

@@ -6,7 +6,10 @@ uapi headers.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import socket
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -152,3 +155,15 @@ def join_session_keyring(name: str) -> None:
 def setdomainname(name: str) -> None:
     raw = name.encode()
     _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
+
+
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in this network namespace (an ioctl: no netlink
+    library needed for that)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))

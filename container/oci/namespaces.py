@@ -98,6 +98,8 @@ class Joiner:
         others = self._new & ~sc.CLONE_NEWPID
         if others & ~sc.CLONE_NEWCGROUP:
             sc.unshare(others & ~sc.CLONE_NEWCGROUP)
+        if others & sc.CLONE_NEWNET:  # a new one has its loopback down; runc's is up
+            sc.loopback_up()
         if others & sc.CLONE_NEWCGROUP:
             sc.unshare(sc.CLONE_NEWCGROUP)
 
