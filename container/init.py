@@ -57,7 +57,7 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
     errors, began = pipes
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        _set_process_title(TITLE)
+        set_process_title(TITLE)
         seccomp = security.SeccompFilter() if spec.seccomp else None
         rootfs.prepare(root, spec, etc_dir)
         sc.sethostname(spec.hostname)
@@ -71,6 +71,12 @@ def run(spec: ContainerSpec, root: str, etc_dir: str, pipes: tuple[int, int],
     command = _start_command(spec, errors)
     os.close(errors)
     os.close(began)
+    serve(command)
+
+
+def serve(command: int) -> NoReturn:
+    """Be init to ``command``: forward it the signals the container is
+    sent, reap every orphan, and exit with its status."""
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _: _forward(command, signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
@@ -94,23 +100,25 @@ def _start_command(spec: ContainerSpec, errors: int) -> int:
         exec_command(spec, errors)
     os.close(confined_r)
     try:
-        _keep_only_init_capabilities()
+        keep_only_init_capabilities()
     except OSError as exc:
         _fail(errors, RUNTIME_ERROR, f"cannot confine the container's init: {exc}")
     os.close(confined_w)
     return command
 
 
-def _keep_only_init_capabilities() -> None:
-    """Give up the command's capabilities, once it has them, all but
+def keep_only_init_capabilities() -> None:
+    """Give up every capability, once the command has its own, but
     CAP_KILL: forwarding a signal to a command of another uid needs it;
     reaping needs none."""
-    for cap in security.DEFAULT_CAPABILITIES - INIT_CAPABILITIES:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in set(range(last + 1)) - INIT_CAPABILITIES:
         sc.prctl(sc.PR_CAPBSET_DROP, cap)
     sc.capset(set(INIT_CAPABILITIES))
 
 
-def _set_process_title(title: str) -> None:
+def set_process_title(title: str) -> None:
     """What ``ps`` shows for PID 1: its name, not the host's path to the
     pycontainer program it was forked from.  The command line lives in this
     process's own memory (between ``arg_start`` and ``arg_end``); it is

@@ -315,6 +315,29 @@ def test_no_pivot_moves_the_root_over_slash(runtime, bundle):
     assert "bin" in done.stdout.split() and "linuxrc" in done.stdout.split()
 
 
+def test_an_init_as_pid_1_when_annotated(runtime, bundle):
+    """``io.pycontainer.init``: PID 1 is a small init, confined to
+    CAP_KILL, that passes signals on to the command and exits with its
+    status (the command, PID 2, is what SIGTERM reaches)."""
+    annotated = {"annotations": {"io.pycontainer.init": "true"}}
+    container_id = runtime.new_id()
+    done = runtime("run", "--bundle", str(bundle(
+        ["sh", "-c", "cat /proc/1/comm; echo $$; grep -E '^(CapBnd|NoNewPrivs)' /proc/1/status"],
+        **annotated)), container_id)
+    assert done.returncode == 0, done.stderr
+    # comm holds a name's first 15 bytes
+    assert done.stdout.split() == ["pycontainer-ini", "2", "CapBnd:", "0000000000000020",
+                                   "NoNewPrivs:", "1"]
+    created = runtime.create(bundle(["sleep", "100"], **annotated))
+    runtime("start", created.id)
+    assert wait_for(lambda: len(json.loads(runtime("ps", "--format", "json",
+                                                   created.id).stdout)) == 2)
+    assert runtime("kill", created.id, "TERM").returncode == 0
+    assert created.exit_code() == 143  # sleep, not PID 1, took the default action
+    created = runtime.create(bundle(["true"], annotations={"io.pycontainer.init": "yes"}))
+    assert "annotations.io.pycontainer.init: must be true or false" in created.failure()
+
+
 def test_preserve_fds(runtime, bundle, tmp_path):
     passed = tmp_path / "passed"
     container_id = runtime.new_id()

@@ -17,6 +17,7 @@ from . import process as oci_process
 from . import seccomp as oci_seccomp
 from .reader import ConfigError, Reader
 
+INIT_ANNOTATION = "io.pycontainer.init"
 #: sysctls a container may set: the namespaced ones, each with the
 #: namespace it needs of its own (runc's list)
 _IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
@@ -38,6 +39,7 @@ class Config:
     cgroups_path: str = ""
     sysctl: dict[str, str] = field(default_factory=dict)
     seccomp: oci_seccomp.Seccomp | None = None
+    init: bool = False  # annotation io.pycontainer.init: an init as PID 1
 
 
 def load(bundle: str) -> Config:
@@ -82,7 +84,8 @@ def parse(data: dict, bundle: str) -> Config:
         resources=oci_resources.parse(linux.take_object("resources")),
         cgroups_path=oci_resources.parse_path(linux),
         sysctl=_sysctl(linux, namespaces),
-        seccomp=_seccomp(linux))
+        seccomp=_seccomp(linux),
+        init=_init(top, annotations))
     for key in ("uidMappings", "gidMappings", "timeOffsets", "intelRdt", "personality",
                 "netDevices", "memoryPolicy"):
         linux.refuse(key)
@@ -98,6 +101,16 @@ def _name(top: Reader, key: str, namespaces) -> str | None:
     if name and not oci_namespaces.has_own(namespaces, "uts"):
         raise top.error(key, "needs a uts namespace of the container's own")
     return name
+
+
+def _init(top: Reader, annotations: dict[str, str]) -> bool:
+    """``io.pycontainer.init``: "true" runs a small init as PID 1 that
+    forwards signals to the command and reaps orphans (docker's and
+    podman's ``--init``, built in)."""
+    value = annotations.get(INIT_ANNOTATION, "false")
+    if value not in ("true", "false"):
+        raise top.error(f"annotations.{INIT_ANNOTATION}", "must be true or false")
+    return value == "true"
 
 
 def _seccomp(linux: Reader) -> oci_seccomp.Seccomp | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -23,6 +24,7 @@ import termios
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .. import init
 from .. import syscalls as sc
 from . import hooks as oci_hooks
 from . import mounts as oci_mounts
@@ -67,6 +69,8 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
                          options.no_pivot)
         if console is not None:
             oci_mounts.bind_console(take_terminal(config.process, console))
+        if config.init:
+            _fork_under_init(channel, fifo_fd, seccomp)
         path = prepare(config.process)
         channel.send(READY)
     except Exception as exc:  # noqa: BLE001 - reported to the runtime, which fails create
@@ -81,6 +85,36 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
     except Exception as exc:  # noqa: BLE001 - the container's stderr is the engine's log
         print(f"pycontainer-runtime: {exc}", file=sys.stderr, flush=True)
     os._exit(FAILED_AFTER_START)
+
+
+def _fork_under_init(channel: Channel, fifo_fd: int, seccomp) -> None:
+    """With ``io.pycontainer.init``: fork the command's process, which
+    returns to go on with the set-up once this one, PID 1, is confined:
+    only CAP_KILL, no_new_privs, the container's seccomp filter (nothing in
+    the container ever sees a PID 1 stronger than itself).  This one then
+    forwards signals to the command, reaps, and exits with its status."""
+    confined_r, confined_w = os.pipe()
+    command = os.fork()
+    if command == 0:
+        os.close(confined_w)
+        os.read(confined_r, 1)  # end of file: init is confined
+        os.close(confined_r)
+        return
+    os.close(confined_r)
+    os.close(fifo_fd)
+    try:
+        init.set_process_title(init.TITLE)
+        init.keep_only_init_capabilities()
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        if seccomp is not None:
+            seccomp.load()
+    except Exception as exc:  # noqa: BLE001 - reported to the runtime, which fails create
+        channel.fail(exc)
+        os.kill(command, signal.SIGKILL)
+        os._exit(1)
+    channel.close()
+    os.close(confined_w)
+    init.serve(command)
 
 
 def _write_sysctls(config: Config) -> None:
