@@ -7,6 +7,7 @@ mount ready, which every container start waits for.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -81,8 +82,10 @@ def time_commands(podman: Podman, args: tuple[str, ...], runs: int, warmups: int
 
 
 def last_line(error: PodmanError) -> str:
-    """podman's last words, short enough for a table cell."""
-    return str(error).strip().splitlines()[-1][:200]
+    """podman's last words, short enough for a table cell: from the exit
+    status on, the command line being the row's own."""
+    line = str(error).strip().splitlines()[-1]
+    return re.sub(r"^podman .*? (exited -?\d+: )", r"\1", line)[:200]
 
 
 def _time_mounts(program: str | None, lower: str, base: Path, runs: int, warmups: int,

@@ -91,6 +91,6 @@ def _under_podman(runtime: str, tar: Path, runs: int, warmups: int, run: Result,
     except PodmanError as exc:  # recorded in the report, the run goes on
         failing.error = last_line(exc)
         if failing is run:
-            into.error = "not measured: run failed"
+            into.error = "run failed first"
     finally:
         podman.tear_down()
