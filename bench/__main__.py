@@ -11,7 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import containers, pagecache, podman, report, runner, systems, udba, workloads
+from . import (containers, pagecache, podman, report, runner, runtimes, systems, udba,
+               workloads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="where the branches are built (its file system is recorded)")
     parser.add_argument("--only", help="run only workloads whose name contains this "
-                        "('containers' for the container ones, 'podman' for podman's)")
+                        "('containers' for the container ones, 'podman' for podman's, "
+                        "'runtimes' for the OCI runtimes')")
     args = parser.parse_args(argv)
     runs = args.runs or (3 if args.quick else 5)
     chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only or args.only in "podman":
             results += podman.measure(args.quick, runs, 1, Path(work), progress)
             what.update(podman.WHAT)
+        if not args.only or args.only in "runtimes":
+            results += runtimes.measure(runs, 1, Path(work), progress)
+            what.update(runtimes.WHAT)
         facts = report.machine_facts(Path(work))
     table = report.write(results, facts, what, args.out)
     print(table)

@@ -29,8 +29,8 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
     rootfs = images.build_busybox()
     progress(f"{START} on pycontainer")
     # No network on either side: runc's bundle has an empty namespace too.
-    results = [_time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "--network",
-                                                       "none", "busybox", "true"], runs, warmups)]
+    results = [time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "--network",
+                                                      "none", "busybox", "true"], runs, warmups)]
     bundle = None
     for runtime in ("runc", "crun"):  # the same OCI bundle serves both
         progress(f"{START} on {runtime}")
@@ -39,7 +39,7 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
                                   missing=f"{runtime} is not installed"))
             continue
         bundle = bundle or oci_bundle(workdir / "bundle", rootfs, runtime)
-        results.append(_time_starts(runtime, lambda i, runtime=runtime: [
+        results.append(time_starts(runtime, lambda i, runtime=runtime: [
             runtime, "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
             runs, warmups))
     for count in (3,) if quick else (20, 100):
@@ -48,8 +48,11 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
     return results
 
 
-def _time_starts(system: str, command, runs: int, warmups: int) -> Result:
-    result = Result(START, "busybox true", system)
+def time_starts(system: str, command, runs: int, warmups: int, workload: str = START,
+                case: str = "busybox true") -> Result:
+    """``command(i)`` run ``warmups + runs`` times, the last ``runs`` timed;
+    the first failure ends it, its stderr recorded."""
+    result = Result(workload, case, system)
     for i in range(warmups + runs):
         start = time.perf_counter()
         done = subprocess.run(command(i), capture_output=True, text=True)

@@ -7,6 +7,7 @@ mount ready, which every container start waits for.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,8 @@ WHAT = {RUN: "`podman run --rm --network none busybox true`: pyunion and fuse-ov
              "the overlay driver's mount_program, beside the kernel's overlay driver",
         MOUNT: "from starting `PROGRAM -o lowerdir=BUSYBOX,upperdir=..,workdir=.. MNT` "
                "until it returns with the mount ready (`mount -t overlay` for the kernel)"}
+
+RUN_TRUE = ("run", "--rm", "--network", "none", "localhost/busybox", "true")
 
 #: system name -> mount program (None: the kernel's driver)
 PROGRAMS = {"pyunion": PYUNION, "fuse-overlayfs": shutil.which("fuse-overlayfs") or "",
@@ -60,15 +63,29 @@ def _missing(system: str, program: str | None) -> str | None:
 def _time_runs(podman: Podman, tar: Path, runs: int, warmups: int, result: Result) -> None:
     try:
         podman.copying("import", str(tar), "localhost/busybox")
-        for i in range(warmups + runs):
-            start = time.perf_counter()
-            podman("run", "--rm", "--network", "none", "localhost/busybox", "true")
-            if i >= warmups:
-                result.times.append(time.perf_counter() - start)
+        time_commands(podman, RUN_TRUE, runs, warmups, result)
     except PodmanError as exc:  # recorded in the report, the run goes on
-        result.error = str(exc).strip().splitlines()[-1][:200]
+        result.error = last_line(exc)
     finally:
         podman.tear_down()
+
+
+def time_commands(podman: Podman, args: tuple[str, ...], runs: int, warmups: int,
+                  result: Result) -> None:
+    """``podman ARGS`` ``warmups + runs`` times, the last ``runs`` timed
+    into ``result``; raises PodmanError when one fails."""
+    for i in range(warmups + runs):
+        start = time.perf_counter()
+        podman(*args)
+        if i >= warmups:
+            result.times.append(time.perf_counter() - start)
+
+
+def last_line(error: PodmanError) -> str:
+    """podman's last words, short enough for a table cell: from the exit
+    status on, the command line being the row's own."""
+    line = str(error).strip().splitlines()[-1]
+    return re.sub(r"^podman .*? (exited -?\d+: )", r"\1", line)[:200]
 
 
 def _time_mounts(program: str | None, lower: str, base: Path, runs: int, warmups: int,

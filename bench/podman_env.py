@@ -157,18 +157,24 @@ class Podman:
         """Stop and remove every container, take off whatever is still
         mounted, let podman's clean-ups end, and remove the directories."""
         self("rm", "-af", "-t", "0", check=False)
-        for mnt in reversed(self.mounts()):
-            subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
-            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
+        self._unmount_all()
         self.settle()
         for pid in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # A clean-up that ended while we unmounted may have mounted the
+        # graph root's overlay directory again (every podman command does).
+        self._unmount_all()
         for path in libpod_cgroups():  # podman leaves its parent cgroup, made for us
             if path not in self._cgroups_before:
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
         shutil.rmtree(self.root)
+
+    def _unmount_all(self) -> None:
+        for mnt in reversed(self.mounts()):
+            subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
 
 
 def libpod_cgroups() -> list[str]:

@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 # fuse3/libfuse3-dev/pkg-config: FUSE itself and what pyfuse3 builds against;
 # busybox-static: the small base image; libseccomp2 and python3-seccomp (its
 # own Python bindings): container syscall filters; fuse-overlayfs,
-# unionfs-fuse, runc: the peers the benchmarks and comparisons run beside
-# pyunion and pycontainer; libc6-dev: the static libc the tests' small C
-# probes link against; podman, conmon: the container engine that starts
-# pyunion as its overlay driver's mount_program (tests and bench).
-packages=(fuse3 libfuse3-dev pkg-config gcc libc6-dev busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc podman conmon)
+# unionfs-fuse, runc, crun: the peers the benchmarks and comparisons run
+# beside pyunion, pycontainer and pycontainer-runtime; libc6-dev: the static
+# libc the tests' small C probes link against; podman, conmon: the container
+# engine that starts pyunion as its overlay driver's mount_program, and
+# pycontainer-runtime as its runtime (tests and bench).
+packages=(fuse3 libfuse3-dev pkg-config gcc libc6-dev busybox-static libseccomp2 python3-seccomp fuse-overlayfs unionfs-fuse runc crun podman conmon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
