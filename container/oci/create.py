@@ -140,9 +140,13 @@ def connect_console(path: str) -> socket.socket:
 
 
 def write_pid_file(path: str, pid: int) -> None:
-    """Whole or not at all: written beside, then renamed (as runc does)."""
+    """Whole or not at all: written beside, then renamed (as runc does).
+    The file beside is made anew (O_EXCL), never opened through what is
+    there: the directory may be a user's, who could plant there a link to
+    a file of root's."""
     temporary = os.path.join(os.path.dirname(os.path.abspath(path)),
                              "." + os.path.basename(path))
-    with open(temporary, "w") as f:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(str(pid))
     os.rename(temporary, path)
