@@ -51,3 +51,38 @@ def test_pid_file_is_not_written_through_a_link_a_user_planted(runtime, bundle, 
 
 
 PROBE = 'echo "HOME=$HOME"; grep -E "^Sig(Ign|Blk)" /proc/self/status; ls /proc/self/fd'
+
+
+@pytest.mark.skipif(RUNC is None, reason="runc is not installed")
+def test_home_signals_and_descriptors_as_runc_gives_them(tmp_path, bundle):
+    """Run by a caller that ignores SIGINT, SIGQUIT and SIGHUP (a shell's
+    background job) and holds a descriptor open: the container's process
+    gets what runc's gets, HOME included."""
+    path = bundle(["sh", "-c", PROBE])
+    outputs = []
+    for name, program in (("runc", RUNC), ("ours", RUNTIME)):
+        done = subprocess.run(
+            ["sh", "-c", "trap '' INT QUIT HUP; exec 7</dev/null; exec \"$@\"", "sh", program,
+             "--root", str(tmp_path / name), "run", "--bundle", str(path),
+             f"t{uuid.uuid4().hex[:10]}"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[1] == outputs[0]
+    assert "HOME=/root\n" in outputs[1] and "SigIgn:\t0000000000000000" in outputs[1]
+
+
+def test_exec_gets_home_from_passwd_and_no_descriptor(runtime, bundle, tmp_path):
+    created = runtime.create(bundle(["sleep", "100"]))
+    runtime("start", created.id)
+    done = subprocess.run(["sh", "-c", "trap '' INT; exec 7</dev/null; exec \"$@\"", "sh",
+                           RUNTIME, "--root", str(runtime.root), "exec", created.id,
+                           "sh", "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "HOME=/root"
+    assert "SigIgn:\t0000000000000000" in done.stdout
+    assert done.stdout.split()[-4:] == ["0", "1", "2", "3"]  # 3: ls's own
+    done = runtime("exec", "--user", "4242", created.id, "sh", "-c", "echo $HOME")
+    assert done.stdout == "/\n", done.stderr
+    runtime("kill", created.id, "KILL")
+    assert created.exit_code() == 137
