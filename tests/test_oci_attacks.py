@@ -50,6 +50,26 @@ def test_pid_file_is_not_written_through_a_link_a_user_planted(runtime, bundle, 
     assert not (runtime.root / container_id).exists()
 
 
+@pytest.mark.parametrize("resources, words", [
+    ({"memory": {"limit": 1 << 70}}, "linux.resources.memory.limit: 1180591620717411303424 "
+                                     "is above 2^63-1"),
+    ({"cpu": {"shares": 1 << 64}}, "linux.resources.cpu.shares: 18446744073709551616 "
+                                   "is above 2^64-1"),
+])
+def test_numbers_too_large_for_the_kernel_are_refused(runtime, bundle, resources, words):
+    """The kernel takes a memory limit of 2^70 as 0 (the container is
+    OOM-killed at once); runc's JSON types refuse it, so does the config."""
+    created = runtime.create(bundle(["true"], linux__resources=resources))
+    error = created.failure()
+    assert words in error and error.count("\n") == 1, error
+
+
+def test_a_huge_preserve_fds_is_one_line(runtime, bundle):
+    done = runtime("create", "--preserve-fds", "99999999999", "--bundle",
+                   str(bundle(["true"])), runtime.new_id())
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+
+
 PROBE = 'echo "HOME=$HOME"; grep -E "^Sig(Ign|Blk)" /proc/self/status; ls /proc/self/fd'
 
 

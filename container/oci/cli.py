@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ from .reader import ConfigError, Reader
 from .state import DEFAULT_ROOT, OCI_VERSION, StateError, Store
 
 VERSION = "0.1.0"
+#: --preserve-fds: no more descriptors than a process may have open
+_PRESERVABLE = click.IntRange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 _ERRORS = (ConfigError, StateError, CreateError, HookError, cgroups.CgroupError, OSError)
 
 
@@ -117,7 +120,7 @@ def _create_options(function):
             click.option("--no-pivot", is_flag=True, help="Refused: pivot_root always."),
             click.option("--no-new-keyring", is_flag=True,
                          help="Keep the caller's session keyring."),
-            click.option("--preserve-fds", type=click.IntRange(0), default=0,
+            click.option("--preserve-fds", type=_PRESERVABLE, default=0,
                          help="Pass descriptors 3 to 3+N-1 on."))):
         function = decorator(function)
     return function
@@ -252,7 +255,7 @@ def resume(store: Store, container_id: str) -> None:
 @click.option("-e", "--env", multiple=True, metavar="NAME=VALUE")
 @click.option("--cwd", help="Working directory in the container.")
 @click.option("-u", "--user", metavar="UID[:GID]")
-@click.option("--preserve-fds", type=click.IntRange(0), default=0)
+@click.option("--preserve-fds", type=_PRESERVABLE, default=0)
 @_checked
 def exec_command(store: Store, container_id: str, command: tuple[str, ...],
                  process_file: str | None, detach: bool, tty: bool, console_socket: str | None,
