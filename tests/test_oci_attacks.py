@@ -50,6 +50,70 @@ def test_pid_file_is_not_written_through_a_link_a_user_planted(runtime, bundle, 
     assert not (runtime.root / container_id).exists()
 
 
+def test_a_paused_container_that_has_not_started_is_paused(runtime, bundle):
+    """As runc: its status says paused; start refuses it (and does not wait
+    forever on a process that cannot run); resume makes it created again."""
+    created = runtime.create(bundle(["sh", "-c", "exit 6"]))
+    assert runtime("pause", created.id).returncode == 0
+    assert runtime.state(created.id)["status"] == "paused"
+    done = runtime("start", created.id)
+    assert done.returncode == 1 and "paused" in done.stderr, done.stderr
+    done = runtime("resume", created.id)
+    assert done.returncode == 0, done.stderr
+    assert runtime.state(created.id)["status"] == "created"
+    assert runtime("start", created.id).returncode == 0
+    assert created.exit_code() == 6
+
+
+def test_kill_with_sigkill_thaws_a_paused_container(runtime, bundle):
+    """Without --all too, as runc: a frozen process dies only once thawed."""
+    created = runtime.create(bundle(["sleep", "100"]))
+    runtime("start", created.id)
+    assert runtime("pause", created.id).returncode == 0
+    assert runtime("kill", created.id, "KILL").returncode == 0
+    assert created.exit_code() == 137
+    assert runtime.state(created.id)["status"] == "stopped"
+
+
+def test_delete_force_removes_a_paused_container_and_one_whose_cgroup_went(runtime,
+                                                                          bundle):
+    paused = runtime.create(bundle(["sleep", "100"]))
+    runtime("start", paused.id)
+    assert runtime("pause", paused.id).returncode == 0
+    assert runtime("delete", "--force", paused.id).returncode == 0
+    assert paused.exit_code() == 137
+    created = runtime.create(bundle(["sleep", "100"]))
+    runtime("kill", created.id, "KILL")
+    assert created.exit_code() == 137
+    for group in _cgroups_named(created.id):
+        group.rmdir()  # empty: its process is gone
+    done = runtime("delete", "--force", created.id)
+    assert done.returncode == 0, done.stderr
+    assert not (runtime.root / created.id).exists()
+
+
+def test_kill_all_and_ps_reach_what_outlives_the_init(runtime, bundle):
+    """A container without a pid namespace of its own: its init's child
+    lives on in its cgroup once the init is gone; runc's ``ps`` lists it
+    and ``kill --all`` signals it."""
+    path = bundle(["sh", "-c", "sleep 100 & exit 0"])
+    config = json.loads((path / "config.json").read_text())
+    config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"]
+                                     if ns["type"] != "pid"]
+    (path / "config.json").write_text(json.dumps(config))
+    created = runtime.create(path)
+    runtime("start", created.id)
+    assert created.exit_code() == 0
+    assert runtime.state(created.id)["status"] == "stopped"
+    left = json.loads(runtime("ps", "--format", "json", created.id).stdout)
+    assert len(left) == 1
+    done = runtime("kill", "--all", created.id, "KILL")
+    assert done.returncode == 0, done.stderr
+    assert wait_for(lambda: json.loads(runtime("ps", "--format", "json",
+                                               created.id).stdout) == [])
+    assert runtime("delete", created.id).returncode == 0
+
+
 @pytest.mark.parametrize("resources, words", [
     ({"memory": {"limit": 1 << 70}}, "linux.resources.memory.limit: 1180591620717411303424 "
                                      "is above 2^63-1"),

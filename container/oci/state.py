@@ -141,10 +141,10 @@ def init_alive(record: Record) -> bool:
 def status(store: Store, record: Record) -> str:
     if not init_alive(record):
         return "stopped"
-    if os.path.exists(store.fifo(record.id)):
-        return "created"
     if record.cgroup_paths and cgroups.reopen(record.cgroup_paths, in_share=False).is_frozen():
         return "paused"
+    if os.path.exists(store.fifo(record.id)):
+        return "created"
     return "running"
 
 
