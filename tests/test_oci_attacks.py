@@ -114,6 +114,59 @@ def test_kill_all_and_ps_reach_what_outlives_the_init(runtime, bundle):
     assert runtime("delete", created.id).returncode == 0
 
 
+def test_a_create_killed_half_way_leaves_what_delete_force_removes(runtime, bundle):
+    """A createRuntime hook kills the runtime that runs it: its state
+    directory and cgroup are then those of a stopped container, which
+    ``delete --force`` removes whole; the id is free again."""
+    hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}]}
+    path = bundle(["true"], hooks=hooks)
+    container_id = runtime.new_id()
+    done = runtime("create", "--bundle", str(path), container_id)
+    assert done.returncode == -9
+    assert (runtime.root / container_id).exists() and _cgroups_named(container_id)
+    done = runtime("delete", "--force", container_id)
+    assert done.returncode == 0, done.stderr
+    assert not (runtime.root / container_id).exists()
+    assert _cgroups_named(container_id) == []
+    assert runtime("run", "--bundle", str(bundle(["true"], hooks={})),
+                   container_id).returncode == 0
+
+
+def test_a_hook_calling_the_runtime_on_its_container_is_not_kept_waiting(runtime, bundle):
+    """While create holds the container's lock, a verb on it (here a
+    createRuntime hook's) hears that it does not exist yet, as under runc,
+    instead of waiting for a create that waits for it."""
+    container_id = f"t{uuid.uuid4().hex[:12]}"
+    hooks = {"createRuntime": [{
+        "path": RUNTIME, "args": [RUNTIME, "--root", str(runtime.root), "kill", container_id],
+        "env": [f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}"]}]}
+    created = runtime.create(bundle(["true"], hooks=hooks))
+    runtime.ids.append(container_id)
+    done = subprocess.run([RUNTIME, "--root", str(runtime.root), "create", "--bundle",
+                           str(bundle.path), container_id], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "createRuntime hook" in done.stderr and "container does not exist" in done.stderr
+    assert not (runtime.root / container_id).exists()
+    created.monitor.wait(30)
+
+
+def test_a_cgroup_in_use_is_refused_and_its_processes_left_alone(runtime, bundle):
+    """Two configs naming one cgroupsPath: the second create is refused, as
+    runc refuses it, and its undoing kills nothing of the first's."""
+    shared = f"/attack-{uuid.uuid4().hex[:8]}"
+    first = runtime.create(bundle(["sleep", "100"], linux__cgroupsPath=shared))
+    runtime("start", first.id)
+    second = runtime.create(bundle(["true"], linux__cgroupsPath=shared))
+    error = second.failure()
+    assert "container's cgroup is not empty: 1 process(es) found" in error, error
+    assert error.count("\n") == 1
+    assert runtime.state(first.id)["status"] == "running"
+    assert runtime("delete", "--force", first.id).returncode == 0
+    assert first.exit_code() == 137
+    assert _cgroups_named(shared.lstrip("/")) == []
+
+
 @pytest.mark.parametrize("resources, words", [
     ({"memory": {"limit": 1 << 70}}, "linux.resources.memory.limit: 1180591620717411303424 "
                                      "is above 2^63-1"),
