@@ -181,10 +181,20 @@ def test_numbers_too_large_for_the_kernel_are_refused(runtime, bundle, resources
     assert words in error and error.count("\n") == 1, error
 
 
-def test_a_huge_preserve_fds_is_one_line(runtime, bundle):
-    done = runtime("create", "--preserve-fds", "99999999999", "--bundle",
-                   str(bundle(["true"])), runtime.new_id())
+def test_preserve_fds_past_what_is_open_is_refused_in_one_line(runtime, bundle):
+    """A huge count ran out of memory; descriptors not open let the
+    runtime's own (its lock on the container) pass on to the container,
+    whose init then held it while start waited for it."""
+    path = str(bundle(["true"]))
+    done = runtime("create", "--preserve-fds", "99999999999", "--bundle", path,
+                   runtime.new_id())
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    for verb in ("run", "create"):
+        container_id = runtime.new_id()
+        done = runtime(verb, "--preserve-fds", "2", "--bundle", path, container_id)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert "descriptor 3 is not open" in done.stderr
+        assert not (runtime.root / container_id).exists()
 
 
 PROBE = 'echo "HOME=$HOME"; grep -E "^Sig(Ign|Blk)" /proc/self/status; ls /proc/self/fd'
