@@ -50,6 +50,22 @@ def test_pid_file_is_not_written_through_a_link_a_user_planted(runtime, bundle, 
     assert not (runtime.root / container_id).exists()
 
 
+def test_an_existing_state_root_keeps_its_mode(bundle, tmp_path):
+    """--root naming a directory others use (as /tmp): its mode is not the
+    runtime's to change; each container's own directory is root's alone."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    runtime = Runtime(shared)
+    try:
+        container_id = runtime.new_id()
+        assert runtime("run", "--bundle", str(bundle(["true"])), "--keep",
+                       container_id).returncode == 0
+        assert (shared / container_id).stat().st_mode & 0o777 == 0o700
+        assert shared.stat().st_mode & 0o777 == 0o755
+    finally:
+        runtime.clean_up()
+
+
 def test_a_paused_container_that_has_not_started_is_paused(runtime, bundle):
     """As runc: its status says paused; start refuses it (and does not wait
     forever on a process that cannot run); resume makes it created again."""

@@ -76,8 +76,7 @@ class Store:
     def claimed(self, container_id: str):
         """Make a new container's directory, or refuse an id in use; hold
         its lock while the container is made."""
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        os.makedirs(self.root, 0o700, exist_ok=True)  # an existing one keeps its mode
         directory = self.directory(container_id)
         try:
             os.mkdir(directory, 0o700)
