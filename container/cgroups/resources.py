@@ -253,10 +253,13 @@ def _unified(section: Reader) -> tuple[tuple[str, str], ...]:
 
 
 def _limit(section: Reader, key: str) -> int | None:
-    """A signed limit: -1 unlimited, 0 not set."""
+    """A signed limit: -1 unlimited, 0 not set; at most an int64, as the
+    spec's type (a larger one the kernel would take as 0, a limit of none)."""
     value = section.take(key, int, None)
     if value is not None and value < -1:
         raise section.error(key, f"{value} is below -1 (unlimited)")
+    if value is not None and value >= 1 << 63:
+        raise section.error(key, f"{value} is above 2^63-1")
     return value or None
 
 
@@ -264,6 +267,8 @@ def _unsigned(section: Reader, key: str, zero_is_unset: bool = True) -> int | No
     value = section.take(key, int, None)
     if value is not None and value < 0:
         raise section.error(key, f"{value} is negative")
+    if value is not None and value >= 1 << 64:
+        raise section.error(key, f"{value} is above 2^64-1")
     return None if zero_is_unset and value == 0 else value
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -37,6 +38,20 @@ from .reader import ConfigError, Reader
 from .state import DEFAULT_ROOT, OCI_VERSION, StateError, Store
 
 VERSION = "0.1.0"
+#: --preserve-fds: no more descriptors than a process may have open
+_PRESERVABLE = click.IntRange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def _preserved(ctx, param, count: int) -> int:
+    """--preserve-fds N: descriptors 3 to 3+N-1 must be the caller's, open
+    now, before the runtime opens its own: one of those (a lock, a pipe to
+    its helper) in that range would be passed on to the container."""
+    for fd in range(3, 3 + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise click.BadParameter(f"descriptor {fd} is not open") from None
+    return count
 _ERRORS = (ConfigError, StateError, CreateError, HookError, cgroups.CgroupError, OSError)
 
 
@@ -120,7 +135,7 @@ def _create_options(function):
                               "refuses (weaker, as runc's)."),
             click.option("--no-new-keyring", is_flag=True,
                          help="Keep the caller's session keyring."),
-            click.option("--preserve-fds", type=click.IntRange(0), default=0,
+            click.option("--preserve-fds", type=_PRESERVABLE, default=0, callback=_preserved,
                          help="Pass descriptors 3 to 3+N-1 on."))):
         function = decorator(function)
     return function
@@ -253,7 +268,7 @@ def resume(store: Store, container_id: str) -> None:
 @click.option("-e", "--env", multiple=True, metavar="NAME=VALUE")
 @click.option("--cwd", help="Working directory in the container.")
 @click.option("-u", "--user", metavar="UID[:GID]")
-@click.option("--preserve-fds", type=click.IntRange(0), default=0)
+@click.option("--preserve-fds", type=_PRESERVABLE, default=0, callback=_preserved)
 @_checked
 def exec_command(store: Store, container_id: str, command: tuple[str, ...],
                  process_file: str | None, detach: bool, tty: bool, console_socket: str | None,

@@ -10,12 +10,15 @@ process's set-up over a channel (``sync``), runs the ``prestart`` and
 ``createRuntime`` hooks when it asks, and once it reports ready records
 the container, writes ``--pid-file`` (whole, by rename) and returns.  Any
 failure undoes everything: the process is killed, its cgroup and record
-removed, and the error says why in one line.
+removed, and the error says why in one line.  A create killed outright
+leaves a provisional record (see ``state``): a stopped container, which
+``delete`` removes whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -53,21 +56,36 @@ def create(store: Store, container_id: str, bundle: str, pid_file: str | None = 
         raise CreateError("--console-socket needs process.terminal set in config.json")
     if not os.path.isdir(config.root):
         raise CreateError(f"root.path {config.root}: not a directory")
-    store.claim(container_id)
-    made = _Made(store, container_id)
-    try:
-        shutil.copyfile(os.path.join(config.bundle, "config.json"),
-                        store.config_copy(container_id))
-        os.mkfifo(store.fifo(container_id), 0o600)
-        made.group = cgroups.create_at(inner_path(config.cgroups_path, container_id))
-        made.group.apply(config.resources)
-        record = _start_process(store, container_id, config, made, console, options)
-        if pid_file:
-            write_pid_file(pid_file, record.pid)
-    except BaseException:
-        made.undo()
-        raise
+    with store.claimed(container_id):
+        made = _Made(store, container_id)
+        try:
+            shutil.copyfile(os.path.join(config.bundle, "config.json"),
+                            store.config_copy(container_id))
+            os.mkfifo(store.fifo(container_id), 0o600)
+            made.group = _new_cgroup(config, container_id)
+            record = Record(id=container_id, bundle=config.bundle, rootfs=config.root, pid=0,
+                            pid_start=None, created=oci_state.now_rfc3339(),
+                            annotations=dict(config.annotations),
+                            cgroup_paths=made.group.paths, console=config.process.terminal)
+            store.save(record)  # provisional: what a delete finds if this create dies
+            made.group.apply(config.resources)
+            record = _start_process(store, record, config, made, console, options)
+            if pid_file:
+                write_pid_file(pid_file, record.pid)
+        except BaseException:
+            made.undo()
+            raise
     return record
+
+
+def _new_cgroup(config: oci_config.Config, container_id: str):
+    """The container's cgroup; one that holds processes already (another
+    container's) is refused, as runc does: undoing this create would kill them."""
+    group = cgroups.create_at(inner_path(config.cgroups_path, container_id))
+    found = group.pids()
+    if found:
+        raise CreateError(f"container's cgroup is not empty: {len(found)} process(es) found")
+    return group
 
 
 class _Made:
@@ -88,16 +106,16 @@ class _Made:
         shutil.rmtree(self.store.directory(self.id), ignore_errors=True)
 
 
-def _start_process(store: Store, container_id: str, config: oci_config.Config, made: _Made,
+def _start_process(store: Store, record: Record, config: oci_config.Config, made: _Made,
                    console: socket.socket | None, options: CreateOptions) -> Record:
     seccomp = config.seccomp.compile() if config.seccomp else None
     joiner = Joiner(config.namespaces)
-    fifo_fd = os.open(store.fifo(container_id), os.O_PATH | os.O_CLOEXEC)
+    fifo_fd = os.open(store.fifo(record.id), os.O_PATH | os.O_CLOEXEC)
     keep = (*range(3, 3 + options.preserve_fds), *joiner.fds, fifo_fd,
             *([console.fileno()] if console else []))
 
     def first_process(channel: Channel) -> NoReturn:
-        inside.boot(config, container_id, channel, joiner, fifo_fd, console, seccomp,
+        inside.boot(config, record.id, channel, joiner, fifo_fd, console, seccomp,
                     made.group.paths, options)
 
     try:
@@ -110,10 +128,8 @@ def _start_process(store: Store, container_id: str, config: oci_config.Config, m
         if console is not None:
             console.close()
     with contextlib.closing(channel):
-        record = Record(id=container_id, bundle=config.bundle, rootfs=config.root,
-                        pid=made.pid, pid_start=oci_state.start_time(made.pid),
-                        created=oci_state.now_rfc3339(), annotations=dict(config.annotations),
-                        cgroup_paths=made.group.paths, console=config.process.terminal)
+        record = dataclasses.replace(record, pid=made.pid,
+                                     pid_start=oci_state.start_time(made.pid))
         state = oci_state.oci_state(store, record) | {"status": "creating"}
         try:
             channel.expect(HOOKS)
@@ -139,9 +155,13 @@ def connect_console(path: str) -> socket.socket:
 
 
 def write_pid_file(path: str, pid: int) -> None:
-    """Whole or not at all: written beside, then renamed (as runc does)."""
+    """Whole or not at all: written beside, then renamed (as runc does).
+    The file beside is made anew (O_EXCL), never opened through what is
+    there: the directory may be a user's, who could plant there a link to
+    a file of root's."""
     temporary = os.path.join(os.path.dirname(os.path.abspath(path)),
                              "." + os.path.basename(path))
-    with open(temporary, "w") as f:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(str(pid))
     os.rename(temporary, path)

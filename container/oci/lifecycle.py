@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -60,18 +61,20 @@ def _open_fifo(store: Store, record: Record) -> None:
 
 
 def kill(store: Store, container_id: str, signum: int, all_processes: bool = False) -> None:
+    """``all_processes`` reaches what outlives a stopped container's init
+    too (it has no pid namespace of its own), as runc's ``kill --all``."""
     with store.locked(container_id) as record:
         current = status(store, record)
-        if current == "stopped":
-            raise StateError("container not running")
+        group = cgroups.reopen(record.cgroup_paths, in_share=False)
         if all_processes:
-            group = cgroups.reopen(record.cgroup_paths, in_share=False)
             for pid in group.pids():
                 _signal(pid, signum)
-            if current == "paused" and signum == signal.SIGKILL:
-                group.thaw()  # a frozen process dies only once thawed
+        elif current == "stopped":
+            raise StateError("container not running")
         else:
             _signal(record.pid, signum)
+        if current == "paused" and signum == signal.SIGKILL:
+            group.thaw()  # a frozen process dies only once thawed
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -102,19 +105,16 @@ def delete(store: Store, container_id: str, force: bool = False) -> None:
 
 
 def _destroy(store: Store, record: Record) -> None:
-    """Kill every process of the container, remove its cgroup, forget it."""
+    """Kill every process of the container, remove its cgroup, forget it
+    (a cgroup removed already, by hand or by another, is fine: a frozen
+    one is thawed only by the killing, which needs it)."""
     if record.cgroup_paths:
         group = cgroups.reopen(record.cgroup_paths, in_share=False)
-        group.thaw()
         group.kill_all()
         group.remove()
     elif init_alive(record):
         _signal(record.pid, signal.SIGKILL)
-    directory = store.directory(record.id)
-    for name in ("state.json", "config.json", "exec.fifo"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))
-    os.rmdir(directory)
+    shutil.rmtree(store.directory(record.id))
 
 
 def pause(store: Store, container_id: str) -> None:
@@ -146,9 +146,9 @@ def listing(store: Store) -> list[dict]:
 
 
 def processes(store: Store, container_id: str) -> list[int]:
+    """Every process in the container's cgroup: a stopped one's too, while
+    something outlives its init (as runc's ``ps`` shows)."""
     record = store.load(container_id)
-    if status(store, record) == "stopped":
-        return []
     return sorted(cgroups.reopen(record.cgroup_paths, in_share=False).pids())
 
 

@@ -264,17 +264,43 @@ def _last_capability() -> int:
 
 
 def execute(process: Process, path: str, keep_fds: int = 0) -> None:
-    """exec the command: signals as a new process has them (Python ignores
-    SIGPIPE and SIGXFSZ), and no descriptor past stdio and the ``keep_fds``
-    passed on (--preserve-fds)."""
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+    """exec the command: signals as a new process has them (none ignored:
+    Python ignores SIGPIPE and SIGXFSZ, and the runtime's caller may have
+    ignored others), no descriptor past stdio and the ``keep_fds`` passed
+    on (--preserve-fds), and the environment runc gives."""
+    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for fd in _open_fds():
         if fd >= 3 + keep_fds:
             with contextlib.suppress(OSError):  # the listing's own, closed since
                 os.set_inheritable(fd, False)
-    os.execve(path, list(process.args), dict(item.split("=", 1) for item in process.env))
+    os.execve(path, list(process.args), _environment(process))
+
+
+def _environment(process: Process) -> dict[str, str]:
+    """``process.env``, and HOME if it has none: the user's in the
+    container's /etc/passwd, else ``/``, as runc sets it (call in the
+    container's root).  The file is the image's: read without waiting on
+    a FIFO, and no more than a passwd file holds."""
+    env = dict(item.split("=", 1) for item in process.env)
+    if not env.get("HOME"):
+        env["HOME"] = _home(process.user.uid)
+    return env
+
+
+def _home(uid: int) -> str:
+    try:
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return "/"
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == str(uid) and fields[5]:
+            return fields[5]
+    return "/"
 
 
 def _open_fds() -> list[int]:

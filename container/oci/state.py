@@ -9,9 +9,17 @@ runc's is ``/run/runc``), root's alone, holding
 
 A container's status is never stored: it is read from the world.  Its
 init gone (its PID and start time are checked, so a reused PID does not
-count) is ``stopped``; the FIFO still there is ``created``; a frozen
-cgroup is ``paused``; else ``running``.  Commands on one container hold
+count) is ``stopped``; a frozen cgroup is ``paused`` (before start too, as
+runc says: else it could be neither resumed nor started); the FIFO still
+there is ``created``; else ``running``.  Commands on one container hold
 the lock of its directory, and look it up again once they hold it.
+
+``create`` holds that lock from the directory's making to its end, and
+records the container as soon as its cgroup exists, with no process yet
+(PID 0): only a command holding the lock sees that provisional record, so
+a create that died at any step is a stopped container that ``delete``
+removes whole, and one still under way is not there yet (as under runc;
+a hook of its calling the runtime on it is told so, rather than waiting).
 """
 
 from __future__ import annotations
@@ -64,16 +72,22 @@ class Store:
     def directory(self, container_id: str) -> str:
         return os.path.join(self.root, check_id(container_id))
 
-    def claim(self, container_id: str) -> str:
-        """Make a new container's directory, or refuse an id in use."""
-        os.makedirs(self.root, 0o700, exist_ok=True)
-        os.chmod(self.root, 0o700)
+    @contextlib.contextmanager
+    def claimed(self, container_id: str):
+        """Make a new container's directory, or refuse an id in use; hold
+        its lock while the container is made."""
+        os.makedirs(self.root, 0o700, exist_ok=True)  # an existing one keeps its mode
         directory = self.directory(container_id)
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             raise StateError(f"container with id exists: {container_id}") from None
-        return directory
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield directory
+        finally:
+            os.close(fd)
 
     def save(self, record: Record) -> None:
         directory = self.directory(record.id)
@@ -82,14 +96,23 @@ class Store:
             json.dump(asdict(record), f)
         os.rename(temporary, os.path.join(directory, "state.json"))
 
-    def load(self, container_id: str) -> Record:
+    def load(self, container_id: str, provisional: bool = False) -> Record:
+        """The container's record.  ``provisional`` (for a command holding
+        the lock) also gives what a create that died left: its provisional
+        record, or an empty one if it died before writing that."""
         try:
             with open(os.path.join(self.directory(container_id), "state.json")) as f:
-                return Record(**json.load(f))
+                record = Record(**json.load(f))
         except FileNotFoundError:
+            if provisional and os.path.isdir(self.directory(container_id)):
+                return Record(container_id, bundle="", rootfs="", pid=0, pid_start=None,
+                              created="")
             raise StateError("container does not exist") from None
         except (ValueError, TypeError) as exc:
             raise StateError(f"{container_id}: its state file is unreadable ({exc})") from None
+        if record.pid == 0 and not provisional:
+            raise StateError("container does not exist")
+        return record
 
     def ids(self) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
@@ -100,15 +123,22 @@ class Store:
     @contextlib.contextmanager
     def locked(self, container_id: str):
         """Hold the container's lock; yields its record, read under the
-        lock (StateError if it does not exist, or went while we waited)."""
+        lock (StateError if it does not exist, went or was replaced while
+        we waited, or is still being created)."""
+        directory = self.directory(container_id)
         try:
-            fd = os.open(self.directory(container_id),
-                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StateError("container does not exist") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield self.load(container_id)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.load(container_id)  # not there while a create holds the lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _same_directory(fd, directory):
+                raise StateError("container does not exist")
+            yield self.load(container_id, provisional=True)
         finally:
             os.close(fd)
 
@@ -117,6 +147,15 @@ class Store:
 
     def config_copy(self, container_id: str) -> str:
         return os.path.join(self.directory(container_id), "config.json")
+
+
+def _same_directory(fd: int, directory: str) -> bool:
+    """Whether ``directory`` is still the one ``fd`` opened (a container
+    deleted while we waited, and made again under its id, is another)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(directory))
+    except FileNotFoundError:
+        return False
 
 
 def now_rfc3339() -> str:
@@ -141,10 +180,10 @@ def init_alive(record: Record) -> bool:
 def status(store: Store, record: Record) -> str:
     if not init_alive(record):
         return "stopped"
-    if os.path.exists(store.fifo(record.id)):
-        return "created"
     if record.cgroup_paths and cgroups.reopen(record.cgroup_paths, in_share=False).is_frozen():
         return "paused"
+    if os.path.exists(store.fifo(record.id)):
+        return "created"
     return "running"
 
 
