@@ -171,6 +171,15 @@ def test_kill_by_name_and_number(runtime, bundle):
     assert done.returncode == 1 and "unknown signal 'SIGBOGUS'" in done.stderr
 
 
+def test_a_created_container_ends_on_sigterm(runtime, bundle):
+    """Before start, its process is PID 1 with no handler the kernel would
+    let a signal through to: it ends on SIGTERM all the same, as runc's."""
+    created = runtime.create(bundle(["sleep", "100"]))
+    assert runtime("kill", created.id, "TERM").returncode == 0
+    assert created.exit_code() == 143
+    assert runtime("delete", created.id).returncode == 0
+
+
 def test_kill_all_reaches_every_process(runtime, bundle):
     created = runtime.create(bundle(["sh", "-c", "sleep 100 & sleep 100 & wait"]))
     runtime("start", created.id)

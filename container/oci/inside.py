@@ -72,6 +72,7 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
         if config.init:
             _fork_under_init(channel, fifo_fd, seccomp)
         path = prepare(config.process)
+        _end_on_stop_signals()
         channel.send(READY)
     except Exception as exc:  # noqa: BLE001 - reported to the runtime, which fails create
         channel.fail(exc)
@@ -170,6 +171,15 @@ def take_terminal(process: oci_process.Process, console: socket.socket) -> str:
     if slave > 2:
         os.close(slave)
     return name
+
+
+def _end_on_stop_signals() -> None:
+    """Until its exec, a created process ends on the signals that stop a
+    container (128+N, as runc's does), which as PID 1 of its namespace it
+    would otherwise never get: ``kill`` and ``podman stop`` of a created
+    container work.  The exec gives every signal its default back."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, lambda signum, _: os._exit(128 + signum))
 
 
 def _wait_for_start(fifo_fd: int) -> None:
