@@ -101,7 +101,8 @@ def _start_process(store: Store, container_id: str, config: oci_config.Config, m
                     made.group.paths, options)
 
     try:
-        made.pid, channel = spawn(made.group, keep, joiner.pid_step, first_process)
+        made.pid, channel = spawn(made.group, keep, joiner.pid_step, first_process,
+                                  options.stdio)
     except Exception as exc:
         raise CreateError(f"container create failed: {exc}") from None
     finally:
