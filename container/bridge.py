@@ -51,8 +51,8 @@ def remove_bridge(network: Network) -> None:
     _delete_link(network.bridge)
 
 
-def connect(network: Network, pid: int, address: str) -> str:
-    """Give the network namespace of ``pid`` an ``eth0`` on the network,
+def connect(network: Network, namespace: str, address: str) -> str:
+    """Give the network namespace at ``namespace`` an ``eth0`` on the network,
     with ``address`` and a default route via the gateway, and ``lo`` up;
     returns the host end's name."""
     tag = secrets.token_hex(4)
@@ -61,11 +61,12 @@ def connect(network: Network, pid: int, address: str) -> str:
         ip.link("add", ifname=host, kind="veth", peer=peer)
         try:
             ip.link("set", index=_index(ip, host), master=_index(ip, network.bridge), state="up")
-            ip.link("set", index=_index(ip, peer), net_ns_pid=pid)
+            with open(namespace, "rb") as target:
+                ip.link("set", index=_index(ip, peer), net_ns_fd=target.fileno())
         except BaseException:
             _delete_link(host)
             raise
-    with IPRoute(netns=f"/proc/{pid}/ns/net") as ip:
+    with IPRoute(netns=namespace) as ip:
         index = _index(ip, peer)
         ip.link("set", index=index, ifname=CONTAINER_IFNAME)
         ip.addr("add", index=index, address=address, prefixlen=network.net.prefixlen)

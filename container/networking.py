@@ -63,10 +63,11 @@ def join(network_name: str, owner: str, wanted_ip: str | None) -> Attachment:
     return Attachment(network.name, address)
 
 
-def wire(attachment: Attachment, pid: int) -> None:
+def wire(attachment: Attachment, namespace: str) -> None:
+    """Give the network namespace at ``namespace`` its link to the network."""
     with _netlink_errors(attachment.network):
         network = networks.get(attachment.network)
-        attachment.host_ifname = bridge.connect(network, pid, attachment.address)
+        attachment.host_ifname = bridge.connect(network, namespace, attachment.address)
 
 
 def leave(attachment: Attachment, owner: str) -> None:

@@ -1,28 +1,28 @@
 """A container's lifecycle, and its state on disk.
 
-``run`` is the supervisor: it makes the container's cgroups, mounts its
-union (the daemon is its child, outside the container's namespaces, in a
-cgroup beside the container's that shares its CPU limit and has a memory
-limit of its own: see ``cgroups``), leases the container's address and relays its published ports
-(``networking.py``, ``ports.py``), starts the container, wires its network
-namespace once it exists, forwards signals to it, waits, and cleans up
-whatever way the container ended.  The processes:
+``run`` is the supervisor, as docker is over containerd and runc: it makes
+the container's cgroups, mounts its union (the daemon is its child,
+outside the container's namespaces, in a cgroup beside the container's
+that shares its CPU limit and has a memory limit of its own: see
+``cgroups``), leases the container's address and relays its published
+ports (``networking.py``, ``ports.py``), makes and wires its network
+namespace, writes its bundle (``bundle.py``), and has the OCI core
+(``oci/``) create and start it; then it forwards signals to it, waits as
+its subreaper (conmon's part), and cleans up whatever way it ended.  The
+processes:
 
     supervisor (pycontainer run)  -- the union daemon (pyunion)
-      └─ C: joins the cgroup, unshares mnt/uts/ipc/net/cgroup/pid, waits
-           while the supervisor gives its network namespace eth0, forks G,
-           leaves the cgroup again, and waits for G
-           └─ G: PID 1 in the container (init.py)
-                └─ the command
+      └─ PID 1 in the container: the core's init (init.py, asked for by
+         the bundle), left to the supervisor by the core's helper
+           └─ the command
 
-C and G die with their parent (PR_SET_PDEATHSIG), and the daemon unmounts
-when the supervisor dies, so killing ``pycontainer run`` takes everything
-with it.  A container whose supervisor is gone (its PID and start time are
-checked, so a reused PID does not count) is ``dead``: the next ``ps``,
-``run`` or ``rm`` cleans up what it left, under the container's lock, and
-removes it if it was run with ``--rm``.  A container whose union daemon died
-is stopped (by its supervisor, or the next command to see it) and ``dead``
-too.
+The daemon unmounts when the supervisor dies; the container, whose root
+is then gone, is killed by the next command that sees it.  A container
+whose supervisor is gone (its PID and start time are checked, so a reused
+PID does not count) is ``dead``: the next ``ps``, ``run`` or ``rm`` cleans
+up what it left, under the container's lock, and removes it if it was run
+with ``--rm``.  A container whose union daemon died is stopped (by its
+supervisor, or the next command to see it) and ``dead`` too.
 
 State lives in ``/run/pycontainer/NAME/state.json``; the container's
 writable branch and mount point in ``/var/lib/pycontainer/containers/NAME``.
@@ -40,19 +40,24 @@ import re
 import shutil
 import signal
 import sys
-import termios
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from unionfs import daemon as union_daemon
 from unionfs import mounts
 from unionfs import options as union_options
 
-from . import cgroups, images, init, logs, networking, networks, ports, security, terminal
+from . import bundle, cgroups, images, init, logs, networking, networks, ports
 from . import syscalls as sc
 from .networking import Attachment
-from .oci.sync import close_all_but
+from .oci import lifecycle as oci_lifecycle
+from .oci import process as oci_process
+from .oci.create import CreateError
+from .oci.create import create as oci_create
+from .oci.exec import exec_process
+from .oci.inside import CreateOptions
+from .oci.reader import ConfigError, Reader
+from .oci.state import StateError, Store
 from .spec import SPECIAL_NETWORKS, ContainerSpec
 from .terminal import Console
 
@@ -255,7 +260,7 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     # Containers of one image share its files' page cache: each container's
     # own copy of a file goes when the file is closed (pagecache=drop).
     # allow_other: its processes run as any uid.  The container's own mount
-    # of its root takes suid back (rootfs.py); the host's has none.
+    # of its root takes suid back (oci/mounts.py); the host's has none.
     # --storage-opt size= is the union's quota on the writable branch.
     daemon_memory = cgroups.union_memory(spec.limits.memory)
     bounds = (f",max_open={daemon_memory // OPEN_FILE_COST}" if daemon_memory else "") \
@@ -306,37 +311,118 @@ def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
 
 def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachment | None,
                    background: _Background | None) -> int:
+    """Write the container's bundle, create and start it through the OCI
+    core (this process is the subreaper its PID 1 is left to, as conmon
+    is), forward signals to it, and wait for it."""
     etc_dir = _write_etc_files(state, spec, attachment)
-    errors_r, errors_w = os.pipe()
-    began_r, began_w = os.pipe()
     console = Console() if spec.tty else None
-
-    def wire(pid: int) -> None:
-        networking.wire(attachment, pid)
-        state.network = asdict(attachment)
-        state.save()
-
-    child, init_pid = _start(spec, state, group, etc_dir, (errors_w, began_w), console,
-                             wire if attachment else None,
-                             background.output() if background else None)
-    os.close(errors_w)
-    os.close(began_w)
-    state.init_pid, state.status = init_pid, "running"
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    store = oci_store()
+    with _NetworkNamespace(attachment) as namespace:
+        if attachment is not None:
+            networking.wire(attachment, namespace.path)
+            state.network = asdict(attachment)
+            state.save()
+        bundle.write(state.state_dir, spec, state.rootfs, etc_dir, _cgroups_path(group),
+                     namespace.path)
+        options = CreateOptions(stdio=_stdio(spec, background))
+        try:
+            record = oci_create(store, state.name, state.state_dir,
+                                console=console.theirs if console else None, options=options)
+        except (CreateError, ConfigError) as exc:
+            return _failed(spec, exc)
+    state.init_pid, state.status = record.pid, "running"
     state.save()
-    if _command_began(began_r, errors_r) and init_pid is not None and background:
+    oci_lifecycle.start(store, state.name)
+    if background:
         background.started()
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
-            signal.signal(signum, lambda signum, _: _signal(init_pid, signum))
+            signal.signal(signum, lambda signum, _: _signal(record.pid, signum))
     signal.signal(signal.SIGCHLD, lambda *_: _stop_if_root_died(state, group))
     try:
-        code = _wait(child, errors_r, console)
+        code = _wait(record.pid, console)
     finally:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the daemon ends at cleanup
     if group.stats().oom_kills:
         print(f"pycontainer: {state.name} was killed: out of memory", file=sys.stderr)
     state.exit_code = code
     return code
+
+
+def oci_store() -> Store:
+    """The OCI core's state of the front end's containers (a name cannot
+    start with a dot, so no container is called so)."""
+    return Store(os.path.join(STATE_DIR, ".runtime"))
+
+
+def _cgroups_path(group) -> str:
+    """The container's cgroup as its bundle names it: relative (under this
+    process's own cgroup, per v1 hierarchy), or on v2 from the root."""
+    if "unified" in group.paths:
+        return "/" + os.path.relpath(group.paths["unified"], cgroups.ROOT)
+    return os.path.relpath(next(iter(group.paths.values())),
+                           cgroups.home_of(next(iter(group.paths.values()))))
+
+
+def _stdio(spec: ContainerSpec, background: _Background | None) -> tuple[int, int, int]:
+    """The container's stdio: nothing to read without -i or -t (docker's
+    way), and the log for -d."""
+    stdin = 0 if spec.interactive or spec.tty else os.open(os.devnull, os.O_RDONLY)
+    output = background.output() if background else None
+    return (stdin, output or 1, output or 2)
+
+
+def _failed(spec: ContainerSpec, exc: Exception) -> int:
+    """Report a container that could not be created with docker's words
+    and codes: 127 for a command not found, 126 for one that cannot be
+    executed, 125 for the rest."""
+    text = str(exc)
+    if 'exec: "' in text and ("executable file not found" in text
+                              or "no such file or directory" in text):
+        code, message = init.NOT_FOUND, f"cannot run {spec.command[0]!r}: not found"
+    elif 'exec: "' in text and "permission denied" in text:
+        code, message = init.CANNOT_EXECUTE, f"cannot run {spec.command[0]!r}: Permission denied"
+    else:
+        code, message = init.RUNTIME_ERROR, text
+    print(f"pycontainer: {message}", file=sys.stderr)
+    return code
+
+
+class _NetworkNamespace:
+    """A network namespace of its own for a container on a network, made
+    before it and held by a child of ours until the container has joined
+    it (``path``); None for ``--network none`` (the core makes one) and
+    ``host``."""
+
+    def __init__(self, attachment: Attachment | None):
+        self.path, self._holder, self._hold = None, None, None
+        if attachment is None:
+            return
+        made_r, made_w = os.pipe()
+        hold_r, self._hold = os.pipe()
+        self._holder = os.fork()
+        if self._holder == 0:
+            os.close(made_r)
+            os.close(self._hold)
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            sc.unshare(sc.CLONE_NEWNET)
+            os.close(made_w)
+            os.read(hold_r, 1)
+            os._exit(0)
+        os.close(made_w)
+        os.close(hold_r)
+        os.read(made_r, 1)
+        os.close(made_r)
+        self.path = f"/proc/{self._holder}/ns/net"
+
+    def __enter__(self) -> _NetworkNamespace:
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._holder is not None:
+            os.close(self._hold)
+            os.waitpid(self._holder, 0)
 
 
 def _stop_if_root_died(state: State, group) -> None:
@@ -348,117 +434,13 @@ def _stop_if_root_died(state: State, group) -> None:
             group.kill_all()
 
 
-def _wait(child: int, errors_r: int, console: Console | None) -> int:
-    """Wait for ``child`` (relaying its terminal meanwhile); print what the
-    container's init reported; return the exit code."""
+def _wait(pid: int, console: Console | None) -> int:
+    """Wait for the container's PID 1 (relaying its terminal meanwhile);
+    its exit code."""
     if console is not None:
         console.relay()
-    _, status = os.waitpid(child, 0)
-    with os.fdopen(errors_r) as errors:
-        for line in errors.read().splitlines():
-            print(f"pycontainer: {line}", file=sys.stderr)
+    _, status = os.waitpid(pid, 0)
     return init.exit_code(status)
-
-
-def _command_began(began_r: int, errors_r: int) -> bool:
-    """Wait until the user's command is exec'd or has failed before: the
-    last copy of ``began``'s write end closes on its exec, or when it exits;
-    a failure leaves its message waiting on ``errors``."""
-    with os.fdopen(began_r, "rb") as began:
-        began.read()
-    waiting = fcntl.ioctl(errors_r, termios.FIONREAD, b"\0\0\0\0")
-    return int.from_bytes(waiting, sys.byteorder) == 0
-
-
-def _start(spec: ContainerSpec, state: State, group, etc_dir: str, pipes: tuple[int, int],
-           console: Console | None, wire: Callable[[int], None] | None, output: int | None):
-    """Fork C, put it in the cgroup, give its network namespace its
-    interfaces (``wire``), and get the PID of the container's init.
-    ``pipes`` are the write ends of the errors and began pipes, for init;
-    ``output``, if given, is the container's stdout and stderr."""
-    errors_w, began_w = pipes
-    go_r, go_w = os.pipe()
-    pid_r, pid_w = os.pipe()
-    unshared_r, unshared_w = os.pipe()
-    child = os.fork()
-    if child == 0:  # C
-        if output is not None:
-            for target in (1, 2):
-                os.dup2(output, target)
-        with _helper_process(spec, errors_w, "container start",
-                             keep=(began_w, go_r, pid_w, unshared_w, *_fds_of(console))):
-            os.read(go_r, 1)  # in the cgroup now
-            own_network = sc.CLONE_NEWNET if spec.network != "host" else 0
-            sc.unshare(_NAMESPACES | own_network)
-            os.write(unshared_w, b"1")
-            os.close(unshared_w)
-            if os.read(go_r, 1) != b"1":  # the network is wired, or failed
-                os._exit(init.RUNTIME_ERROR)
-            os.close(go_r)
-            # Opened before the container's init changes the mount namespace
-            # it shares with this process.
-            release = group.releaser()
-            pid1 = os.fork()
-            if pid1 == 0:
-                release.close()
-                os.close(pid_w)
-                init.run(spec, state.rootfs, etc_dir, pipes,
-                         console.theirs if console else None)
-            os.close(began_w)
-            release.move(os.getpid())  # only the container is charged
-            os.write(pid_w, str(pid1).encode())
-            os.close(pid_w)
-            _exit_as(pid1)
-    os.close(go_r)
-    os.close(pid_w)
-    os.close(unshared_w)
-    try:
-        group.add(child)
-        os.write(go_w, b"1")
-        # Not unshared: C failed, and says why on the errors pipe.
-        if os.read(unshared_r, 1) == b"1" and wire is not None:
-            wire(child)
-        os.write(go_w, b"1")
-    finally:
-        os.close(go_w)
-        os.close(unshared_r)
-    with os.fdopen(pid_r) as answer:
-        text = answer.read()
-    return child, int(text) if text else None
-
-
-@contextlib.contextmanager
-def _helper_process(spec: ContainerSpec, errors_w: int, what: str, keep: tuple[int, ...]):
-    """The body of a forked helper on the host side (C, or exec's): it dies
-    with its parent, holds no descriptor but stdio, ``errors_w`` and
-    ``keep``, cannot be traced or inspected (not dumpable: the container's
-    processes come from it, and stay so until their exec), reads nothing
-    without -i or -t, and reports a failure on ``errors_w`` with docker's
-    125.  The body must end the process."""
-    try:
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        close_all_but((errors_w, *keep))
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The supervisor forwards these to the container; the command unblocks them.
-        signal.pthread_sigmask(signal.SIG_BLOCK, init.FORWARDED)
-        if not (spec.interactive or spec.tty):
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.close(devnull)
-        yield
-    except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
-        with contextlib.suppress(OSError):
-            os.write(errors_w, f"{what} failed: {exc}\n".encode())
-    os._exit(init.RUNTIME_ERROR)
-
-
-def _fds_of(console: Console | None) -> tuple[int, ...]:
-    return (console.theirs.fileno(),) if console else ()
-
-
-def _exit_as(pid: int) -> None:
-    """Wait for ``pid`` and end with its exit code."""
-    os._exit(init.exit_code(os.waitpid(pid, 0)[1]))
 
 
 def exec_in(name: str, spec: ContainerSpec) -> int:
@@ -467,34 +449,14 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     state = State.load(name)
     if state.shown_status != "running":
         raise ContainerError(f"{name} is not running")
+    process = oci_process.parse(Reader(bundle.process_for(spec), "process"))
+    stdin = 0 if spec.interactive or spec.tty else os.open(os.devnull, os.O_RDONLY)
     try:
-        namespaces = [os.open(f"/proc/{state.init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-                      for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt")]
-    except (FileNotFoundError, ProcessLookupError):  # it ended since it was loaded
-        raise ContainerError(f"{name} is not running") from None
-    group = cgroups.reopen(state.cgroup_paths)
-    seccomp = security.SeccompFilter() if spec.seccomp else None
-    errors_r, errors_w = os.pipe()
-    console = Console() if spec.tty else None
-    child = os.fork()
-    if child == 0:
-        with _helper_process(spec, errors_w, "exec", keep=(*namespaces, *_fds_of(console))):
-            group.add(os.getpid())
-            for fd in namespaces:
-                sc.setns(fd)
-                os.close(fd)
-            if seccomp is not None:  # before the container can see its child
-                seccomp.load()
-            command = os.fork()  # the new pid namespace holds children only
-            if command == 0:
-                if console:
-                    terminal.use_as_stdio(terminal.open_in_container(console.theirs))
-                init.exec_command(spec, errors_w)
-            _exit_as(command)
-    os.close(errors_w)
-    for fd in namespaces:
-        os.close(fd)
-    return _wait(child, errors_r, console)
+        return exec_process(oci_store(), name, process, detach=False, stdio=(stdin, 1, 2))
+    except (CreateError, StateError) as exc:
+        if isinstance(exc, StateError):
+            raise ContainerError(f"{name} is not running") from None
+        return _failed(spec, exc)
 
 
 def stop(state: State, timeout: float) -> None:
@@ -636,6 +598,7 @@ def cleanup(state: State, remove: bool) -> None:
     """Undo everything a container made, whatever state it was left in.
     Its cgroups go last: its union daemon is in one until it has ended."""
     group = cgroups.reopen(state.cgroup_paths) if state.cgroup_paths else None
+    oci_lifecycle.delete(oci_store(), state.name, force=True)
     if group is not None:
         group.kill_all()
     if state.network:  # its processes are gone: its address may go too

@@ -1,7 +1,7 @@
 """Docker's default seccomp profile, as plain data: what the container's
 command may call; and ``oci``, which resolves it for a capability set on
 this machine into the ``linux.seccomp`` object docker hands its runtime
-(``security.SeccompFilter`` compiles that, as a bundle's would be).
+(``pycontainer run`` puts it in its bundles: ``bundle.py``).
 
 The data follows the semantics of moby's ``profiles/seccomp/default.json``
 (read there, restated here): every call not allowed fails with EPERM; the

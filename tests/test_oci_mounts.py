@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from container import rootfs
 from container import syscalls as sc
 from container.oci import devices as dev
 from container.oci import mounts
 from container.oci.mounts import DEFAULT_PROPAGATION, Mount, Plan, parse, parse_mount
 from container.oci.reader import ConfigError, Reader
-from container.spec import BindMount, ContainerSpec
 
 PODMAN = Path(__file__).parent / "data" / "podman-mounts.json"
 HARDENED = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
@@ -232,17 +230,6 @@ def test_devices_replace_the_defaults_they_name():
                                    dev.Device("/dev/ttyS0", stat.S_IFCHR, 4, 64))
     assert [d.path for d in parsed.devices].count("/dev/null") == 1
     assert parsed.propagation == sc.MS_PRIVATE | sc.MS_REC
-
-
-def test_the_front_end_plan_is_dockers(tmp_path):
-    spec = ContainerSpec("busybox", ("sh",), "c", "c", read_only=True,
-                         mounts=(BindMount("/srv", "/data", True),))
-    made = rootfs.plan_from_spec(spec, str(tmp_path))
-    assert made.mounts[-1] == Mount("/data", "bind", "/srv",
-                                    sc.MS_BIND | sc.MS_REC | sc.MS_RDONLY)
-    assert made.mounts[-2].source == str(tmp_path / "resolv.conf")
-    assert "/proc/kcore" in made.masked and "*" not in "".join(made.masked)
-    assert made.read_only_root and made.guarded == ("/proc", "/sys", "/dev")
 
 
 # -- carrying it out --------------------------------------------------------

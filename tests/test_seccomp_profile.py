@@ -8,8 +8,11 @@ import subprocess
 
 import pytest
 
-from container.seccomp_profile import SYS_ADMIN
-from container.security import DEFAULT_CAPABILITIES, SeccompFilter
+
+from container.oci import seccomp as oci_seccomp
+from container.oci.reader import Reader
+from container.seccomp_profile import SYS_ADMIN, oci
+from container.security import DEFAULT_CAPABILITIES
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -78,7 +81,8 @@ def test_entries_follow_the_capability_set(probe_dir):
                               capture_output=True, text=True, check=True)
         return int(done.stdout)
 
-    confined, admin = SeccompFilter(), SeccompFilter(DEFAULT_CAPABILITIES | {SYS_ADMIN})
+    confined, admin = (oci_seccomp.parse(Reader(oci(caps), "linux.seccomp")).compile()
+                       for caps in (DEFAULT_CAPABILITIES, DEFAULT_CAPABILITIES | {SYS_ADMIN}))
     assert errno_under(confined, "clone", CLONE_NEWUSER) == errno.EPERM
     assert errno_under(confined, "clone3", 0) == errno.ENOSYS
     assert errno_under(admin, "clone", CLONE_NEWUSER) == 0

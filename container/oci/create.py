@@ -119,7 +119,8 @@ def _start_process(store: Store, record: Record, config: oci_config.Config, made
                     made.group.paths, options)
 
     try:
-        made.pid, channel = spawn(made.group, keep, joiner.pid_step, first_process)
+        made.pid, channel = spawn(made.group, keep, joiner.pid_step, first_process,
+                                  options.stdio)
     except Exception as exc:
         raise CreateError(f"container create failed: {exc}") from None
     finally:

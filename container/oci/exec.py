@@ -35,8 +35,9 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 
 def exec_process(store: Store, container_id: str, process: Process, detach: bool,
                  pid_file: str | None = None, console: socket.socket | None = None,
-                 preserve_fds: int = 0) -> int:
-    """Start ``process``; its exit code, or 0 once it runs with ``detach``."""
+                 preserve_fds: int = 0, stdio: tuple[int, int, int] | None = None) -> int:
+    """Start ``process``; its exit code, or 0 once it runs with ``detach``.
+    Its stdio are the runtime's, or ``stdio``."""
     record = store.load(container_id)
     current = status(store, record)
     if current not in ("running", "created"):
@@ -65,7 +66,7 @@ def exec_process(store: Store, container_id: str, process: Process, detach: bool
 
     keep = (*range(3, 3 + preserve_fds), *namespaces, *([console.fileno()] if console else []))
     try:
-        pid, channel = spawn(group, keep, enter, run)
+        pid, channel = spawn(group, keep, enter, run, stdio)
         with contextlib.closing(channel):
             channel.expect(READY)
     except Exception as exc:

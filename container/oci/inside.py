@@ -42,6 +42,7 @@ class CreateOptions:
     preserve_fds: int = 0      # descriptors 3.. passed on to the command
     new_keyring: bool = True   # a session keyring of the container's own
     no_pivot: bool = False     # chroot, not pivot_root
+    stdio: tuple[int, int, int] | None = None  # the process's, if not the runtime's
 
 
 def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fifo_fd: int,

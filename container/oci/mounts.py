@@ -2,8 +2,9 @@
 ``root.readonly``, ``linux.maskedPaths``, ``linux.readonlyPaths``,
 ``linux.rootfsPropagation``, ``linux.devices`` (``devices``) and
 ``linux.mountLabel`` (refused: no SELinux here), read into a :class:`Plan`
-and carried out by :func:`setup`.  pycontainer's own front end makes a
-plan too (``rootfs.plan_from_spec``): both faces share one executor.
+and carried out by :func:`setup`.  pycontainer's own front end writes its
+containers' mounts into their bundles (``bundle.py``): one executor for
+both faces.
 
 Options are read as runc reads them (specconv's parseMountOptions): a
 known flag sets or clears an MS_* bit, a propagation word is applied after
@@ -117,8 +118,9 @@ class Plan:
     read_only_paths: tuple[str, ...] = ()
     read_only_root: bool = False
     propagation: int = DEFAULT_PROPAGATION
-    #: container paths no bind may lead into after its symlinks (the front
-    #: end's volumes: what the runtime mounts is the runtime's)
+    #: container paths no bind may be led into by the image's symlinks:
+    #: where the config mounts kernel file systems (what the runtime mounts
+    #: is the runtime's; a bind declared there is the config's own choice)
     guarded: tuple[str, ...] = ()
 
 
@@ -198,7 +200,8 @@ def parse(config: Reader, linux: Reader, read_only_root: bool) -> Plan:
     linux.refuse("mountLabel", "SELinux labels are not supported")
     devices = dev.with_defaults(linux.take_objects("devices", dev.parse_device))
     return Plan(mounts, devices, masked, read_only_paths, read_only_root,
-                PROPAGATION.get(propagation, DEFAULT_PROPAGATION))
+                PROPAGATION.get(propagation, DEFAULT_PROPAGATION),
+                guarded=tuple(sorted({m.destination for m in mounts if not m.is_bind})))
 
 
 def _absolute(reader: Reader, key: str) -> str:
@@ -319,7 +322,8 @@ def _check_target(plan: Plan, mount: Mount, inside: str, target: str) -> None:
                           f"not through a link to {inside}")
         if not os.path.isdir(target):
             raise OSError(f"{mount.type} goes on a directory; {inside} is not one")
-    if mount.is_bind and any(inside == p or inside.startswith(p + "/") for p in plan.guarded):
+    if mount.is_bind and inside != mount.destination \
+            and any(inside == p or inside.startswith(p + "/") for p in plan.guarded):
         raise OSError(f"mount target {mount.destination} leads to {inside}, "
                       "which the runtime mounts")
     why = proc_refusal(inside, mount)

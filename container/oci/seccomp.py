@@ -1,8 +1,8 @@
 """``linux.seccomp``: a system call filter, read strictly into a plain
 record (``parse``) and compiled by libseccomp through its own Python
 bindings (``Seccomp.compile``).  pycontainer's own face goes through here
-too: ``security.SeccompFilter`` is docker's default profile rendered as
-this section.
+too: its bundles hold docker's default profile rendered as this section
+(``seccomp_profile.oci``).
 
 The semantics are runc's (``libcontainer/specconv`` and ``seccomp``):
 

@@ -73,13 +73,15 @@ def close_all_but(keep: tuple[int, ...]) -> None:
 
 
 def spawn(group, keep: tuple[int, ...], enter: Callable[[], None],
-          body: Callable[[Channel], NoReturn]) -> tuple[int, Channel]:
+          body: Callable[[Channel], NoReturn],
+          stdio: tuple[int, int, int] | None = None) -> tuple[int, Channel]:
     """Fork a helper that joins ``group``, calls ``enter`` (into the
     namespaces; a pid namespace applies to its children only), forks the
     process that runs ``body`` and reports it, then exits, so that process
     is left to the caller's subreaper.  The helper dies with the runtime,
     keeps only stdio and ``keep``, and cannot be traced (not dumpable: the
-    container's processes come from it).  Returns the process's PID and
+    container's processes come from it); its stdio, and so the process's,
+    are the runtime's, or ``stdio``.  Returns the process's PID and
     the runtime's end of its channel; raises what the helper reports."""
     ours, theirs = Channel.pair()
     go_r, go_w = os.pipe()
@@ -89,7 +91,7 @@ def spawn(group, keep: tuple[int, ...], enter: Callable[[], None],
         ours.close()
         os.close(go_w)
         os.close(pid_r)
-        _helper(keep, theirs, go_r, pid_w, enter, body)
+        _helper(keep, theirs, go_r, pid_w, enter, body, stdio)
     theirs.close()
     os.close(go_r)
     os.close(pid_w)
@@ -109,10 +111,14 @@ def spawn(group, keep: tuple[int, ...], enter: Callable[[], None],
 
 
 def _helper(keep: tuple[int, ...], channel: Channel, go_r: int, pid_w: int,
-            enter: Callable[[], None], body: Callable[[Channel], NoReturn]) -> NoReturn:
+            enter: Callable[[], None], body: Callable[[Channel], NoReturn],
+            stdio: tuple[int, int, int] | None) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for target, fd in enumerate(stdio or ()):
+            if fd != target:
+                os.dup2(fd, target)
         close_all_but((*keep, channel.fileno(), go_r, pid_w))
         if os.read(go_r, 1) != b"":
             raise RuntimeError("unexpected word from the runtime")
