@@ -16,6 +16,7 @@ cannot be executed, 127 for one that is not found.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 from typing import NoReturn
@@ -33,6 +34,24 @@ def exit_code(status: int) -> int:
     """A wait status as a shell reports it: the code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def end_with(lifeline: int) -> None:
+    """End the container (this PID 1, and so its whole pid namespace) when
+    the other end of the pipe ``lifeline`` closes: its caller died.  The
+    kernel says so with SIGIO (no thread: it would count against
+    ``--pids-limit``)."""
+    def check(*_) -> None:
+        try:
+            if not os.read(lifeline, 1):
+                os._exit(RUNTIME_ERROR)
+        except BlockingIOError:
+            pass
+    os.set_blocking(lifeline, False)
+    signal.signal(signal.SIGIO, check)
+    fcntl.fcntl(lifeline, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(lifeline, fcntl.F_SETFL, fcntl.fcntl(lifeline, fcntl.F_GETFL) | os.O_ASYNC)
+    check()  # closed before it was watched
 
 
 def serve(command: int) -> NoReturn:

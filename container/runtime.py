@@ -16,9 +16,9 @@ processes:
          the bundle), left to the supervisor by the core's helper
            └─ the command
 
-The daemon unmounts when the supervisor dies; the container, whose root
-is then gone, is killed by the next command that sees it.  A container
-whose supervisor is gone (its PID and start time are checked, so a reused
+The daemon unmounts when the supervisor dies, and the container's init
+ends the container then (its lifeline closes: ``init.end_with``).  A
+container whose supervisor is gone (its PID and start time are checked, so a reused
 PID does not count) is ``dead``: the next ``ps``, ``run`` or ``rm`` cleans
 up what it left, under the container's lock, and removes it if it was run
 with ``--rm``.  A container whose union daemon died is stopped (by its
@@ -325,12 +325,17 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
             state.save()
         bundle.write(state.state_dir, spec, state.rootfs, etc_dir, _cgroups_path(group),
                      namespace.path)
-        options = CreateOptions(stdio=_stdio(spec, background))
+        # The container ends with this process: the pipe's write end is
+        # never closed but by this process's end (see init.end_with).
+        lifeline, _ = os.pipe()
+        options = CreateOptions(stdio=_stdio(spec, background), lifeline=lifeline)
         try:
             record = oci_create(store, state.name, state.state_dir,
                                 console=console.theirs if console else None, options=options)
         except (CreateError, ConfigError) as exc:
             return _failed(spec, exc)
+        finally:
+            os.close(lifeline)
     state.init_pid, state.status = record.pid, "running"
     state.save()
     oci_lifecycle.start(store, state.name)

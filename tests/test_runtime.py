@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PYCONTAINER, stand_in_host_links
 from container import cgroups, runtime
-from helpers import wait_for
+from helpers import process_gone, wait_for
 
 
 def said_ready(pyc, name: str) -> bool:
@@ -233,8 +233,10 @@ def test_killing_run_takes_everything_with_it(pyc):
     name = pyc.name()
     proc = subprocess.Popen([*PYCONTAINER, "run", "--name", name, "busybox", "sleep", "60"])
     assert wait_for(lambda: '"status": "running"' in pyc("inspect", name).stdout, seconds=30)
+    init_pid = runtime.State.load(name).init_pid
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert wait_for(lambda: process_gone(init_pid))  # with no command to clean up
     assert "dead (supervisor killed)" in pyc("ps", "-a").stdout
     assert pyc("rm", name).returncode == 0
 

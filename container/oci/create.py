@@ -112,7 +112,8 @@ def _start_process(store: Store, record: Record, config: oci_config.Config, made
     joiner = Joiner(config.namespaces)
     fifo_fd = os.open(store.fifo(record.id), os.O_PATH | os.O_CLOEXEC)
     keep = (*range(3, 3 + options.preserve_fds), *joiner.fds, fifo_fd,
-            *([console.fileno()] if console else []))
+            *([console.fileno()] if console else []),
+            *([options.lifeline] if options.lifeline is not None else []))
 
     def first_process(channel: Channel) -> NoReturn:
         inside.boot(config, record.id, channel, joiner, fifo_fd, console, seccomp,

@@ -43,6 +43,9 @@ class CreateOptions:
     new_keyring: bool = True   # a session keyring of the container's own
     no_pivot: bool = False     # chroot, not pivot_root
     stdio: tuple[int, int, int] | None = None  # the process's, if not the runtime's
+    #: with an init: the read end of a pipe whose writer is the caller; the
+    #: init ends the container when it closes (the caller died)
+    lifeline: int | None = None
 
 
 def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fifo_fd: int,
@@ -71,7 +74,7 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
         if console is not None:
             oci_mounts.bind_console(take_terminal(config.process, console))
         if config.init:
-            _fork_under_init(channel, fifo_fd, seccomp)
+            _fork_under_init(channel, fifo_fd, seccomp, options.lifeline)
         path = prepare(config.process)
         _end_on_stop_signals()
         channel.send(READY)
@@ -89,7 +92,7 @@ def boot(config: Config, container_id: str, channel: Channel, joiner: Joiner, fi
     os._exit(FAILED_AFTER_START)
 
 
-def _fork_under_init(channel: Channel, fifo_fd: int, seccomp) -> None:
+def _fork_under_init(channel: Channel, fifo_fd: int, seccomp, lifeline: int | None) -> None:
     """With ``io.pycontainer.init``: fork the command's process, which
     returns to go on with the set-up once this one, PID 1, is confined:
     only CAP_KILL, no_new_privs, the container's seccomp filter (nothing in
@@ -99,6 +102,8 @@ def _fork_under_init(channel: Channel, fifo_fd: int, seccomp) -> None:
     command = os.fork()
     if command == 0:
         os.close(confined_w)
+        if lifeline is not None:
+            os.close(lifeline)
         os.read(confined_r, 1)  # end of file: init is confined
         os.close(confined_r)
         return
@@ -116,6 +121,8 @@ def _fork_under_init(channel: Channel, fifo_fd: int, seccomp) -> None:
         os._exit(1)
     channel.close()
     os.close(confined_w)
+    if lifeline is not None:
+        init.end_with(lifeline)
     init.serve(command)
 
 
