@@ -145,7 +145,7 @@ def run(image_name, command, name, hostname, env, env_file, workdir, user, volum
 @_fail_cleanly
 def exec_(name, command, interactive, tty, env, user, workdir) -> None:
     """Run COMMAND in a running container (all its namespaces and cgroups)."""
-    base = specs.spec_from_dict(runtime.State.load(name).spec)
+    base = runtime.State.load(name).spec
     spec = dataclasses.replace(
         base, command=tuple(command), interactive=interactive, tty=tty,
         env=base.env + tuple(specs.parse_env(item) for item in env),
@@ -294,7 +294,8 @@ def logs(name: str, follow: bool) -> None:
 def inspect(name: str) -> None:
     """A container's state as JSON."""
     state = runtime.State.load(name)
-    click.echo(json.dumps({**vars(state), "status": state.shown_status}, indent=2))
+    click.echo(json.dumps({**dataclasses.asdict(state), "status": state.shown_status},
+                          indent=2))
 
 
 @cli.group(cls=_Group)

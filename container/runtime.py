@@ -58,7 +58,7 @@ from .oci.exec import exec_process
 from .oci.inside import CreateOptions
 from .oci.reader import ConfigError, Reader
 from .oci.state import StateError, Store
-from .spec import SPECIAL_NETWORKS, ContainerSpec
+from .spec import SPECIAL_NETWORKS, ContainerSpec, spec_from_dict
 from .terminal import Console
 
 STATE_DIR = "/run/pycontainer"
@@ -95,8 +95,8 @@ class State:
     exit_code: int | None = None
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     log: str | None = None
-    spec: dict = field(default_factory=dict)  # the ContainerSpec, for exec
-    network: dict = field(default_factory=dict)  # its Attachment, on a network
+    spec: ContainerSpec | None = None    # what it was run with, for exec
+    network: Attachment | None = None    # its place on a network, if on one
 
     @property
     def state_dir(self) -> str:
@@ -120,10 +120,12 @@ class State:
     def load(cls, name: str) -> State:
         try:
             with open(os.path.join(STATE_DIR, name, "state.json")) as f:
-                return cls(**json.load(f))
+                data = json.load(f)
+            return cls(**{**data, "spec": spec_from_dict(data["spec"]) if data["spec"] else None,
+                          "network": Attachment.from_dict(data["network"])})
         except FileNotFoundError:
             raise ContainerError(f"no such container: {name}") from None
-        except ValueError as exc:  # JSON cut short by a crash of the host
+        except (ValueError, KeyError, TypeError) as exc:  # cut short by a crash of the host
             raise ContainerError(f"{name}: its state file is unreadable ({exc})") from None
 
     def supervise_here(self) -> None:
@@ -228,7 +230,7 @@ def run(spec: ContainerSpec, detach: bool = False, remove: bool = False,
 def _claim(spec: ContainerSpec, remove: bool) -> State:
     """Make the container's state directory, or refuse a name in use."""
     _private_dir(STATE_DIR)
-    state = State(spec.name, spec.image, list(spec.command), spec=asdict(spec),
+    state = State(spec.name, spec.image, list(spec.command), spec=spec,
                   auto_remove=remove)
     state.supervise_here()
     try:
@@ -304,7 +306,7 @@ def _join_network(spec: ContainerSpec, state: State) -> Attachment | None:
         attachment = networking.join(spec.network, state.name, spec.ip)
     except networks.NetworkError as exc:
         raise ContainerError(str(exc)) from None
-    state.network = asdict(attachment)
+    state.network = attachment
     state.save()
     return attachment
 
@@ -321,8 +323,7 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
     with _NetworkNamespace(attachment) as namespace:
         if attachment is not None:
             networking.wire(attachment, namespace.path)
-            state.network = asdict(attachment)
-            state.save()
+            state.save()  # its link's name, now it has one
         bundle.write(state.state_dir, spec, state.rootfs, etc_dir, _cgroups_path(group),
                      namespace.path)
         # The container ends with this process: the pipe's write end is
@@ -607,8 +608,8 @@ def cleanup(state: State, remove: bool) -> None:
     if group is not None:
         group.kill_all()
     if state.network:  # its processes are gone: its address may go too
-        networking.leave(Attachment.from_dict(state.network), state.name)
-        state.network = {}
+        networking.leave(state.network, state.name)
+        state.network = None
     _unmount(state.rootfs)
     _reap_children()
     _forget_daemon(state)

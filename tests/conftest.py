@@ -7,6 +7,7 @@ read-only branch fails, whatever it asserted itself.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -185,7 +186,8 @@ def leftovers(names):
 
     with open("/proc/self/mountinfo", errors="surrogateescape") as f:  # names are bytes
         mounts = [line.split(" ")[4] for line in f if "pycontainer-" in line]
-    groups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/pycontainer/*")]
+    # glob.glob, unlike Path.glob, goes on past a cgroup removed meanwhile
+    groups = glob.glob("/sys/fs/cgroup/*/**/pycontainer/*", recursive=True)
     leases = [str(p) for p in Path(networks.LEASE_DIR).glob("*/*") if _owner(p) in names]
     leases += [str(p) for p in Path(networks.LEASE_DIR).glob("*")  # of removed networks
                if p.is_dir() and p.name not in {n.name for n in networks.all_networks()}]

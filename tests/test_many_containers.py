@@ -44,7 +44,7 @@ def test_a_hundred_containers_start_run_and_stop_leaving_nothing(pyc):
         states = [runtime.State.load(name) for name in names]
         inside = on_each("exec", NAME, "ip", "-4", "-o", "addr", "show", "eth0")
         addresses = [shown.split()[3].split("/")[0] for shown in inside]
-        assert addresses == [state.network["address"] for state in states]  # as leased
+        assert addresses == [state.network.address for state in states]  # as leased
         assert len(set(addresses)) == COUNT
         processes = {}
         for state in states:

@@ -7,6 +7,7 @@ Every refusal is checked for its one line and for leaving nothing behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -65,8 +66,9 @@ class Runtime:
         for container_id in self.ids:
             self("delete", "--force", container_id)
         assert not list(self.root.glob("*")) if self.root.exists() else True
-        left = [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/t*")
-                if p.name in self.ids]
+        # glob.glob, unlike Path.glob, goes on past a cgroup removed meanwhile
+        left = [path for path in glob.glob("/sys/fs/cgroup/*/**/t*", recursive=True)
+                if os.path.basename(path) in self.ids]
         assert left == []
 
 
