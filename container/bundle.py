@@ -45,14 +45,13 @@ _MOUNTS = [
 
 
 def write(directory: str, spec: ContainerSpec, root: str, etc_dir: str, cgroups_path: str,
-          network_namespace: str | None) -> str:
-    """Write the bundle into ``directory``; returns it.  ``network_namespace``:
+          network_namespace: str | None) -> None:
+    """Write the bundle into ``directory``.  ``network_namespace``:
     the path of the one to join, or None for a new one without links
     (``--network none``); ``--network host`` joins none."""
     config = config_for(spec, root, etc_dir, cgroups_path, network_namespace)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
-    return directory
 
 
 def config_for(spec: ContainerSpec, root: str, etc_dir: str, cgroups_path: str,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
-import signal
 import sys
 import time
 
@@ -22,6 +20,7 @@ from unionfs.cli import OneLineGroup
 
 from . import cgroups, images, logs as container_logs, networking, networks, ports, runtime
 from . import spec as specs
+from . import syscalls as sc
 from .cgroups import CgroupError
 
 
@@ -256,10 +255,8 @@ def rm(names: tuple[str, ...], force: bool) -> None:
 @_fail_cleanly
 def kill(name: str, signame: str) -> None:
     """Send a signal to a container's main process."""
-    try:
-        os.kill(_running(name).init_pid, _parse_signal(signame))
-    except ProcessLookupError:  # it ended since it was looked at
-        raise runtime.ContainerError(f"{name} is not running") from None
+    _running(name)
+    runtime.signal_container(name, _parse_signal(signame))
 
 
 @cli.command()
@@ -348,13 +345,10 @@ def _still_running(name: str) -> bool:
 
 
 def _parse_signal(text: str) -> int:
-    name = text.upper()
-    try:
-        if name.isdigit():
-            return signal.Signals(int(name)).value
-        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"].value
-    except (KeyError, ValueError):
-        raise runtime.ContainerError(f"unknown signal {text!r}") from None
+    number = sc.signal_number(text)
+    if number is None:
+        raise runtime.ContainerError(f"unknown signal {text!r}")
+    return number
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def serve(command: int) -> NoReturn:
     """Be init to ``command``: forward it the signals the container is
     sent, reap every orphan, and exit with its status."""
     for signum in FORWARDED:
-        signal.signal(signum, lambda signum, _: _forward(command, signum))
+        signal.signal(signum, lambda signum, _: sc.signal_quietly(command, signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     while True:
         pid, status = os.wait()
@@ -70,9 +70,7 @@ def keep_only_init_capabilities() -> None:
     """Give up every capability, once the command has its own, but
     CAP_KILL: forwarding a signal to a command of another uid needs it;
     reaping needs none."""
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in set(range(last + 1)) - INIT_CAPABILITIES:
+    for cap in set(range(sc.last_capability() + 1)) - INIT_CAPABILITIES:
         sc.prctl(sc.PR_CAPBSET_DROP, cap)
     sc.capset(set(INIT_CAPABILITIES))
 
@@ -91,10 +89,3 @@ def set_process_title(title: str) -> None:
         memory.write(raw + b"\0" * (end - start - len(raw)))
     name = ctypes.create_string_buffer(title.encode()[:15])
     sc.prctl(sc.PR_SET_NAME, ctypes.addressof(name))
-
-
-def _forward(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

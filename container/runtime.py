@@ -70,8 +70,6 @@ ROOT_DIED = "root file system daemon died"
 #: fifth of it (``max_open``), and the container gets EMFILE before the
 #: daemon gets near its limit
 OPEN_FILE_COST = 16 << 10
-_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
-               | sc.CLONE_NEWPID)
 
 
 class ContainerError(RuntimeError):
@@ -329,22 +327,29 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
         # The container ends with this process: the pipe's write end is
         # never closed but by this process's end (see init.end_with).
         lifeline, _ = os.pipe()
-        options = CreateOptions(stdio=_stdio(spec, background), lifeline=lifeline)
+        output = background.output() if background else None
         try:
-            record = oci_create(store, state.name, state.state_dir,
-                                console=console.theirs if console else None, options=options)
-        except (CreateError, ConfigError) as exc:
+            with _input_of(spec) as stdin:
+                options = CreateOptions(stdio=(stdin, output or 1, output or 2),
+                                        lifeline=lifeline)
+                record = oci_create(store, state.name, state.state_dir,
+                                    console=console.theirs if console else None,
+                                    options=options)
+        except (CreateError, ConfigError, StateError) as exc:
             return _failed(spec, exc)
         finally:
             os.close(lifeline)
     state.init_pid, state.status = record.pid, "running"
     state.save()
-    oci_lifecycle.start(store, state.name)
+    try:
+        oci_lifecycle.start(store, state.name)
+    except StateError as exc:  # it ended before it started (e.g. killed, or out of memory)
+        return _failed(spec, exc)
     if background:
         background.started()
     for signum in init.FORWARDED:
         if not (console and signum == signal.SIGWINCH):
-            signal.signal(signum, lambda signum, _: _signal(record.pid, signum))
+            signal.signal(signum, lambda signum, _: sc.signal_quietly(record.pid, signum))
     signal.signal(signal.SIGCHLD, lambda *_: _stop_if_root_died(state, group))
     try:
         code = _wait(record.pid, console)
@@ -371,12 +376,18 @@ def _cgroups_path(group) -> str:
                            cgroups.home_of(next(iter(group.paths.values()))))
 
 
-def _stdio(spec: ContainerSpec, background: _Background | None) -> tuple[int, int, int]:
-    """The container's stdio: nothing to read without -i or -t (docker's
-    way), and the log for -d."""
-    stdin = 0 if spec.interactive or spec.tty else os.open(os.devnull, os.O_RDONLY)
-    output = background.output() if background else None
-    return (stdin, output or 1, output or 2)
+@contextlib.contextmanager
+def _input_of(spec: ContainerSpec):
+    """What a container's process reads: ours with -i or -t, else nothing
+    (docker's way)."""
+    if spec.interactive or spec.tty:
+        yield 0
+        return
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        yield devnull
+    finally:
+        os.close(devnull)
 
 
 def _failed(spec: ContainerSpec, exc: Exception) -> int:
@@ -408,18 +419,24 @@ class _NetworkNamespace:
         made_r, made_w = os.pipe()
         hold_r, self._hold = os.pipe()
         self._holder = os.fork()
-        if self._holder == 0:
-            os.close(made_r)
-            os.close(self._hold)
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            sc.unshare(sc.CLONE_NEWNET)
-            os.close(made_w)
-            os.read(hold_r, 1)
-            os._exit(0)
+        if self._holder == 0:  # a copy of the supervisor: it must never unwind
+            try:
+                os.close(made_r)
+                os.close(self._hold)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+                sc.unshare(sc.CLONE_NEWNET)
+                os.write(made_w, b"1")
+                os.read(hold_r, 1)
+            finally:
+                os._exit(0)
         os.close(made_w)
         os.close(hold_r)
-        os.read(made_r, 1)
+        made = os.read(made_r, 1)
         os.close(made_r)
+        if made != b"1":
+            self.__exit__()
+            raise ContainerError("cannot make the container's network namespace")
         self.path = f"/proc/{self._holder}/ns/net"
 
     def __enter__(self) -> _NetworkNamespace:
@@ -456,9 +473,9 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
     if state.shown_status != "running":
         raise ContainerError(f"{name} is not running")
     process = oci_process.parse(Reader(bundle.process_for(spec), "process"))
-    stdin = 0 if spec.interactive or spec.tty else os.open(os.devnull, os.O_RDONLY)
     try:
-        return exec_process(oci_store(), name, process, detach=False, stdio=(stdin, 1, 2))
+        with _input_of(spec) as stdin:
+            return exec_process(oci_store(), name, process, detach=False, stdio=(stdin, 1, 2))
     except (CreateError, StateError) as exc:
         if isinstance(exc, StateError):
             raise ContainerError(f"{name} is not running") from None
@@ -468,28 +485,24 @@ def exec_in(name: str, spec: ContainerSpec) -> int:
 def stop(state: State, timeout: float) -> None:
     """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds;
     return once its supervisor has cleaned up."""
-    _signal(state.init_pid, signal.SIGTERM)
+    with contextlib.suppress(ContainerError):  # ended meanwhile
+        signal_container(state.name, signal.SIGTERM)
     if state.supervisor_ended(timeout):
         return
-    if _is_init(state.init_pid):  # not ended while the supervisor cleans up
-        _signal(state.init_pid, signal.SIGKILL)
+    with contextlib.suppress(ContainerError):
+        signal_container(state.name, signal.SIGKILL)
     if not state.supervisor_ended(timeout=30):
         raise ContainerError(f"{state.name} did not stop within 30 s of SIGKILL")
 
 
-def _is_init(pid: int) -> bool:
-    """Whether ``pid`` is (still) a container's init, not a process that
-    took its number."""
+def signal_container(name: str, signum: int) -> None:
+    """Send ``signum`` to the container's init through the core: under its
+    lock, the init's start time checked, so never to a process that took
+    its PID since."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip() == init.TITLE[:15]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+        oci_lifecycle.kill(oci_store(), name, signum)
+    except StateError:
+        raise ContainerError(f"{name} is not running") from None
 
 
 def _write_etc_files(state: State, spec: ContainerSpec, attachment: Attachment | None) -> str:
@@ -682,10 +695,10 @@ def remove(name: str, force: bool = False) -> None:
     settle(name)
     with _locked(name):
         state = State.load(name)
-        if state.shown_status == "running":
+        if state.shown_status in ("created", "running"):  # starting counts
             if not force:
                 raise ContainerError(f"{name} is running: stop it first or use rm -f")
-            _signal(state.supervisor_pid, signal.SIGKILL)
+            sc.signal_quietly(state.supervisor_pid, signal.SIGKILL)
             state.supervisor_ended(timeout=5)
         cleanup(state, remove=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import signal
 import socket
 import struct
 
@@ -167,3 +168,26 @@ def loopback_up() -> None:
         request = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def signal_quietly(pid: int, signum: int) -> None:
+    """kill(2) to a process that may have ended meanwhile."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def signal_number(text: str) -> int | None:
+    """A signal given by number or name (``9``, ``KILL``, ``SIGkill``);
+    None if it is none."""
+    if text.isdigit():
+        return int(text) if int(text) in signal.valid_signals() else None
+    name = text.upper() if text.upper().startswith("SIG") else f"SIG{text.upper()}"
+    return signal.Signals[name].value if name in signal.Signals.__members__ else None

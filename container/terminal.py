@@ -1,10 +1,8 @@
-"""Terminals for ``-t``, made the way runc's console socket does: the
-pseudo-terminal is opened inside the container (from its own devpts), so
-``tty`` names a device the container can see; its master side is passed to
-the supervisor over a socket.  The command gets the slave side as its
-controlling terminal (a shell has job control); the supervisor relays
-between the caller's terminal, put in raw mode, and the master side, and
-passes window size changes on.
+"""The caller's side of a container's terminal (``-t``): the pty is made
+inside the container, from its own devpts, and its master side sent over
+a socket, as runc's console socket gets it (``oci/inside.take_terminal``);
+this relays between the caller's terminal, put in raw mode, and that
+master side, and passes window size changes on.
 """
 
 from __future__ import annotations
@@ -19,25 +17,8 @@ import termios
 import tty
 
 
-def open_in_container(channel: socket.socket) -> int:
-    """In the container: open a terminal, send its master side to the
-    supervisor, and return the slave side."""
-    master, slave = os.openpty()
-    socket.send_fds(channel, [b"pty"], [master])
-    os.close(master)
-    channel.close()
-    return slave
-
-
-def use_as_stdio(fd: int) -> None:
-    for target in (0, 1, 2):
-        os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
-
-
 class Console:
-    """The supervisor's side."""
+    """The caller's end of the socket, and the relay."""
 
     def __init__(self):
         self._ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -3,6 +3,7 @@ hostile container would: the caller's descriptors, the helpers that enter
 it, and its PID 1."""
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -44,6 +45,19 @@ def status_fields(text: str) -> dict[str, str]:
 
 def fds_of(pid: int) -> set[int]:
     return {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_the_callers_terminal_is_not_the_containers(pyc):
+    """Run from a terminal without -t, the container's processes are in a
+    session of their own, with no controlling terminal: none can push
+    keystrokes into the caller's shell (TIOCSTI) or get its job-control
+    signals.  script(1) gives pycontainer a terminal as its own."""
+    command = shlex.join([*PYCONTAINER, "run", "--rm", "--network", "none", "busybox", "sh",
+                          "-c", "cut -d' ' -f7 /proc/self/stat; cut -d' ' -f7 /proc/1/stat"])
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.split() == ["0", "0"]  # tty_nr: no controlling terminal
 
 
 def test_a_callers_descriptor_does_not_reach_the_command(pyc, host_dir_fd):

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -219,16 +218,10 @@ def kill(store: Store, container_id: str, signal_name: str, all_processes: bool)
 
 
 def parse_signal(text: str) -> int:
-    if text.isdigit():
-        number = int(text)
-        if number in signal.valid_signals():
-            return number
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        if name in signal.Signals.__members__:
-            return signal.Signals[name].value
-    raise StateError(f"unknown signal {text!r}")
+    number = sc.signal_number(text)
+    if number is None:
+        raise StateError(f"unknown signal {text!r}")
+    return number
 
 
 @cli.command()

@@ -17,9 +17,8 @@ import signal
 import socket
 from typing import NoReturn
 
-from .. import cgroups
+from .. import cgroups, init
 from .. import syscalls as sc
-from ..init import exit_code
 from ..terminal import Console
 from . import inside
 from . import namespaces as oci_namespaces
@@ -29,8 +28,8 @@ from .process import Process
 from .state import StateError, Store, start_time, status
 from .sync import READY, Channel, spawn
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2)
+#: an init's, less SIGWINCH: the terminal relay passes window sizes on
+FORWARDED = tuple(signum for signum in init.FORWARDED if signum != signal.SIGWINCH)
 
 
 def exec_process(store: Store, container_id: str, process: Process, detach: bool,
@@ -117,7 +116,7 @@ def _become(process: Process, channel: Channel, console, seccomp, preserve_fds: 
 def wait_for(pid: int, relay: Console | None) -> int:
     """Wait for ``pid`` (our child by now: we are its subreaper), relaying
     its terminal and forwarding signals; its exit code (128+N for signal N)."""
-    previous = {signum: signal.signal(signum, lambda signum, _: _forward(pid, signum))
+    previous = {signum: signal.signal(signum, lambda signum, _: sc.signal_quietly(pid, signum))
                 for signum in FORWARDED}
     try:
         if relay is not None:
@@ -126,9 +125,4 @@ def wait_for(pid: int, relay: Console | None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return exit_code(wait_status)
-
-
-def _forward(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+    return init.exit_code(wait_status)

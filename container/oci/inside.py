@@ -1,10 +1,12 @@
 """What the container's first process does before it becomes the user's
-command, in runc's order: join and make its namespaces, set up its root
-(the runtime runs ``prestart`` and ``createRuntime`` hooks meanwhile, and
-``createContainer`` hooks run here before ``pivot_root``), hostname,
-terminal, limits, user and capabilities, look the command up, report the
-container created, then wait on the exec FIFO until ``start`` opens it,
-run ``startContainer`` hooks, and exec.  With no ``noNewPrivileges`` the
+command: join and make its namespaces, set up its root (the runtime runs
+``prestart`` and ``createRuntime`` hooks meanwhile, and ``createContainer``
+hooks run here before ``pivot_root``), hostname, terminal, limits, look
+the command up with the user's effective IDs, report the container
+created, then wait on the exec FIFO until ``start`` opens it; only then
+become the user with its capabilities (unlike runc, which does so before
+the FIFO: the process stays root so only root may open its FIFO), run
+``startContainer`` hooks, and exec.  With no ``noNewPrivileges`` the
 seccomp filter is loaded while it still may be (with CAP_SYS_ADMIN),
 otherwise as the very last step, as runc does.
 
@@ -172,8 +174,7 @@ def take_terminal(process: oci_process.Process, console: socket.socket) -> str:
     socket.send_fds(console, [name.encode()], [master])
     os.close(master)
     console.close()
-    os.setsid()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)  # a session leader already (sync.spawn)
     for target in (0, 1, 2):
         os.dup2(slave, target)
     if slave > 2:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from .. import cgroups
+from .. import syscalls as sc
 from . import config as oci_config
 from . import hooks as oci_hooks
 from .reader import ConfigError
@@ -68,18 +69,13 @@ def kill(store: Store, container_id: str, signum: int, all_processes: bool = Fal
         group = cgroups.reopen(record.cgroup_paths, in_share=False)
         if all_processes:
             for pid in group.pids():
-                _signal(pid, signum)
+                sc.signal_quietly(pid, signum)
         elif current == "stopped":
             raise StateError("container not running")
         else:
-            _signal(record.pid, signum)
+            sc.signal_quietly(record.pid, signum)
         if current == "paused" and signum == signal.SIGKILL:
             group.thaw()  # a frozen process dies only once thawed
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
 
 
 def delete(store: Store, container_id: str, force: bool = False) -> None:
@@ -113,7 +109,7 @@ def _destroy(store: Store, record: Record) -> None:
         group.kill_all()
         group.remove()
     elif init_alive(record):
-        _signal(record.pid, signal.SIGKILL)
+        sc.signal_quietly(record.pid, signal.SIGKILL)
     shutil.rmtree(store.directory(record.id))
 
 

@@ -234,7 +234,7 @@ def become_user(process: Process) -> None:
     process asked for, in runc's order: capabilities kept across setuid."""
     caps = process.capabilities
     if caps is not None:
-        for cap in range(_last_capability() + 1):
+        for cap in range(sc.last_capability() + 1):
             if cap not in caps.bounding:
                 sc.prctl(sc.PR_CAPBSET_DROP, cap)
         sc.prctl(sc.PR_SET_KEEPCAPS, 1)
@@ -246,7 +246,7 @@ def become_user(process: Process) -> None:
         os.umask(user.umask)
     if caps is not None:
         sc.prctl(sc.PR_SET_KEEPCAPS, 0)
-        known = set(range(_last_capability() + 1))
+        known = set(range(sc.last_capability() + 1))
         sc.set_capabilities(caps.effective & known, caps.permitted & known,
                             caps.inheritable & known)
         sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
@@ -256,11 +256,6 @@ def become_user(process: Process) -> None:
             sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_RAISE, cap)
     if process.no_new_privileges:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-
-
-def _last_capability() -> int:
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        return int(f.read())
 
 
 def execute(process: Process, path: str, keep_fds: int = 0) -> None:

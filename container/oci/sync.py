@@ -127,6 +127,9 @@ def _helper(keep: tuple[int, ...], channel: Channel, go_r: int, pid_w: int,
         child = os.fork()
         if child == 0:
             os.close(pid_w)
+            # A session of its own, as runc's: never the caller's terminal
+            # as a controlling one (TIOCSTI would type into the caller's shell).
+            os.setsid()
             body(channel)
         os.write(pid_w, str(child).encode())
     except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
