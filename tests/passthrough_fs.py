@@ -6,6 +6,8 @@ the foreground, a root directory holding:
 * ``file``: opened with FUSE passthrough onto BACKING_FILE when the kernel
   grants it (one backing id per inode, closed by a task of its own once the
   last open is released), through read/write handlers otherwise;
+* ``direct``: the same backing file through the daemon, opened with
+  ``direct_io`` (shared maps need ``enable_direct_io_allow_mmap``);
 * ``ctl``: a plain file; writing ``invalidate`` to it drops the kernel's
   cached listing of the root directory, ``probe`` tries ``backing_open`` on
   a directory and a pipe;
@@ -29,20 +31,21 @@ import sys
 import pyfuse3
 import trio
 
-FILE, CTL, MANY = 2, 3, 4
+FILE, CTL, MANY, DIRECT = 2, 3, 4, 5
 MANY_NAMES = {f"entry-{i:03d}-" + "x" * 80: 1000 + i for i in range(300)}
 
 
 class PassthroughFS(pyfuse3.Operations):
     enable_passthrough = True
     enable_readdirplus_auto = True
+    enable_direct_io_allow_mmap = True
 
     def __init__(self, backing: str, events: str):
         super().__init__()
         self.backing = backing
         self.events = open(events, "a", buffering=1)
         self.backing_id = 0
-        self.opens = 0
+        self.passthrough_fhs: set[int] = set()  # the opens using backing_id
         self.closing = trio.open_memory_channel(16)
         self.next_fh = 10
         self.fds: dict[int, int] = {}
@@ -61,15 +64,15 @@ class PassthroughFS(pyfuse3.Operations):
             attr.st_nlink = 2
         else:
             attr.st_mode = stat.S_IFREG | 0o666
-            if inode == FILE:
+            if inode in (FILE, DIRECT):
                 attr.st_size = os.stat(self.backing).st_size
         attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
-        attr.attr_timeout = attr.entry_timeout = 0 if inode == FILE else 300
+        attr.attr_timeout = attr.entry_timeout = 0 if inode in (FILE, DIRECT) else 300
         return attr
 
     def entries(self, inode: int) -> list[tuple[bytes, int]]:
         if inode == pyfuse3.ROOT_INODE:
-            return [(b"file", FILE), (b"ctl", CTL), (b"many", MANY)]
+            return [(b"file", FILE), (b"direct", DIRECT), (b"ctl", CTL), (b"many", MANY)]
         return [(name.encode(), ino) for name, ino in MANY_NAMES.items()]
 
     async def lookup(self, parent_inode, name, ctx):
@@ -82,7 +85,7 @@ class PassthroughFS(pyfuse3.Operations):
         return self.attrs(inode)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        if fields.update_size and inode == FILE:
+        if fields.update_size and inode in (FILE, DIRECT):
             os.truncate(self.backing, attr.st_size)
         return self.attrs(inode)
 
@@ -110,13 +113,16 @@ class PassthroughFS(pyfuse3.Operations):
         if inode == CTL:
             return pyfuse3.FileInfo(fh=fh)
         self.fds[fh] = os.open(self.backing, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+        if inode == DIRECT:
+            self.log("open", fh=fh, direct_io=True)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         if pyfuse3.passthrough_enabled():
             try:
                 self.backing_id = self.backing_id or pyfuse3.backing_open(self.fds[fh])
             except OSError as exc:
                 self.log("backing_open-failed", errno=errno.errorcode[exc.errno])
         if self.backing_id:
-            self.opens += 1
+            self.passthrough_fhs.add(fh)
         self.log("open", fh=fh, backing_id=self.backing_id)
         # keep_cache stays at its default (True): pyfuse3 must not send it.
         return pyfuse3.FileInfo(fh=fh, backing_id=self.backing_id)
@@ -157,9 +163,9 @@ class PassthroughFS(pyfuse3.Operations):
             return
         os.close(fd)
         self.log("release", fh=fh)
-        if self.backing_id:
-            self.opens -= 1
-            if self.opens == 0:
+        if fh in self.passthrough_fhs:
+            self.passthrough_fhs.remove(fh)
+            if not self.passthrough_fhs:
                 await self.closing[0].send(self.backing_id)
                 self.backing_id = 0
 

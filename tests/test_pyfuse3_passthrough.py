@@ -9,6 +9,7 @@ import json
 import mmap
 import os
 import platform
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,13 @@ pytestmark = pytest.mark.skipif("CONFIG_FUSE_PASSTHROUGH=y" not in _kernel_confi
 
 
 class Served:
-    """One mount of passthrough_fs.py and the events its daemon wrote."""
+    """One mount of passthrough_fs.py and the events its daemon wrote.
+
+    With ``user``, the daemon runs as that user in a mount namespace of its
+    own, where /dev/fuse is a node anyone may open, as udev makes it on a
+    standard machine (test machines may keep it root's only).  Its mount is
+    then made by the system's setuid fusermount3, and seen and unmounted
+    through ``inside``."""
 
     def __init__(self, root: Path, user: int | None = None):
         self.mnt, self.backing, self.events_file = root / "mnt", root / "backing", root / "events"
@@ -46,12 +53,31 @@ class Served:
         self.backing.write_bytes(b"lower bytes\n".ljust(4096, b"."))
         self.events_file.touch()
         command = [sys.executable, str(FS), str(self.mnt), str(self.backing), str(self.events_file)]
-        if user is not None:
+        self.namespaced = user is not None
+        if self.namespaced:
             for path in (self.mnt, self.backing, self.events_file):
                 os.chown(path, user, user)
-            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+            node = root / "fuse"
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(10, 229))
+            os.chmod(node, 0o666)
+            command = ["unshare", "-m", "--propagation", "private",
+                       "sh", "-c", 'mount --bind "$0" /dev/fuse && exec "$@"', str(node),
+                       *as_user(user), *command]
         self.process = subprocess.Popen(command, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         assert wait_for(lambda: self.of("init")), "the file system did not start"
+
+    def inside(self, *command: str) -> list[str]:
+        """``command`` in the daemon's mount namespace."""
+        return ["nsenter", "-t", str(self.process.pid), "-m", *command] if self.namespaced else list(command)
+
+    def mounted(self) -> bool:
+        if not self.namespaced:
+            return mounted(self.mnt)
+        try:
+            with open(f"/proc/{self.process.pid}/mounts") as f:
+                return any(line.split()[1] == str(self.mnt) for line in f)
+        except FileNotFoundError:
+            return False
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.events_file.read_text().splitlines()]
@@ -64,8 +90,8 @@ class Served:
         (self.mnt / "ctl").write_text(text)
 
     def stop(self) -> None:
-        if mounted(self.mnt):
-            subprocess.run(["umount", str(self.mnt)], capture_output=True, check=False)
+        if self.mounted():
+            subprocess.run(self.inside("umount", str(self.mnt)), capture_output=True, check=False)
         try:
             self.process.wait(timeout=10)
         finally:
@@ -73,6 +99,10 @@ class Served:
                 self.process.kill()
                 self.process.wait()
             force_unmount(self.mnt)
+
+
+def as_user(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
 
 
 @pytest.fixture
@@ -112,6 +142,17 @@ def test_shared_maps_read_and_write_the_backing_files_pages(served):
     assert served.of("read") == served.of("write") == []
 
 
+def test_shared_maps_of_direct_io_files_go_through_the_daemon(served):
+    """enable_direct_io_allow_mmap: without it a shared map of a direct_io
+    file fails (ENODEV)."""
+    with open(served.mnt / "direct", "r+b") as f, mmap.mmap(f.fileno(), 4096) as shared:
+        assert shared[:12] == b"lower bytes\n"
+        shared[200:206] = b"mapped"
+        shared.flush()
+    assert served.backing.read_bytes()[200:206] == b"mapped"
+    assert served.of("read") and served.of("write")
+
+
 def test_two_opens_share_one_backing_id_closed_after_the_last_release(served):
     with open(served.mnt / "file", "rb"), open(served.mnt / "file", "r+b"):
         first, second = served.of("open")
@@ -135,14 +176,14 @@ def test_a_cached_listing_is_kept_until_invalidate_inode(served):
     def listings() -> int:
         return len(served.of("readdir", inode=1))
 
-    assert sorted(os.listdir(served.mnt)) == ["ctl", "file", "many"]
+    assert sorted(os.listdir(served.mnt)) == ["ctl", "direct", "file", "many"]
     read_once = listings()
     assert read_once > 0
-    assert sorted(os.listdir(served.mnt)) == ["ctl", "file", "many"]
+    assert sorted(os.listdir(served.mnt)) == ["ctl", "direct", "file", "many"]
     assert listings() == read_once
     assert len(served.of("opendir", inode=1)) == 2  # opendir is asked each time; readdir is not
     served.command("invalidate")
-    assert sorted(os.listdir(served.mnt)) == ["ctl", "file", "many"]
+    assert sorted(os.listdir(served.mnt)) == ["ctl", "direct", "file", "many"]
     assert listings() > read_once
 
 
@@ -160,12 +201,12 @@ def test_readdirplus_auto_sends_plain_readdir_requests_marked_not_plus(served):
 def test_a_rootless_daemon_mounts_and_falls_back_when_backing_open_is_refused(world_readable_dir):
     """Without CAP_SYS_ADMIN the kernel grants passthrough at INIT but
     refuses backing files (EPERM); the mount is made by the system's
-    fusermount3, and reads go through the daemon."""
+    fusermount3 (libfuse is built without its own), and reads go through
+    the daemon."""
     served = Served(world_readable_dir, user=NOBODY)
     try:
-        assert mounted(served.mnt)
-        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        read = subprocess.run([*as_nobody, "head", "-c", "12", str(served.mnt / "file")],
+        assert served.mounted()
+        read = subprocess.run(served.inside(*as_user(NOBODY), "head", "-c", "12", str(served.mnt / "file")),
                               capture_output=True, check=True)
         assert read.stdout == b"lower bytes\n"
         assert served.of("init") == [{"event": "init", "passthrough": True}]
