@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (as root) for pyunion + pycontainer:
-# the system packages, then a virtualenv in .venv with the project in it.
+# the system packages, then a virtualenv in .venv with the project in it,
+# its pyfuse3 patched for FUSE passthrough (scripts/pyfuse3/passthrough.patch).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,7 +10,7 @@ the foreground, a root directory holding:
   ``direct_io`` (shared maps need ``enable_direct_io_allow_mmap``);
 * ``ctl``: a plain file; writing ``invalidate`` to it drops the kernel's
   cached listing of the root directory, ``probe`` tries ``backing_open`` on
-  a directory and a pipe;
+  a directory and a pipe, and ``backing_close`` on an unknown id;
 * ``many``: a directory of 300 entries with long names, listed in several
   requests, opened with a plain handle (pyfuse3's old ``opendir`` form).
 
@@ -143,7 +143,8 @@ class PassthroughFS(pyfuse3.Operations):
         return len(buf)
 
     def probe(self) -> None:
-        """backing_open of what is not a regular file."""
+        """backing_open of what is not a regular file, backing_close of an
+        id never given."""
         read_end, write_end = os.pipe()
         directory = os.open(os.path.dirname(self.backing), os.O_RDONLY | os.O_DIRECTORY)
         for kind, fd in (("directory", directory), ("pipe", read_end)):
@@ -153,6 +154,10 @@ class PassthroughFS(pyfuse3.Operations):
                 self.log("probe", kind=kind, errno=errno.errorcode[exc.errno])
         for fd in (read_end, write_end, directory):
             os.close(fd)
+        try:
+            pyfuse3.backing_close(12345)
+        except OSError as exc:
+            self.log("probe", kind="unknown id", errno=errno.errorcode[exc.errno])
 
     async def flush(self, fh):
         pass

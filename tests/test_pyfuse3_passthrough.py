@@ -169,7 +169,7 @@ def test_two_opens_share_one_backing_id_closed_after_the_last_release(served):
 def test_backing_open_of_what_is_not_a_regular_file_is_an_oserror(served):
     served.command("probe")
     assert {e["kind"]: e.get("errno") for e in served.of("probe")} == {
-        "directory": "EISDIR", "pipe": "EINVAL"}
+        "directory": "EISDIR", "pipe": "EINVAL", "unknown id": "ENOENT"}
 
 
 def test_a_cached_listing_is_kept_until_invalidate_inode(served):
