@@ -64,7 +64,9 @@ class Served:
                        "sh", "-c", 'mount --bind "$0" /dev/fuse && exec "$@"', str(node),
                        *as_user(user), *command]
         self.process = subprocess.Popen(command, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        assert wait_for(lambda: self.of("init")), "the file system did not start"
+        if not wait_for(lambda: self.of("init")):
+            self.stop()
+            pytest.fail("the file system did not start")
 
     def inside(self, *command: str) -> list[str]:
         """``command`` in the daemon's mount namespace."""
