@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (as root) for pyunion + pycontainer:
-# the system packages, then a virtualenv in .venv with the project in it.
+# the system packages, then a virtualenv in .venv with the project in it,
+# its pyfuse3 patched for FUSE passthrough (scripts/pyfuse3/passthrough.patch).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,26 @@ python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "setup: $python is older than 3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# pyfuse3 with FUSE passthrough and cached directories: 3.5.0 and our patch,
+# built against libfuse 3.17 or newer (the system's if it has one, else
+# Debian trixie's, built into .venv/fuse).  Its version names the patch, so
+# it is rebuilt only when the patch changes, and installed before the
+# project so that pip keeps it.
+pyfuse3=3.5.0+passthrough$(sha256sum scripts/pyfuse3/passthrough.patch | cut -c1-12)
+pyfuse3_version() { .venv/bin/python -c 'from importlib.metadata import version; print(version("pyfuse3"))' 2>/dev/null || true; }
+if [ "$(pyfuse3_version)" != "$pyfuse3" ]; then
+    fuse_headers=$(pkg-config --variable=includedir fuse3 2>/dev/null || true)/fuse3/fuse_lowlevel.h
+    if pkg-config --atleast-version=3.17 fuse3 && [ -e "$fuse_headers" ]; then
+        pkg_config_path=${PKG_CONFIG_PATH:-}
+    else
+        [ -e .venv/fuse/lib/pkgconfig/fuse3.pc ] || { echo "setup: building libfuse 3.17.2"; bash scripts/build-libfuse.sh .venv/fuse; }
+        pkg_config_path=$PWD/.venv/fuse/lib/pkgconfig
+    fi
+    echo "setup: building pyfuse3 $pyfuse3"
+    PKG_CONFIG_PATH=$pkg_config_path bash scripts/build-pyfuse3.sh "$pyfuse3"
+    [ "$(pyfuse3_version)" = "$pyfuse3" ] || { echo "setup: pyfuse3 $pyfuse3 did not install" >&2; exit 1; }
+fi
 # pip answers quickly when everything is already there.
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]' 2>&1 \
     | grep -v "^WARNING: Location" || true
@@ -44,6 +65,8 @@ suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("
 ln -sfn "$seccomp_so" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/"
 .venv/bin/python -c 'import pyfuse3, trio, click, seccomp' \
     || { echo "setup: the Python packages did not install" >&2; exit 1; }
+[ "$(pyfuse3_version)" = "$pyfuse3" ] \
+    || { echo "setup: pip replaced the patched pyfuse3 $pyfuse3" >&2; exit 1; }
 
 # mount(8) runs helpers with the system PATH only: `mount -t fuse.pyunion`
 # finds the program there.
