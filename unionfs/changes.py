@@ -48,21 +48,25 @@ from .whiteout import META_DIR, Marks
 #: The size up to which a copy-up copies a regular file whole, with
 #: ``copyup=partial``, where flushes are skipped (``volatile``).  A whole
 #: copy makes one file; a partial one makes three (intent record, chunk
-#: map, file) and brings its first chunk up at the first write.  But a whole
-#: copy is flushed before it is renamed into place, and that flush costs
-#: more than the two files it saves, so a durable mount copies every
-#: non-empty file partially.  Median first 1-byte write (open, pwrite,
-#: close) to a lower file, ext4, whole / partial, in ms:
+#: map, file) and brings the first chunk up at the first write.  A whole
+#: copy is also flushed before it is renamed into place, though, and on a
+#: durable mount that flush (and the thread it waits in) costs more than the
+#: two files saved, at every size: there every non-empty file is copied
+#: partially.  Median first 1-byte write (open, pwrite, close) to a lower
+#: file through the mount, ext4, whole / partial copy, ms (medians of 3 runs
+#: of 50; overlayfs took 0.27-0.52 at 4-16 KiB, 0.03-0.05 volatile):
 #:
-#: ==========  ===========  ===========
-#: size        volatile     durable
-#: ==========  ===========  ===========
-#: 4 KiB       0.51 / 0.71  0.93 / 0.73
-#: 16 KiB      0.62 / 0.89  1.04 / 0.87
-#: 64 KiB      1.05 / 1.26  0.98 / 0.98
-#: 256 KiB     0.80 / 1.12  1.26 / 1.03
-#: 1 MiB       1.21 / 1.02  2.00 / 1.33
-#: ==========  ===========  ===========
+#: ========  ===========  ===========
+#: size      volatile     durable
+#: ========  ===========  ===========
+#: 4 KiB     0.49 / 0.87  1.63 / 0.87
+#: 16 KiB    0.57 / 0.84  1.30 / 0.87
+#: 64 KiB    0.57 / 1.03  1.35 / 0.89
+#: 128 KiB   0.61 / 1.03  1.73 / 0.79
+#: 256 KiB   0.69 / 0.88  1.45 / 0.91
+#: 512 KiB   0.99 / 0.95  1.85 / 0.94
+#: 1 MiB     1.26 / 0.86  4.01 / 0.92
+#: ========  ===========  ===========
 SMALL_FILE = 256 * 1024
 
 
