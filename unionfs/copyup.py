@@ -4,8 +4,9 @@ The copy keeps the type, data (holes stay holes), mode, owner, times and
 xattrs, and gets the union's marks (its origin inode number, so ``st_ino``
 does not change).  It is made under a fresh name in the work directory and
 its data (if it has any) fsynced; the caller renames it into place, so a
-crash never leaves half a file visible.  Data moves with ``copy_file_range`` (in the kernel, and a
-reflink where the file system can), falling back to ``sendfile``.
+crash never leaves half a file visible.  Data moves with
+``copy_file_range`` (in the kernel, and a reflink where the file system
+can), falling back to ``sendfile``.
 
 Regular files may be big: with ``Data.ALL``, call :func:`copy_entry` off the
 event loop.
