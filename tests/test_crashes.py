@@ -555,6 +555,15 @@ async def setattr_(s: Stack, path: str, **values) -> None:
     await s.ops.setattr(await s.inode(path), attr, fields, None, None)
 
 
+async def write_at(s: Stack, path: str, offset: int, data: bytes) -> None:
+    """open(O_WRONLY), pwrite, close through ``fs``: a first write copies up."""
+    info = await s.ops.open(await s.inode(path), os.O_WRONLY, None)
+    try:
+        await s.ops.write(info.fh, offset, data)
+    finally:
+        await s.ops.release(info.fh)
+
+
 async def setxattr(s: Stack, path: str, name: str, value: bytes) -> None:
     await s.ops.setxattr(await s.inode(path), name.encode(), value, None)
 
@@ -584,6 +593,8 @@ class Scenario:
     change: Op
     setup: tuple[Op, ...] = ()
     partial: bool = True  # copyup=partial (the default) or full
+    #: flushes skipped, as on a ``volatile`` mount (small files are copied whole)
+    volatile: bool = False
     #: False for a copy-up alone, which the union does not show
     visible: bool = True
 
@@ -665,6 +676,9 @@ SCENARIOS = [
     Scenario("setxattr-dir", op(setxattr, "dir/sub", "user.new", b"v")),
     Scenario("setxattr-empty-lower-dir", op(setxattr, "empty", "user.new", b"v")),
     Scenario("removexattr-partial", op(removexattr, "file", "user.color")),
+    # on a volatile mount a small file is copied whole (changes.SMALL_FILE)
+    Scenario("first-write-small-volatile", op(write_at, "file", 3, b"L"), volatile=True),
+    Scenario("chmod-small-volatile", op(setattr_, "file", st_mode=0o600), volatile=True),
 ]
 
 
@@ -777,8 +791,17 @@ def _around(calls: list[Call], k: int) -> str:
 
 
 def outcome_of(scenario: Scenario, low: Path, base: Path) -> Outcome:
-    if scenario.id in _outcomes:
-        return _outcomes[scenario.id]
+    if scenario.id not in _outcomes:
+        was = durable_module._volatile
+        durable_module._volatile = scenario.volatile
+        try:
+            _outcomes[scenario.id] = _outcome(scenario, low, base)
+        finally:
+            durable_module._volatile = was
+    return _outcomes[scenario.id]
+
+
+def _outcome(scenario: Scenario, low: Path, base: Path) -> Outcome:
     root = base / scenario.id
     # old
     _prepare(root / "old", low, scenario)
@@ -835,7 +858,6 @@ def outcome_of(scenario: Scenario, low: Path, base: Path) -> Outcome:
                 if left := leftovers(up, stack, seen):
                     outcome.left.append(f"{where}  {left}")
         shutil.rmtree(up)
-    _outcomes[scenario.id] = outcome
     return outcome
 
 

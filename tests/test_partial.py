@@ -28,6 +28,7 @@ from helpers import build, force_unmount, mounted, process_gone, pyunion, wait_f
 from unionfs import chunkmap as chunkmap_module
 from unionfs import daemon
 from unionfs import partial as partial_module
+from unionfs.changes import SMALL_FILE
 from unionfs.chunkmap import CHUNK, ChunkMap, Source
 from unionfs.partial import PartialFile
 
@@ -167,6 +168,34 @@ def test_a_one_byte_write_brings_up_one_chunk(tmp_path, unions):
         os.close(fd)
     assert digest(mnt / "big") == expected
     assert os.stat(up / "big").st_blocks * 512 <= 128 * KiB  # reading brought nothing up
+
+
+@pytest.mark.parametrize("volatile", [False, True], ids=["durable", "volatile"])
+def test_small_files_are_copied_whole_where_flushes_are_skipped(tmp_path, unions, volatile):
+    """``changes.SMALL_FILE``: on a volatile mount a first write copies a
+    small file whole (no chunk map), a bigger one still partially; a
+    durable mount copies both partially (a whole copy's flush costs more)."""
+    sizes = {"empty": 0, "small": 4 * KiB, "edge": SMALL_FILE, "big": SMALL_FILE + 1}
+    low = build(tmp_path / "low", {})
+    for seed, (name, size) in enumerate(sizes.items()):
+        write_big(low / name, size, seed)
+    expected = {name: (low / name).read_bytes() for name in sizes}
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], *(["volatile"] if volatile else []), rw=True)
+
+    for name in sizes:
+        write_at(mnt / name, 0, b"!")
+        expected[name] = b"!" + expected[name][1:]
+
+    whole = {name for name, size in sizes.items() if size == 0
+             or (volatile and size <= SMALL_FILE)}
+    for name in sizes:
+        assert (mnt / name).read_bytes() == expected[name], name
+        if name in whole:
+            assert_plain(up, name, expected[name])
+        else:
+            assert "partial" in marks(up / name), name
+    assert chunk_maps(up) == sorted(marks(up / n)["partial"] for n in set(sizes) - whole)
 
 
 # -- 3: random operations against a model ---------------------------------------------

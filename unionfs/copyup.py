@@ -3,9 +3,10 @@
 The copy keeps the type, data (holes stay holes), mode, owner, times and
 xattrs, and gets the union's marks (its origin inode number, so ``st_ino``
 does not change).  It is made under a fresh name in the work directory and
-its data fsynced; the caller renames it into place, so a crash never leaves
-half a file visible.  Data moves with ``copy_file_range`` (in the kernel, and a
-reflink where the file system can), falling back to ``sendfile``.
+its data (if it has any) fsynced; the caller renames it into place, so a
+crash never leaves half a file visible.  Data moves with
+``copy_file_range`` (in the kernel, and a reflink where the file system
+can), falling back to ``sendfile``.
 
 Regular files may be big: with ``Data.ALL``, call :func:`copy_entry` off the
 event loop.
@@ -140,7 +141,8 @@ def _copy_file(source: Location, st: os.stat_result, work_fd: int, name: str,
                 copy_data(src, dst, st.st_size)
             finally:
                 os.close(src)
-            durable.fsync(dst)  # data must not lag behind the rename that shows it
+            if st.st_size:  # data must not lag behind the rename that shows it
+                durable.fsync(dst)
         elif data is Data.LATER:
             os.ftruncate(dst, st.st_size)
     except BaseException:

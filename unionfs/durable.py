@@ -44,6 +44,11 @@ def make_volatile() -> None:
     _volatile = True
 
 
+def flushes() -> bool:
+    """Whether flushes reach the disk (not on a volatile mount)."""
+    return not _volatile
+
+
 def fsync(fd: int, datasync: bool = False) -> None:
     if not _volatile:
         (os.fdatasync if datasync else os.fsync)(fd)
