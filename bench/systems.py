@@ -2,7 +2,8 @@
 mount point and take it off again.
 
 * ``native``: no union at all; the workload runs on a plain copy of the
-  branches' merged tree (the physical limit).
+  branches' merged tree (the physical limit), or, where the mount itself
+  is timed, on a bind mount of the bottom branch.
 * ``overlayfs``: the kernel's, ``mount -t overlay``.
 * ``fuse-overlayfs``, ``unionfs-fuse`` (``-o cow``): the FUSE peers.
 * ``pyunion``: ours.
@@ -75,6 +76,16 @@ class Native(System):
         pass
 
 
+class Bind(System):
+    """No union either: a bind mount of the bottom branch, where what is
+    timed is the mount itself."""
+
+    name = "native"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        return ["mount", "--bind", str(stack.lowers[-1]), str(stack.mnt)]
+
+
 class KernelOverlay(System):
     name = "overlayfs"
 
@@ -124,6 +135,14 @@ ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
 PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
 
 
+def for_workload(name: str) -> list[System]:
+    """Every system; the page-cache modes too where reads or memory are
+    measured (workloads.py's sequential reads, pagecache.py)."""
+    if name.startswith(("sequential read", "page cache")):
+        return [*ALL, *PAGECACHE_VARIANTS]
+    return list(ALL)
+
+
 def _run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -141,4 +160,4 @@ def _wait_mounted(path: Path, seconds: float = 10) -> None:
     while not is_mounted(path):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not get mounted")
-        time.sleep(0.01)
+        time.sleep(0.001)  # fine enough for the mount times measured
