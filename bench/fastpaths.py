@@ -91,16 +91,17 @@ def rows(quick: bool) -> list[Row]:
         chosen = _chosen(by_name[workload], quick)
         return by_name[workload].label(chosen[index])
 
-    def timed(label: str, workload: str, case: str, target: str, judge, **columns) -> Row:
-        return Row(label, target, workload, case, _median(workload, case), duration, judge,
-                   **columns)
+    def timed(label: str, workload: str, case_label: str, target: str, judge,
+              **options) -> Row:
+        return Row(label, target, workload, case_label, _median(workload, case_label),
+                   duration, judge, **options)
 
-    def speed(label: str, workload: str, target: str, **deciding) -> Row:
+    def speed(label: str, workload: str, target: str, **options) -> Row:
         size, median = _chosen(by_name[workload], quick)[0], _median(workload, case(workload))
         return Row(label, target, workload, case(workload),
                    lambda figures, system: size / MiB / median(figures, system),
                    lambda mib_s: f"{mib_s:.0f}", _versus("native", 0.9, higher=True),
-                   **deciding)
+                   **options)
 
     lookup = "lookup vs branches"
     size = pagecache.file_size(quick)
@@ -235,8 +236,8 @@ def markdown(lines: list[dict[str, str]]) -> str:
         return ""
     heads = ["workload", *COLUMNS, "target", "verdict"]
     return "\n".join(["## issue #16: kernel fast paths", "",
-                      "Medians of this run; pyunion's page-cache modes where they are "
-                      "measured. The verdict is the default pyunion's (every mode's for the "
+                      "Medians of this run; pyunion's first figure is with its defaults, "
+                      "then its page-cache modes where they are measured. The verdict is the default pyunion's (every mode's for the "
                       "warm read, the best mode's for the page cache), with the ratios it "
                       "rests on.", "",
                       "| " + " | ".join(heads) + " |",
