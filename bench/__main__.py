@@ -58,7 +58,8 @@ def _measure(only: str | None, quick: bool, runs: int, work: Path, progress) -> 
         results += pagecache.measure(systems.for_workload(pagecache.NAME), quick, runs, work,
                                      progress)
     if chosen(mountready.NAME):
-        results += mountready.measure(list(systems.ALL), runs, 1, work, progress)
+        results += mountready.measure(systems.for_workload(mountready.NAME), runs, 1, work,
+                                      progress)
     if not only or only in "udba":
         results += udba.measure(quick, runs, work, progress)
     if not only or only in "containers":

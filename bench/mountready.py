@@ -1,7 +1,7 @@
 """Mount until ready: from the exec of each system's mount command until
 a listing of the new mount answers, over a lower branch of a few files.
-``native`` is a bind mount of that branch.  (podman.py times pyunion
-started as podman's mount program; this is ``pyunion mount``.)
+``native`` is a bind mount of that branch; pyunion is timed both as
+``pyunion mount`` and as a mount program (``pyunion -o lowerdir=..``).
 """
 
 from __future__ import annotations

@@ -90,9 +90,8 @@ class KernelOverlay(System):
     name = "overlayfs"
 
     def mount_command(self, stack: Stack) -> list[str]:
-        lowers = ":".join(map(str, stack.lowers))
-        return ["mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+        return ["mount", "-t", "overlay", "overlay", "-o", _overlay_options(stack),
+                str(stack.mnt)]
 
 
 class FuseOverlayfs(System):
@@ -100,9 +99,7 @@ class FuseOverlayfs(System):
     program = "fuse-overlayfs"
 
     def mount_command(self, stack: Stack) -> list[str]:
-        lowers = ":".join(map(str, stack.lowers))
-        return ["fuse-overlayfs", "-o",
-                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+        return ["fuse-overlayfs", "-o", _overlay_options(stack), str(stack.mnt)]
 
 
 class UnionfsFuse(System):
@@ -130,6 +127,17 @@ class Pyunion(System):
         return [PYUNION, "mount", "-o", options, str(stack.mnt)]
 
 
+class PyunionProgram(Pyunion):
+    """pyunion started as podman starts its mount program."""
+
+    def __init__(self):
+        super().__init__()
+        self.name = "pyunion as mount program"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        return [PYUNION, "-o", _overlay_options(stack), str(stack.mnt)]
+
+
 ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
 #: the other page-cache modes, measured where they matter (reads, memory)
 PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
@@ -137,10 +145,18 @@ PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
 
 def for_workload(name: str) -> list[System]:
     """Every system; the page-cache modes too where reads or memory are
-    measured (workloads.py's sequential reads, pagecache.py)."""
+    measured (workloads.py's sequential reads, pagecache.py), and pyunion as
+    a mount program too where mounting is (mountready.py)."""
     if name.startswith(("sequential read", "page cache")):
         return [*ALL, *PAGECACHE_VARIANTS]
+    if name == "mount until ready":
+        return [*ALL, PyunionProgram()]
     return list(ALL)
+
+
+def _overlay_options(stack: Stack) -> str:
+    lowers = ":".join(map(str, stack.lowers))
+    return f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}"
 
 
 def _run(command: list[str]) -> None:
