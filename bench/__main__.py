@@ -1,7 +1,9 @@
 """``python -m bench [--quick]``: pyunion beside native, kernel overlayfs
 and the FUSE peers, in one run on this machine.  Run as root (it mounts).
 
-Writes bench/results/LATEST.md (also printed), LATEST.json and PNG plots.
+Writes bench/results/LATEST.md (also printed), LATEST.json and PNG plots;
+issue #16's table of targets and verdicts heads them where the run measured
+its rows (``--only fastpaths`` measures just those).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import (containers, pagecache, podman, report, runner, runtimes, systems, udba,
-               workloads)
+from . import (containers, fastpaths, mountready, pagecache, podman, report, runner, runtimes,
+               systems, udba, workloads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,48 +26,49 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the branches are built (its file system is recorded)")
     parser.add_argument("--only", help="run only workloads whose name contains this "
                         "('containers' for the container ones, 'podman' for podman's, "
-                        "'runtimes' for the OCI runtimes')")
+                        "'runtimes' for the OCI runtimes); 'fastpaths': what issue #16's "
+                        "table needs, and that table")
     args = parser.parse_args(argv)
     runs = args.runs or (3 if args.quick else 5)
-    chosen = [w for w in workloads.all_workloads() if not args.only or args.only in w.name]
     with tempfile.TemporaryDirectory(prefix="pyunion-bench-", dir=args.workdir) as work:
         progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
-        results = []
-        for workload in chosen:
-            results += runner.measure([workload], _systems_for(workload.name), args.quick, runs,
-                                      warmups=1, workdir=Path(work), progress=progress)
-        what = {w.name: w.what for w in chosen}
-        if not args.only or args.only in pagecache.NAME:
-            results += pagecache.measure(_systems_for(pagecache.NAME), args.quick, runs,
-                                         Path(work), progress)
-            what[pagecache.NAME] = pagecache.WHAT
-        if not args.only or args.only in "udba":
-            results += udba.measure(args.quick, runs, Path(work), progress)
-            what.update(udba.WHAT)
-        if not args.only or args.only in "containers":
-            results += containers.measure(args.quick, runs, 1, Path(work), progress)
-            what[containers.START] = ("`pycontainer run --rm busybox true` beside `runc run` and "
-                                      "`crun run`; `run -d` of each container while the "
-                                      "ones started before it run")
-            what[containers.MEMORY] = ("PSS of pycontainer's own processes per running "
-                                       "container; and of all of them, over their number")
-        if not args.only or args.only in "podman":
-            results += podman.measure(args.quick, runs, 1, Path(work), progress)
-            what.update(podman.WHAT)
-        if not args.only or args.only in "runtimes":
-            results += runtimes.measure(runs, 1, Path(work), progress)
-            what.update(runtimes.WHAT)
+        if args.only == fastpaths.NAME:
+            results = fastpaths.measure(args.quick, runs, Path(work), progress)
+        else:
+            results = _measure(args.only, args.quick, runs, Path(work), progress)
         facts = report.machine_facts(Path(work))
-    table = report.write(results, facts, what, args.out)
+    what = {**{w.name: w.what for w in workloads.all_workloads()}, pagecache.NAME: pagecache.WHAT,
+            mountready.NAME: mountready.WHAT, **udba.WHAT, **containers.WHAT, **podman.WHAT,
+            **runtimes.WHAT}
+    summary = fastpaths.table(results, args.quick)
+    table = report.write(results, facts, what, args.out, fastpaths.markdown(summary), summary)
     print(table)
     return 0
 
 
-def _systems_for(workload: str) -> list[systems.System]:
-    """Every system; the page-cache modes too where reads or memory are measured."""
-    if workload.startswith("sequential read") or workload == pagecache.NAME:
-        return [*systems.ALL, *systems.PAGECACHE_VARIANTS]
-    return list(systems.ALL)
+def _measure(only: str | None, quick: bool, runs: int, work: Path, progress) -> list:
+    """Every measurement whose name contains ``only`` (all without it)."""
+    chosen = lambda name: not only or only in name  # noqa: E731
+    results = []
+    for workload in workloads.all_workloads():
+        if chosen(workload.name):
+            results += runner.measure([workload], systems.for_workload(workload.name), quick,
+                                      runs, warmups=1, workdir=work, progress=progress)
+    if chosen(pagecache.NAME):
+        results += pagecache.measure(systems.for_workload(pagecache.NAME), quick, runs, work,
+                                     progress)
+    if chosen(mountready.NAME):
+        results += mountready.measure(systems.for_workload(mountready.NAME), runs, 1, work,
+                                      progress)
+    if not only or only in "udba":
+        results += udba.measure(quick, runs, work, progress)
+    if not only or only in "containers":
+        results += containers.measure(quick, runs, 1, work, progress)
+    if not only or only in "podman":
+        results += podman.measure(quick, runs, 1, work, progress)
+    if not only or only in "runtimes":
+        results += runtimes.measure(runs, 1, work, progress)
+    return results
 
 
 if __name__ == "__main__":

@@ -23,16 +23,24 @@ from .runner import Result
 PYCONTAINER = str(Path(sys.executable).parent / "pycontainer")
 START = "container start"
 MEMORY = "memory per container"
+WHAT = {START: "`pycontainer run --rm busybox true` beside `runc run` and `crun run`; "
+               "`run -d` of each container while the ones started before it run",
+        MEMORY: "PSS of pycontainer's own processes per running container; and of all of "
+                "them, over their number"}
 
 
-def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print) -> list[Result]:
+def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print,
+            runtimes: tuple[str, ...] = ("runc", "crun"),
+            counts: tuple[int, ...] | None = None) -> list[Result]:
+    """Starts beside each of ``runtimes``; memory with each of ``counts``
+    containers running (by default 3 quick, else 20 and 100)."""
     rootfs = images.build_busybox()
     progress(f"{START} on pycontainer")
     # No network on either side: runc's bundle has an empty namespace too.
     results = [time_starts("pycontainer", lambda i: [PYCONTAINER, "run", "--rm", "--network",
                                                       "none", "busybox", "true"], runs, warmups)]
     bundle = None
-    for runtime in ("runc", "crun"):  # the same OCI bundle serves both
+    for runtime in runtimes:  # the same OCI bundle serves them all
         progress(f"{START} on {runtime}")
         if not shutil.which(runtime):
             results.append(Result(START, "busybox true", runtime,
@@ -42,7 +50,7 @@ def measure(quick: bool, runs: int, warmups: int, workdir: Path, progress=print)
         results.append(time_starts(runtime, lambda i, runtime=runtime: [
             runtime, "run", "--bundle", str(bundle), f"bench-{uuid.uuid4().hex[:8]}"],
             runs, warmups))
-    for count in (3,) if quick else (20, 100):
+    for count in counts or ((3,) if quick else (20, 100)):
         progress(f"{MEMORY} with {count} running")
         results += _many_running(count)
     return results

@@ -22,17 +22,18 @@ WHAT = "growth of the page cache after reading one lower file through N mounts o
 
 
 def measure(systems: list[System], quick: bool, runs: int, workdir: Path,
-            progress=print) -> list[Result]:
-    size = 16 * MiB if quick else GiB
+            progress=print, counts: tuple[int, ...] = (1, 4)) -> list[Result]:
+    """Through each number of mounts in ``counts``."""
+    size = file_size(quick)
     base = workdir / "pagecache-base"
     base.mkdir()
     _write_file(base / "f", size)
     results = []
     try:
-        for mounts in (1, 4):
+        for mounts in counts:
             for system in systems:
                 progress(f"{NAME} [{mounts} mounts, {size // MiB} MiB] on {system.name}")
-                result = Result(NAME, f"{size // MiB} MiB through {mounts} mount(s)",
+                result = Result(NAME, case(size, mounts),
                                 system.name, unit="B", missing=system.missing())
                 if result.missing is None:
                     _run_on(system, base, mounts, runs, workdir / "pagecache-run", result)
@@ -40,6 +41,14 @@ def measure(systems: list[System], quick: bool, runs: int, workdir: Path,
     finally:
         shutil.rmtree(base)
     return results
+
+
+def file_size(quick: bool) -> int:
+    return 16 * MiB if quick else GiB
+
+
+def case(size: int, mounts: int) -> str:
+    return f"{size // MiB} MiB through {mounts} mount(s)"
 
 
 def _run_on(system: System, base: Path, mounts: int, runs: int, workdir: Path,

@@ -27,9 +27,13 @@ def machine_facts(workdir: Path) -> dict[str, str]:
             "python": platform.python_version(), "branches on": f"{workdir} ({fstype})"}
 
 
-def markdown(results: list[Result], facts: dict[str, str], what: dict[str, str]) -> str:
+def markdown(results: list[Result], facts: dict[str, str], what: dict[str, str],
+             summary: str = "") -> str:
+    """The machine's facts, ``summary`` (a markdown section), then a table
+    per workload."""
     lines = ["# pyunion benchmarks", "",
-             " · ".join(f"{k}: {v}" for k, v in facts.items()), ""]
+             " · ".join(f"{k}: {v}" for k, v in facts.items()), "",
+             *([summary] if summary else [])]
     for workload in dict.fromkeys(r.workload for r in results):
         lines += [f"## {workload}", "", what[workload], "",
                   "| case | system | median | min – max | × native | × overlayfs |",
@@ -46,7 +50,7 @@ def _row(result: Result, rows: list[Result]) -> str:
     if result.missing or result.error:
         return f"| {case} | {system} | {result.missing or 'failed: ' + result.error} | | | |"
     median = statistics.median(result.times)
-    show = _bytes if result.unit == "B" else _duration
+    show = _bytes if result.unit == "B" else duration
     ratios = []
     for reference in ("native", "overlayfs"):
         other = next((r for r in rows if r.param == case and r.system == reference
@@ -61,7 +65,7 @@ def _bytes(count: float) -> str:
     return f"{count / (1 << 20):.1f} MiB"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
@@ -70,12 +74,15 @@ def _duration(seconds: float) -> str:
 
 
 def write(results: list[Result], facts: dict[str, str], what: dict[str, str],
-          out: Path) -> str:
+          out: Path, summary: str = "", summary_rows: list[dict] = ()) -> str:
+    """LATEST.md and LATEST.json in ``out``, the summary's rows (dicts) in
+    the JSON's ``summary``; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(results, facts, what)
+    table = markdown(results, facts, what, summary)
     (out / "LATEST.md").write_text(table + "\n")
     (out / "LATEST.json").write_text(json.dumps(
-        {"machine": facts, "results": [asdict(r) for r in results]}, indent=1) + "\n")
+        {"machine": facts, "summary": list(summary_rows),
+         "results": [asdict(r) for r in results]}, indent=1) + "\n")
     _plots(results, out)
     return table
 

@@ -2,7 +2,8 @@
 mount point and take it off again.
 
 * ``native``: no union at all; the workload runs on a plain copy of the
-  branches' merged tree (the physical limit).
+  branches' merged tree (the physical limit), or, where the mount itself
+  is timed, on a bind mount of the bottom branch.
 * ``overlayfs``: the kernel's, ``mount -t overlay``.
 * ``fuse-overlayfs``, ``unionfs-fuse`` (``-o cow``): the FUSE peers.
 * ``pyunion``: ours.
@@ -75,13 +76,22 @@ class Native(System):
         pass
 
 
+class Bind(System):
+    """No union either: a bind mount of the bottom branch, where what is
+    timed is the mount itself."""
+
+    name = "native"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        return ["mount", "--bind", str(stack.lowers[-1]), str(stack.mnt)]
+
+
 class KernelOverlay(System):
     name = "overlayfs"
 
     def mount_command(self, stack: Stack) -> list[str]:
-        lowers = ":".join(map(str, stack.lowers))
-        return ["mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+        return ["mount", "-t", "overlay", "overlay", "-o", _overlay_options(stack),
+                str(stack.mnt)]
 
 
 class FuseOverlayfs(System):
@@ -89,9 +99,7 @@ class FuseOverlayfs(System):
     program = "fuse-overlayfs"
 
     def mount_command(self, stack: Stack) -> list[str]:
-        lowers = ":".join(map(str, stack.lowers))
-        return ["fuse-overlayfs", "-o",
-                f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}", str(stack.mnt)]
+        return ["fuse-overlayfs", "-o", _overlay_options(stack), str(stack.mnt)]
 
 
 class UnionfsFuse(System):
@@ -119,9 +127,36 @@ class Pyunion(System):
         return [PYUNION, "mount", "-o", options, str(stack.mnt)]
 
 
+class PyunionProgram(Pyunion):
+    """pyunion started as podman starts its mount program."""
+
+    def __init__(self):
+        super().__init__()
+        self.name = "pyunion as mount program"
+
+    def mount_command(self, stack: Stack) -> list[str]:
+        return [PYUNION, "-o", _overlay_options(stack), str(stack.mnt)]
+
+
 ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
 #: the other page-cache modes, measured where they matter (reads, memory)
 PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
+
+
+def for_workload(name: str) -> list[System]:
+    """Every system; the page-cache modes too where reads or memory are
+    measured (workloads.py's sequential reads, pagecache.py), and pyunion as
+    a mount program too where mounting is (mountready.py)."""
+    if name.startswith(("sequential read", "page cache")):
+        return [*ALL, *PAGECACHE_VARIANTS]
+    if name == "mount until ready":
+        return [*ALL, PyunionProgram()]
+    return list(ALL)
+
+
+def _overlay_options(stack: Stack) -> str:
+    lowers = ":".join(map(str, stack.lowers))
+    return f"lowerdir={lowers},upperdir={stack.upper},workdir={stack.work}"
 
 
 def _run(command: list[str]) -> None:
@@ -141,4 +176,4 @@ def _wait_mounted(path: Path, seconds: float = 10) -> None:
     while not is_mounted(path):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not get mounted")
-        time.sleep(0.01)
+        time.sleep(0.001)  # fine enough for the mount times measured

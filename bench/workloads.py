@@ -5,7 +5,14 @@ workload touches its own file ``f{i}``, which no earlier run copied up.
 
 from __future__ import annotations
 
+import functools
+import mmap
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +138,58 @@ def _stat_names(mnt: Path, per_run: int, i: int) -> float:
     return _timed(lambda: [os.lstat(mnt / f"n{i}_{k}") for k in range(per_run)])
 
 
+def _find(mnt: Path, count: int, i: int) -> float:
+    return _timed(lambda: subprocess.run(["find", str(mnt / "tree")], check=True,
+                                         stdout=subprocess.DEVNULL))
+
+
+def _map_all(path: Path) -> None:
+    """Read a file through a read-only ``MAP_SHARED`` map, a byte a page;
+    raises where the mount refuses such a map."""
+    with open(path, "rb", buffering=0) as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED,
+                                                        mmap.PROT_READ) as view:
+        sum(view[offset] for offset in range(0, len(view), mmap.PAGESIZE))
+
+
+#: Python's standard library without its test suites, compiled modules and
+#: installed packages: a tree of small source files, as a container image has
+_STDLIB = Path(sysconfig.get_paths()["stdlib"])
+_NOT_LIBRARY = shutil.ignore_patterns("__pycache__", "site-packages", "test", "tests",
+                                      "idle_test", "lib-dynload", "config-*")
+
+
+def _library(lower: Path, subtree: str, runs: int) -> None:
+    """One copy of the library (or its ``subtree``) for every run, so each
+    compileall writes into a tree no earlier run compiled."""
+    for i in range(runs):
+        shutil.copytree(_STDLIB / subtree, lower / f"lib{i}", ignore=_NOT_LIBRARY)
+
+
+@functools.cache
+def library_label(subtree: str) -> str:
+    """Which library a workload uses and how many files it has."""
+    files = 0
+    for root, dirs, names in os.walk(_STDLIB / subtree):
+        ignored = _NOT_LIBRARY(root, dirs + names)
+        dirs[:] = [d for d in dirs if d not in ignored]
+        files += len([n for n in names if n not in ignored])
+    return f"{'stdlib/' + subtree if subtree else 'stdlib'}, {files:,} files"
+
+
+def _tar(mnt: Path, subtree: str, i: int) -> float:
+    """tar writes to a pipe, not to /dev/null: GNU tar does not read the
+    files at all when its archive is /dev/null."""
+    command = f"tar -cf - -C {shlex.quote(str(mnt))} lib0 | cat >/dev/null"
+    return _timed(lambda: subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True))
+
+
+def _compileall(mnt: Path, subtree: str, i: int) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+    return _timed(lambda: subprocess.run([sys.executable, "-m", "compileall", "-q",
+                                          str(mnt / f"lib{i}")],
+                                         check=True, env=env, stdout=subprocess.DEVNULL))
+
+
 LOOKUP_NAMES = 200
 
 
@@ -152,12 +211,29 @@ def all_workloads() -> list[Workload]:
         Workload("sequential read, warm", "read a lower file again (in the page cache)",
                  (GiB,), (4 * MiB,), lambda lower, size, runs: _write_file(lower / "f", size),
                  lambda mnt, size, i: _timed(lambda: _read_all(mnt / "f")), size_label),
+        Workload("sequential read, shared map", "read a lower file through a read-only "
+                 "MAP_SHARED map, a byte a page (again, in the page cache)",
+                 (64 * MiB,), (4 * MiB,), lambda lower, size, runs: _write_file(lower / "f", size),
+                 lambda mnt, size, i: _timed(lambda: _map_all(mnt / "f")), size_label),
         Workload("walk and stat", "os.walk + lstat of every file of a lower tree",
                  (10_000,), (500,), _tree, _walk_stat, lambda n: f"{n:,} files", cold=True),
         Workload("list a directory", "readdir of a big lower directory",
                  (10_000,), (500,), _big_dir,
                  lambda mnt, n, i: _timed(lambda: os.listdir(mnt / "big")),
                  lambda n: f"{n:,} entries", cold=True),
+        Workload("list a directory, warm", "readdir of a big lower directory, listed before",
+                 (10_000,), (500,), _big_dir,
+                 lambda mnt, n, i: _timed(lambda: os.listdir(mnt / "big")),
+                 lambda n: f"{n:,} entries"),
+        Workload("find, warm", "`find` over a lower tree, walked before",
+                 (10_000,), (500,), _tree, _find, lambda n: f"{n:,} files"),
+        Workload("tar of a library", "`tar -cf - | cat >/dev/null` of a lower tree of Python "
+                 "sources (open, read, close each), read before",
+                 ("",), ("json",), lambda lower, subtree, runs: _library(lower, subtree, 1),
+                 _tar, library_label),
+        Workload("compileall of a library", "`python -m compileall -q` of a lower tree of "
+                 "Python sources, none compiled before: a .pyc written into the union for each",
+                 ("",), ("json",), _library, _compileall, library_label),
         Workload("create + unlink", "create then unlink new files in a new directory",
                  (5_000,), (200,), lambda lower, n, runs: None, _create_unlink,
                  lambda n: f"{n:,} files"),
