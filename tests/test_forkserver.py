@@ -228,11 +228,13 @@ def test_a_caller_with_fewer_capabilities_runs_it_itself(code, tree):
     unmount(code, tree / "mnt2")
 
 
-def test_a_caller_killed_mid_mount_leaves_no_mount_and_no_daemon(code, tree):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_caller_killed_mid_mount_leaves_no_mount_and_no_daemon(code, tree, signum):
     """The mount point lies in a union whose daemon is stopped, so the
     served mount waits in the kernel until the test lets it go; the caller
     is killed meanwhile (once the server has accepted: it holds the
-    worker's pidfd)."""
+    worker's pidfd).  SIGKILL ends the caller alone; SIGTERM it forwards
+    to the worker, and then ends by it as the worker did."""
     assert code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2")).returncode == 0
     (tree / "mnt2" / "inner").mkdir()
     inner = tree / "mnt2" / "inner"
@@ -244,8 +246,8 @@ def test_a_caller_killed_mid_mount_leaves_no_mount_and_no_daemon(code, tree):
                                   env=code.env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         assert wait_for(lambda: _holds_a_pidfd(caller.pid))
-        caller.kill()
-        caller.wait()
+        os.kill(caller.pid, signum)
+        assert caller.wait(timeout=60) == -signum
     finally:
         os.kill(outer, signal.SIGCONT)
     assert wait_for(lambda: _children(server) == [], 30)  # the guardian is done

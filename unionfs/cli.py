@@ -298,6 +298,13 @@ def undo_mount(args: list[str], pids: list[int]) -> None:
         _wait_gone(pid, _UMOUNT_WAIT_SECONDS)
 
 
+def warm() -> None:
+    """What a process's first mount pays once, for the fork server to pay
+    before it forks: click's first parse of ``mount`` (its first ``-o``
+    imports difflib, for suggestions on a misspelt long option)."""
+    mount.make_context("mount", ["-o", "br=/=ro", "/"]).close()
+
+
 def main() -> None:
     # Messages name paths as their bytes, UTF-8 or not.
     sys.stderr.reconfigure(errors="surrogateescape")

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import importlib
 import logging
 import os
@@ -73,8 +74,11 @@ class Program:
 
 
 def load(name: str) -> Program:
+    """Import the program, and pay once what its first run would pay."""
     entry = launcher.PROGRAMS[name]
-    return Program(_attribute(entry.main), _attribute(entry.undo))
+    program = Program(_attribute(entry.main), _attribute(entry.undo))
+    _attribute(entry.warm)()
+    return program
 
 
 class Code:
@@ -117,6 +121,10 @@ def main() -> None:
     package_dir = launcher.package_dir()
     code = Code([package_dir])
     hierarchies = world.cgroup_mounts()
+    # Whatever is loaded now stays out of the collector's sight: a
+    # collection in a forked copy would otherwise touch, and so copy, every
+    # page the copies share.
+    gc.freeze()
     path = wire.socket_path(package_dir, sys.executable)
     listener = _listen(path)
     os.write(ready, b"ok")
@@ -208,11 +216,17 @@ class _Request:
 
 def _run(connection: socket.socket, peer: world.Peer, program: Program,
          request: _Request) -> None:
-    """Fork the worker, relay its status, undo what it leaves if nobody
-    hears of it."""
+    """Accept, fork the worker, relay its status, undo what it leaves if
+    nobody hears of it.  ACCEPTED goes before the fork: a guardian that
+    failed between the two must not leave the caller to run it again."""
     if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
-    worker = os.fork()
+    try:
+        connection.sendall(wire.ACCEPTED)
+        worker = os.fork()
+    except OSError as exc:  # the launcher says the command ended without a status
+        _complain(request.fds[wire.STDERR], f"cannot run the command: {_one_line(exc)}")
+        return
     if worker == 0:
         _work(connection, peer, program, request)
     complaints = os.dup(request.fds[wire.STDERR])  # for an undo that fails
@@ -220,7 +234,7 @@ def _run(connection: socket.socket, peer: world.Peer, program: Program,
         os.close(fd)
     pidfd = os.pidfd_open(worker)
     with contextlib.suppress(OSError):
-        wire.send_accepted(connection, pidfd)
+        wire.send_process(connection, pidfd)
     os.close(pidfd)
     status = os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1])
     if status != 0:
@@ -240,8 +254,7 @@ def _work(connection: socket.socket, peer: world.Peer, program: Program,
     try:
         connection.close()
         world.take_stdio(request.fds, request.streams)
-        for fd in request.fds:
-            os.close(fd)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the server's goes on
         world.take_signals(peer)
         sys.argv = request.argv
         status = _status_of(program.main)
@@ -287,9 +300,13 @@ def _undo(program: Program, args: list[str], complaints: int) -> None:
     try:
         program.undo(args, left)
     except BaseException as exc:  # noqa: BLE001 - told to the caller's stderr
-        with contextlib.suppress(OSError):
-            os.write(complaints, os.fsencode(f"pyunion: cannot take back what the abandoned "
-                                             f"command left: {_one_line(exc)}\n"))
+        _complain(complaints, f"cannot take back what the abandoned command left: "
+                              f"{_one_line(exc)}")
+
+
+def _complain(fd: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, os.fsencode(f"pyunion: {message}\n"))
 
 
 @dataclass

@@ -31,16 +31,17 @@ from . import wire
 class Entry:
     """A program the server can run: ``module:function`` of its ``main``,
     of the function that takes back what it left for a caller that went
-    away (``undo(args, pids)``), and of the test of which command lines
-    are served.  (A plain class: ``typing`` and ``dataclasses`` cost the
-    launcher milliseconds.)"""
+    away (``undo(args, pids)``), of the test of which command lines are
+    served, and of what the server runs once before it forks, to pay what
+    every command's first run would pay (lazy imports, caches).  (A plain
+    class: ``typing`` and ``dataclasses`` cost the launcher milliseconds.)"""
 
-    def __init__(self, main: str, undo: str, served: str):
-        self.main, self.undo, self.served = main, undo, served
+    def __init__(self, main: str, undo: str, served: str, warm: str):
+        self.main, self.undo, self.served, self.warm = main, undo, served, warm
 
 
 PROGRAMS = {"pyunion": Entry("unionfs.cli:main", "unionfs.cli:undo_mount",
-                             "unionfs.forms:served")}
+                             "unionfs.forms:served", "unionfs.cli:warm")}
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 _ATTEMPTS = 3  # a stale server replaced, a server starting beside another
 
@@ -103,34 +104,34 @@ def _served(program: str, args: list[str], forwarder: _Forwarder) -> int | None:
                 return None
             continue
         try:
-            kind, pidfd = _ask(sock, program, args)
+            kind = _ask(sock, program, args)
             if kind == wire.REFUSED:
                 return None
             if kind == wire.ACCEPTED:
-                return _status(sock, pidfd, forwarder)
+                return _status(sock, forwarder)
             # stale, or closed as it was going: try again
         finally:
             sock.close()
     return None
 
 
-def _ask(sock: _socket.socket, program: str, args: list[str]) -> tuple[bytes, int | None]:
+def _ask(sock: _socket.socket, program: str, args: list[str]) -> bytes:
     places = _places()
     try:
         wire.send_request(sock, _request(program, args), [0, 1, 2, *places])
-        kind, pidfd, _ = wire.receive_answer(sock)
+        kind, _ = wire.receive_answer(sock)
     except (BrokenPipeError, ConnectionResetError):
-        return b"", None  # a server that was going
+        return b""  # a server that was going
     finally:
         for fd in places:
             os.close(fd)
-    return kind, pidfd
+    return kind
 
 
-def _status(sock: _socket.socket, pidfd: int, forwarder: _Forwarder) -> int:
+def _status(sock: _socket.socket, forwarder: _Forwarder) -> int:
     """The accepted command's status: from here on it is never run here."""
-    forwarder.forward_to(pidfd)
     try:
+        forwarder.forward_to(wire.receive_process(sock))
         return wire.receive_status(sock)
     except OSError:
         sys.stderr.write("pyunion: the fork server's process ended without a status\n")

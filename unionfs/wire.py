@@ -9,12 +9,14 @@ One connection per command:
 
 * the client sends one request (:func:`pack`) with its descriptors
   attached (stdin, stdout, stderr, its root and its working directory);
-* the server answers one byte: :data:`ACCEPTED` with a pidfd of the
-  process that runs the command attached, :data:`REFUSED` followed by a
-  one-line reason, or :data:`STALE` (the server's code changed on disk:
-  it is going, start another);
-* after :data:`ACCEPTED`, the command's status as a signed 32-bit integer:
-  an exit code, or minus the signal that ended it.
+* the server answers one byte: :data:`ACCEPTED` (from here on the client
+  never runs the command itself), :data:`REFUSED` followed by a one-line
+  reason, or :data:`STALE` (the server's code changed on disk: it is
+  going, start another);
+* after :data:`ACCEPTED`, :data:`PROCESS` with a pidfd of the process that
+  runs the command attached (signals for it go there), then the
+  command's status as a signed 32-bit integer: an exit code, or minus the
+  signal that ended it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 ACCEPTED = b"A"
 REFUSED = b"F"
 STALE = b"S"
+PROCESS = b"P"
 
 #: the descriptors a request carries, in this order
 STDIN, STDOUT, STDERR, ROOT, CWD = range(5)
@@ -121,25 +124,29 @@ def receive_request(sock) -> tuple[list[list[bytes]], list[int]]:
         raise
 
 
-def send_accepted(sock, pidfd: int) -> None:
-    sock.sendmsg([ACCEPTED], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _fd(pidfd))])
+def send_process(sock, pidfd: int) -> None:
+    sock.sendmsg([PROCESS], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _fd(pidfd))])
 
 
-def receive_answer(sock) -> tuple[bytes, int | None, bytes]:
-    """The server's first answer: (kind, pidfd for ACCEPTED, reason for
-    REFUSED).  An empty kind is a connection the server closed."""
+def receive_answer(sock) -> tuple[bytes, bytes]:
+    """The server's first answer: (kind, the reason of a REFUSED).  An
+    empty kind is a connection the server closed."""
+    kind = sock.recv(1)
+    reason = b""
+    if kind == REFUSED:
+        while chunk := sock.recv(4096):
+            reason += chunk
+    return kind, reason
+
+
+def receive_process(sock) -> int:
+    """The pidfd of the process running an accepted command."""
     data, fds = _receive_with_fds(sock, 1, 1)
-    if data != ACCEPTED:
+    if data != PROCESS or len(fds) != 1:
         for fd in fds:
             _close(fd)
-        reason = b""
-        if data == REFUSED:
-            while chunk := sock.recv(4096):
-                reason += chunk
-        return data, None, reason
-    if len(fds) != 1:
-        raise WireError("accepted without a process")
-    return data, fds[0], b""
+        raise WireError("accepted, but no process")
+    return fds[0]
 
 
 def send_status(sock, status: int) -> None:
