@@ -228,6 +228,37 @@ def test_a_caller_with_fewer_capabilities_runs_it_itself(code, tree):
     unmount(code, tree / "mnt2")
 
 
+def test_a_caller_with_more_capabilities_than_the_server_runs_it_itself(code, tree):
+    """A server started by a weaker caller would start weaker daemons."""
+    started = subprocess.run(["capsh", "--drop=cap_sys_ptrace", "--", "-c", '"$0" "$@"',
+                              code.launcher, "mount", "-o", br(tree, "up2"), str(tree / "mnt2")],
+                             env=code.env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert served_by(code, tree / "mnt2")  # the weak server serves its equals
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    assert not served_by(code, tree / "mnt")
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_the_daemon_has_the_callers_limits_nice_value_and_directory(code, tree):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server
+    done = subprocess.run(["prlimit", "--nofile=512:4096", "--", "nice", "-n", "5",
+                           code.launcher, "mount", "-o", "br=up=rw:low=ro", "mnt"],
+                          env=code.env, cwd=tree, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert served_by(code, tree / "mnt")
+    pid = daemon.pid_of(str(tree / "mnt"))
+    with open(f"/proc/{pid}/limits") as f:
+        files = next(line for line in f if line.startswith("Max open files")).split()[3:5]
+    assert files == ["4096", "4096"]  # the caller's hard limit, raised to by the daemon
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 5
+    with open(f"/proc/{pid}/comm") as f:
+        assert f.read() == "pyunion\n"  # as ps -C and pgrep know it
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_caller_killed_mid_mount_leaves_no_mount_and_no_daemon(code, tree, signum):
     """The mount point lies in a union whose daemon is stopped, so the

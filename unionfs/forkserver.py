@@ -44,9 +44,9 @@ import contextlib
 import ctypes
 import fcntl
 import gc
-import importlib
 import logging
 import os
+import select
 import signal
 import site
 import socket
@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import launcher, wire, world
+from .daemon import _one_line  # what a daemon's failure says, for the guardian's
 
 #: how long a server waits for a request before it exits: long enough for
 #: a burst of mounts (a test run, podman starting a pod), short enough that
@@ -76,8 +77,8 @@ class Program:
 def load(name: str) -> Program:
     """Import the program, and pay once what its first run would pay."""
     entry = launcher.PROGRAMS[name]
-    program = Program(_attribute(entry.main), _attribute(entry.undo))
-    _attribute(entry.warm)()
+    program = Program(launcher.resolve(entry.main), launcher.resolve(entry.undo))
+    launcher.resolve(entry.warm)()
     return program
 
 
@@ -134,7 +135,7 @@ def main() -> None:
     try:
         _serve(listener, code, programs, hierarchies)
     finally:
-        _withdraw(listener, path)
+        _withdraw(listener)
 
 
 def serving(path: str) -> int | None:
@@ -150,19 +151,31 @@ def serving(path: str) -> int | None:
 
 def _serve(listener: _Listener, code: Code, programs: dict[str, Program],
            hierarchies: list[world.CgroupMount]) -> None:
-    listener.sock.settimeout(IDLE_SECONDS)
+    """Take requests until idle, stale or SIGTERM.  SIGTERM is heard on
+    the interpreter's wakeup descriptor, polled with the socket: its
+    handler alone (which raises SystemExit) was seen to miss one now and
+    then, a SIGTERM sent just after a request, and leave the server in
+    accept (CPython 3.11)."""
+    signal.set_wakeup_fd(listener.woken, warn_on_full_buffer=False)
+    poller = select.poll()
+    poller.register(listener.sock, select.POLLIN)
+    poller.register(listener.stop, select.POLLIN)
     while True:
-        try:
-            connection, _ = listener.sock.accept()
-        except TimeoutError:
+        ready = [fd for fd, _ in poller.poll(IDLE_SECONDS * 1000)]
+        if not ready or listener.stop in ready:
             return
+        connection, _ = listener.sock.accept()
         with connection:
             if code.changed():
-                _withdraw(listener, listener.path)
+                _withdraw(listener)
                 with contextlib.suppress(OSError):
                     connection.sendall(wire.STALE)
                 return
-            if os.fork() == 0:
+            try:
+                guardian = os.fork()
+            except OSError:  # closed unanswered: the launcher tries again, then runs it itself
+                continue
+            if guardian == 0:
                 _guard(connection, listener, programs, hierarchies)
 
 
@@ -170,7 +183,8 @@ def _guard(connection: socket.socket, listener: _Listener, programs: dict[str, P
            hierarchies: list[world.CgroupMount]) -> None:
     """The guardian of one request (see the module's docstring); never returns."""
     try:
-        listener.sock.close()
+        signal.set_wakeup_fd(-1)
+        listener.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         connection.settimeout(None)
@@ -256,6 +270,7 @@ def _work(connection: socket.socket, peer: world.Peer, program: Program,
         world.take_stdio(request.fds, request.streams)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the server's goes on
         world.take_signals(peer)
+        world.take_name(request.argv[0])
         sys.argv = request.argv
         status = _status_of(program.main)
     finally:
@@ -314,6 +329,14 @@ class _Listener:
     sock: socket.socket
     path: str
     inode: int  #: of the socket's file, to remove only our own
+    stop: int  #: a pipe's ends: signals are written to ``woken``
+    woken: int
+
+    def close(self) -> None:
+        """What a forked copy does with it: let go."""
+        self.sock.close()
+        os.close(self.stop)
+        os.close(self.woken)
 
 
 def _listen(path: str) -> _Listener | None:
@@ -331,10 +354,11 @@ def _listen(path: str) -> _Listener | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         sock.listen(64)
-        return _Listener(sock, path, os.stat(path).st_ino)
+        stop, woken = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return _Listener(sock, path, os.stat(path).st_ino, stop, woken)
 
 
-def _withdraw(listener: _Listener, path: str) -> None:
+def _withdraw(listener: _Listener) -> None:
     """Stop taking requests: the socket's file goes (if still ours), then
     the socket; a request queued meanwhile is refused, and its launcher
     tries again."""
@@ -342,8 +366,8 @@ def _withdraw(listener: _Listener, path: str) -> None:
         return
     with _directory_locked():
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == listener.inode:
-                os.unlink(path)
+            if os.stat(listener.path).st_ino == listener.inode:
+                os.unlink(listener.path)
         listener.sock.close()
 
 
@@ -368,15 +392,6 @@ def _answers(path: str) -> bool:
 
 def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(0)
-
-
-def _attribute(spec: str):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

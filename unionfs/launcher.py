@@ -49,7 +49,7 @@ _ATTEMPTS = 3  # a stale server replaced, a server starting beside another
 def main(program: str) -> None:
     entry = PROGRAMS[program]
     args = sys.argv[1:]
-    if os.geteuid() == 0 and _function(entry.served)(args):
+    if os.geteuid() == 0 and resolve(entry.served)(args):
         forwarder = _Forwarder()
         try:
             status = _served(program, args, forwarder)
@@ -61,7 +61,7 @@ def main(program: str) -> None:
     if sys.flags.no_site:  # what pip's script has had before its first line
         import site
         site.main()
-    _function(entry.main)()
+    resolve(entry.main)()
 
 
 def pyunion() -> None:
@@ -133,7 +133,7 @@ def _status(sock: _socket.socket, forwarder: _Forwarder) -> int:
     try:
         forwarder.forward_to(wire.receive_process(sock))
         return wire.receive_status(sock)
-    except OSError:
+    except Exception:  # noqa: BLE001 - whatever it is, the command is not run twice
         sys.stderr.write("pyunion: the fork server's process ended without a status\n")
         return 1
 
@@ -248,7 +248,8 @@ def _exit_with(status: int) -> None:
     os._exit(status)
 
 
-def _function(spec: str):
+def resolve(spec: str):
+    """The function ``module:name`` names, imported."""
     module, _, name = spec.partition(":")
     __import__(module)
     return getattr(sys.modules[module], name)

@@ -4,13 +4,14 @@ A command the server runs must do what the caller would have done running
 it itself: the same mounts seen (mount namespace, root, working
 directory), the same cgroups charged (the caller's memory and pids limits,
 and a container's devices cgroup, which decides who may open /dev/fuse),
-the same umask, resource limits, environment, stdio and signal state.
-What cannot be taken on, because it would give the caller more than it
-has, is refused instead (:func:`refusal`), and the caller runs the command
-itself: a process the server forks holds the server's credentials,
-capabilities, user and PID namespaces, security label and seccomp state,
-so a caller with fewer (a container's process with capabilities dropped,
-say) would get a daemon stronger than itself.
+the same umask, resource limits, nice value, OOM score adjustment,
+environment, stdio and signal state.  What cannot be taken on is refused
+instead (:func:`refusal`), and the caller runs the command itself: a
+process the server forks holds the server's credentials, capabilities,
+user and PID namespaces, security label and seccomp state, so a caller
+with fewer (a container's process with capabilities dropped, say) would
+get a daemon stronger than itself, and one with more (the server was
+started by a weaker caller) a daemon weaker than it would start itself.
 
 Order matters: cgroups are joined through the server's view of
 ``/sys/fs/cgroup``, before the caller's mount namespace is entered.
@@ -31,11 +32,12 @@ from dataclasses import dataclass
 from . import wire
 
 _CLONE_NEWNS = 0x00020000
+_PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 #: status lines that must be the same in the caller and the server
 _SAME = ("Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp")
-#: capability sets the caller must hold all of the server's bits of
+#: capability sets that must be the same too (fewer: see the module's docstring)
 _CAPABILITIES = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 _NAMESPACES = ("user", "pid")
 _LIMITS = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
@@ -79,6 +81,8 @@ def refusal(peer: Peer) -> str | None:
     for field in _CAPABILITIES:
         if int(own[field], 16) & ~int(peer.status[field], 16):
             return f"the caller lacks capabilities ({field})"
+        if int(peer.status[field], 16) & ~int(own[field], 16):
+            return f"the caller has capabilities the server lacks ({field})"
     if _label(peer.pid) != _label(os.getpid()):
         return "the caller has another security label"
     return None
@@ -132,6 +136,13 @@ def take_on(peer: Peer, fds: list[int], environment: list[bytes]) -> None:
         wanted = resource.prlimit(peer.pid, limit)
         if resource.getrlimit(limit) != wanted:
             resource.setrlimit(limit, wanted)
+    nice = os.getpriority(os.PRIO_PROCESS, peer.pid)
+    if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    oom = _read(f"/proc/{peer.pid}/oom_score_adj")
+    if _read("/proc/self/oom_score_adj") != oom:
+        with open("/proc/self/oom_score_adj", "wb") as f:
+            f.write(oom)
     namespace = f"/proc/{peer.pid}/ns/mnt"
     if _inode(namespace) != _inode("/proc/self/ns/mnt"):
         fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
@@ -189,6 +200,16 @@ def take_signals(peer: Peer) -> None:
                            {s for s in signal.valid_signals() if blocked >> (s - 1) & 1})
 
 
+def take_name(argv0: str) -> None:
+    """The process's name (``comm``: ps -C, pgrep) as the kernel gives a
+    script it runs: its file's name.  Its command line (/proc/PID/cmdline)
+    and initial environment (/proc/PID/environ) stay the server's: only
+    exec sets them (or prctl with CAP_SYS_RESOURCE)."""
+    name = os.fsencode(os.path.basename(argv0))[:15]
+    if _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NAME")
+
+
 def _status(path: str) -> dict[str, str]:
     try:
         with open(path) as f:
@@ -209,7 +230,11 @@ def _inode(path: str) -> int:
 def _label(pid: int) -> bytes:
     """The process's security module label (AppArmor, SELinux), if any."""
     try:
-        with open(f"/proc/{pid}/attr/current", "rb") as f:
-            return f.read()
+        return _read(f"/proc/{pid}/attr/current")
     except OSError:
         return b""
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
