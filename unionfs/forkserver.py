@@ -146,7 +146,7 @@ def serving(path: str) -> int | None:
             probe.connect(path)
         except OSError:
             return None
-        return world.peer_of_socket(probe)
+        return world.peer_pid(probe)
 
 
 def _serve(listener: _Listener, code: Code, programs: dict[str, Program],

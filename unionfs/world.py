@@ -36,9 +36,8 @@ _PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 #: status lines that must be the same in the caller and the server
-_SAME = ("Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp")
-#: capability sets that must be the same too (fewer: see the module's docstring)
-_CAPABILITIES = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+_SAME = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+         "NoNewPrivs", "Seccomp")
 _NAMESPACES = ("user", "pid")
 _LIMITS = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 
@@ -56,13 +55,13 @@ class Peer:
 
 
 def peer_of(connection: socket.socket) -> Peer:
-    pid = peer_of_socket(connection)
+    pid = peer_pid(connection)
     if pid == 0:
         raise Unserved("the caller is in a PID namespace the server cannot see")
     return Peer(pid, _status(f"/proc/{pid}/status"))
 
 
-def peer_of_socket(connection: socket.socket) -> int:
+def peer_pid(connection: socket.socket) -> int:
     """The PID at the other end of a unix socket (0: not in our PID namespace)."""
     pid, _, _ = _CREDENTIALS.unpack(connection.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
@@ -77,12 +76,7 @@ def refusal(peer: Peer) -> str | None:
             return f"the caller is in another {ns} namespace"
     for field in _SAME:
         if peer.status.get(field) != own.get(field):
-            return f"the caller's {field} differs"
-    for field in _CAPABILITIES:
-        if int(own[field], 16) & ~int(peer.status[field], 16):
-            return f"the caller lacks capabilities ({field})"
-        if int(peer.status[field], 16) & ~int(own[field], 16):
-            return f"the caller has capabilities the server lacks ({field})"
+            return f"the caller's {field} differs from the server's"
     if _label(peer.pid) != _label(os.getpid()):
         return "the caller has another security label"
     return None
