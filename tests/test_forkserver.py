@@ -31,7 +31,8 @@ class Code:
         self.root = root
         shutil.copytree(PACKAGE, root / "unionfs", ignore=shutil.ignore_patterns("__pycache__"))
         self.env = {**os.environ, "PYTHONPATH": str(root)}
-        self.launcher = str(root / "pyunion")
+        (root / "bin").mkdir()  # as .venv/bin: not beside the package (sys.path[0])
+        self.launcher = str(root / "bin" / "pyunion")
         subprocess.run([sys.executable, "-m", "unionfs.launcher", self.launcher, "pyunion"],
                        env=self.env, check=True)
         self.socket = wire.socket_path(os.path.realpath(root / "unionfs"), sys.executable)
@@ -302,6 +303,21 @@ def test_other_commands_and_foreground_mounts_run_in_process(code, tree):
     assert code.run("--help").returncode == 0
     assert code.run("umount", str(tree / "mnt")).returncode == 1
     assert code.server() is None  # nothing started one
+
+
+def test_the_launcher_runs_code_from_before_it_in_process(code, tree):
+    """A checkout on PYTHONPATH from before the launcher (a worktree not yet
+    rebased, say) runs as pip's script would run it."""
+    old = tree / "old"
+    shutil.copytree(code.root / "unionfs", old / "unionfs")
+    (old / "unionfs" / "launcher.py").unlink()
+    done = subprocess.run([code.launcher, "mount", "-o", br(tree), str(tree / "mnt")],
+                          env={**code.env, "PYTHONPATH": str(old)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not served_by(code, tree / "mnt")
+    assert code.server() is None
+    unmount(code, tree / "mnt")
 
 
 def _holds_a_pidfd(pid: int) -> bool:

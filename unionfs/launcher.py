@@ -79,13 +79,20 @@ def write(path: str, program: str) -> None:
     """Write the launcher script of ``program`` at ``path``, for this
     interpreter and this package's location."""
     root = os.path.dirname(package_dir())
+    module, _, function = PROGRAMS[program].main.partition(":")
     text = (f"#!{sys.executable} -S\n"
             f"# {program}: written by unionfs/launcher.py (see there); without -S\n"
             f"# Python's site processing would cost more than the whole request.\n"
             f"import sys\n"
             f"sys.path.append({root!r})\n"
-            f"from unionfs import launcher\n"
-            f"launcher.main({program!r})\n")
+            f"try:\n"
+            f"    from unionfs.launcher import main\n"
+            f"except ImportError:  # code from before the launcher, on PYTHONPATH\n"
+            f"    import site\n"
+            f"    site.main()\n"
+            f"    from {module} import {function}\n"
+            f"    sys.exit({function}())\n"
+            f"main({program!r})\n")
     staged = f"{path}.{os.getpid()}"
     with open(staged, "w") as f:
         f.write(text)
