@@ -73,3 +73,8 @@ ln -sfn "$seccomp_so" "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.
 for program in pyunion pycontainer pycontainer-runtime; do
     ln -sfn "$PWD/.venv/bin/$program" "/usr/local/bin/$program"
 done
+
+# pyunion's own launcher in place of pip's script: Python without site
+# processing, and mounts handed to a fork server that has imported
+# everything once (unionfs/launcher.py, unionfs/forkserver.py).
+env -u PYTHONPATH "$PWD/.venv/bin/python3" -m unionfs.launcher "$PWD/.venv/bin/pyunion" pyunion

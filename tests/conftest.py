@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import tempfile
 import subprocess
 import sys
@@ -20,9 +21,9 @@ import pytest
 
 from pyroute2 import IPRoute
 
-from helpers import force_unmount, mounted, process_gone, pyunion, snapshot, wait_for
+from helpers import PYUNION, force_unmount, mounted, process_gone, pyunion, snapshot, wait_for
 from container import images, networks, runtime
-from unionfs import daemon
+from unionfs import daemon, forkserver, launcher, wire
 
 
 _ALL_MOUNTPOINTS: list[Path] = []  # every mount point of this run, checked at its end
@@ -113,6 +114,22 @@ def long_run(request):
     if not (os.environ.get("PYUNION_LONG") == "1"
             or "long" in (request.config.getoption("markexpr") or "")):
         pytest.skip("long run: give -m long or PYUNION_LONG=1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server_stopped():
+    """Stop the fork server this run started for its ``pyunion``: the one
+    named after this code and the launcher's interpreter, if it is not the
+    one that was running before the run (that one is not ours)."""
+    with open(PYUNION) as f:
+        interpreter = f.readline().removeprefix("#!").split()[0]
+    path = wire.socket_path(launcher.package_dir(), interpreter)
+    before = forkserver.serving(path)
+    yield
+    after = forkserver.serving(path)
+    if after not in (None, before):
+        os.kill(after, signal.SIGTERM)
+        assert wait_for(lambda: process_gone(after))
 
 
 def pytest_sessionfinish(session, exitstatus):

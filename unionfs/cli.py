@@ -22,13 +22,14 @@ import errno
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import click
 
-from . import control, daemon, mounts, options, restack
+from . import control, daemon, forms, mounts, options, restack
 from .branches import BranchError
 from .whiteout import FLATTEN_XATTR
 
@@ -274,19 +275,37 @@ def _wait_gone(pid: int, seconds: float) -> bool:
     return False
 
 
+def undo_mount(args: list[str], pids: list[int]) -> None:
+    """Take down what the mount form ``args`` brought up for a caller that
+    never heard of it (the fork server calls this; ``pids`` are the daemons
+    its run left behind): each daemon is waited for until it serves its
+    mount or is gone, then its mount is unmounted, so that no half-started
+    mount stays behind."""
+    command = forms.as_command(args)
+    with mount.make_context("mount", command[command.index("mount") + 1:]) as ctx:
+        mnt = os.path.realpath(ctx.params["mountpoint"])
+    for pid in pids:
+        deadline = time.monotonic() + _UMOUNT_WAIT_SECONDS
+        while daemon.pid_of(mnt) != pid and not _wait_gone(pid, 0.01):
+            if time.monotonic() > deadline:  # a mount that never comes up
+                os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, _UMOUNT_WAIT_SECONDS)
+                if _is_pyunion_mount(mnt) and _disconnected(mnt):
+                    _fusermount(mnt, "-z")
+                break
+        if daemon.pid_of(mnt) == pid:
+            _fusermount(mnt)
+        _wait_gone(pid, _UMOUNT_WAIT_SECONDS)
+
+
+def warm() -> None:
+    """What a process's first mount pays once, for the fork server to pay
+    before it forks: click's first parse of ``mount`` (its first ``-o``
+    imports difflib, for suggestions on a misspelt long option)."""
+    mount.make_context("mount", ["-o", "br=/=ro", "/"]).close()
+
+
 def main() -> None:
     # Messages name paths as their bytes, UTF-8 or not.
     sys.stderr.reconfigure(errors="surrogateescape")
-    cli.main(args=_as_command(sys.argv[1:]), prog_name="pyunion")
-
-
-def _as_command(args: list[str]) -> list[str]:
-    """The forms without a command, as ``mount``: ``pyunion SOURCE MNT -o
-    OPTIONS`` (mount.fuse3) and ``pyunion -o OPTIONS MNT`` (a mount_program)."""
-    flags = ["--debug"] if args[:1] == ["--debug"] else []
-    rest = args[len(flags):]
-    if not rest or rest[0] in cli.commands or rest[0] in ("-h", "--help"):
-        return args
-    if rest[0].startswith("-"):
-        return [*flags, "mount", *rest]
-    return [*flags, "mount", "--source", *rest]
+    cli.main(args=forms.as_command(sys.argv[1:]), prog_name="pyunion")

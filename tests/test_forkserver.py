@@ -1,0 +1,333 @@
+"""The launcher and the fork server (launcher.py, forkserver.py, world.py):
+mount forms through a warm server give what in-process gives, in the
+caller's world, and nothing is left behind by a caller that goes away.
+
+Each test runs its own copy of the package, so its server is its own
+(servers are named after the code they run) and is stopped after it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import build, force_unmount, mounted, process_gone, wait_for
+from unionfs import cli, daemon, forkserver, forms, wire
+
+PACKAGE = Path(forkserver.__file__).parent
+IN_PROCESS = "import sys; from unionfs.cli import main; sys.argv[0] = 'pyunion'; main()"
+
+
+class Code:
+    """A copy of the package with its launcher, and what runs it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        shutil.copytree(PACKAGE, root / "unionfs", ignore=shutil.ignore_patterns("__pycache__"))
+        self.env = {**os.environ, "PYTHONPATH": str(root)}
+        (root / "bin").mkdir()  # as .venv/bin: not beside the package (sys.path[0])
+        self.launcher = str(root / "bin" / "pyunion")
+        subprocess.run([sys.executable, "-m", "unionfs.launcher", self.launcher, "pyunion"],
+                       env=self.env, check=True)
+        self.socket = wire.socket_path(os.path.realpath(root / "unionfs"), sys.executable)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.launcher, *args], env=self.env, capture_output=True,
+                              text=True, timeout=60)
+
+    def in_process(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", IN_PROCESS, *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+
+    def server(self) -> int | None:
+        return forkserver.serving(self.socket)
+
+    def stop(self) -> None:
+        pid = self.server()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            assert wait_for(lambda: process_gone(pid))
+
+
+@pytest.fixture
+def code(tmp_path):
+    made = Code(tmp_path / "code")
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """Branches and mount points; whatever stays mounted is taken down."""
+    build(tmp_path / "low", {"etc/os": "low\n", "bin/sh": "sh\n"})
+    for name in ("up", "up2", "mnt", "mnt2", "mnt3"):
+        (tmp_path / name).mkdir()
+    yield tmp_path
+    for name in ("mnt", "mnt2", "mnt3"):
+        if mounted(tmp_path / name):
+            subprocess.run(["fusermount3", "-u", str(tmp_path / name)], check=False)
+        force_unmount(tmp_path / name)
+
+
+def br(tree: Path, up: str = "up") -> str:
+    return f"br={tree / up}=rw:{tree / 'low'}=ro"
+
+
+def served_by(code: Code, mnt: Path) -> bool:
+    """True if the daemon of ``mnt`` was forked from the server (it runs
+    the server's command line), not from a launcher that ran it itself."""
+    pid = daemon.pid_of(str(mnt))
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"unionfs.forkserver" in f.read()
+
+
+def unmount(code: Code, mnt: Path) -> None:
+    done = code.run("umount", str(mnt))
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_command_names_agree_with_the_cli():
+    assert set(forms.COMMANDS) == set(cli.cli.commands)
+
+
+def test_every_mount_form_is_served_by_one_server(code, tree):
+    forms_ = [("mount", "-o", br(tree), str(tree / "mnt")),
+              ("-o", br(tree, "up2"), str(tree / "mnt2")),
+              (f"{tree / 'up3'}=rw:{tree / 'low'}=ro", str(tree / "mnt3"), "-o", "allow_other")]
+    (tree / "up3").mkdir()
+    servers = set()
+    for form, mnt in zip(forms_, ("mnt", "mnt2", "mnt3")):
+        done = code.run(*form)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        assert mounted(tree / mnt, "fuse.pyunion")
+        assert served_by(code, tree / mnt)
+        assert (tree / mnt / "etc" / "os").read_text() == "low\n"
+        servers.add(code.server())
+    assert len(servers) == 1 and None not in servers
+    for mnt in ("mnt", "mnt2", "mnt3"):
+        unmount(code, tree / mnt)
+
+
+@pytest.mark.parametrize("args", [
+    ("mount", "-o", "br=nonsense", "{mnt}"),
+    ("mount", "-o", "br={tree}/missing=rw", "{mnt}"),
+    ("-o", "lowerdir={tree}/low,quota=lots", "{mnt}"),
+    ("mount", "-o", "br={tree}/up=rw", "{tree}/missing-mountpoint"),
+    ("mount", "--no-such-flag", "{mnt}"),
+])
+def test_errors_are_the_same_one_line_as_in_process(code, tree, args):
+    args = [a.format(tree=tree, mnt=tree / "mnt") for a in args]
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # warm the server
+    served, here = code.run(*args), code.in_process(*args)
+    assert served.returncode != 0 and len(served.stderr.splitlines()) == 1, served.stderr
+    assert (served.returncode, served.stdout, served.stderr) == \
+        (here.returncode, here.stdout, here.stderr)
+    assert not mounted(tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_a_busy_writable_branch_is_the_same_error_as_in_process(code, tree):
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    served = code.run("mount", "-o", br(tree), str(tree / "mnt2"))
+    here = code.in_process("mount", "-o", br(tree), str(tree / "mnt2"))
+    assert served.returncode == 1 and "in use by another mount" in served.stderr
+    assert (served.returncode, served.stderr) == (here.returncode, here.stderr)
+    unmount(code, tree / "mnt")
+
+
+def test_a_server_whose_code_changed_is_replaced(code, tree):
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    first = code.server()
+    unmount(code, tree / "mnt")
+    os.utime(code.root / "unionfs" / "options.py")  # as an edit or a checkout does
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    assert served_by(code, tree / "mnt")
+    second = code.server()
+    assert second not in (None, first)
+    assert wait_for(lambda: process_gone(first))
+    unmount(code, tree / "mnt")
+
+
+def test_a_caller_in_another_mount_namespace_gets_its_mount_there(code, tree):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server, out here
+    mnt = tree / "mnt"
+    inside = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'"$0" mount -o {br(tree)} {mnt} && grep -c " {mnt} " /proc/self/mountinfo'
+         f' && read go && "$0" umount {mnt}', code.launcher],
+        env=code.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert inside.stdout.readline() == "1\n"  # mounted in there
+        assert not mounted(mnt)  # not out here
+        pid = daemon.pid_of(str(mnt))
+        assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(f"/proc/{inside.pid}/ns/mnt").st_ino
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"unionfs.forkserver" in f.read()
+        inside.stdin.write("go\n")
+        inside.stdin.close()
+        assert inside.wait(timeout=60) == 0
+        assert wait_for(lambda: process_gone(pid))
+    finally:
+        inside.kill()
+        inside.wait()
+    unmount(code, tree / "mnt2")
+
+
+@pytest.fixture
+def cgroups():
+    """A cgroup of this test's in a v1 hierarchy and in the v2 one."""
+    name = f"pyunion-test-{uuid.uuid4().hex[:8]}"
+    paths = [Path("/sys/fs/cgroup/pids") / name, Path("/sys/fs/cgroup/unified") / name]
+    paths = [p for p in paths if p.parent.exists()]
+    for path in paths:
+        path.mkdir()
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            path.rmdir()
+
+
+def test_the_daemon_joins_the_callers_cgroups(code, tree, cgroups):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server, out here
+    joins = "; ".join(f"echo $$ > {path}/cgroup.procs" for path in cgroups)
+    done = subprocess.run(["sh", "-c", f'{joins}; exec "$0" "$@"', code.launcher,
+                           "mount", "-o", br(tree), str(tree / "mnt")],
+                          env=code.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pid = daemon.pid_of(str(tree / "mnt"))
+    assert served_by(code, tree / "mnt")
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = f.read().splitlines()
+    for path in cgroups:
+        hierarchy = "pids" if path.parent.name == "pids" else ""
+        assert any(line.split(":", 1)[1] == f"{hierarchy}:/{path.name}" for line in lines), lines
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_a_caller_with_fewer_capabilities_runs_it_itself(code, tree):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server
+    done = subprocess.run(["capsh", "--drop=cap_sys_ptrace", "--", "-c", '"$0" "$@"',
+                           code.launcher, "mount", "-o", br(tree), str(tree / "mnt")],
+                          env=code.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert mounted(tree / "mnt", "fuse.pyunion")
+    assert not served_by(code, tree / "mnt")
+    with open(f"/proc/{daemon.pid_of(str(tree / 'mnt'))}/status") as f:
+        bounding = next(line for line in f if line.startswith("CapBnd"))
+    assert not int(bounding.split()[1], 16) >> 19 & 1  # CAP_SYS_PTRACE
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_a_caller_with_more_capabilities_than_the_server_runs_it_itself(code, tree):
+    """A server started by a weaker caller would start weaker daemons."""
+    started = subprocess.run(["capsh", "--drop=cap_sys_ptrace", "--", "-c", '"$0" "$@"',
+                              code.launcher, "mount", "-o", br(tree, "up2"), str(tree / "mnt2")],
+                             env=code.env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert served_by(code, tree / "mnt2")  # the weak server serves its equals
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    assert not served_by(code, tree / "mnt")
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_the_daemon_has_the_callers_limits_nice_value_and_directory(code, tree):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server
+    done = subprocess.run(["prlimit", "--nofile=512:4096", "--", "nice", "-n", "5",
+                           code.launcher, "mount", "-o", "br=up=rw:low=ro", "mnt"],
+                          env=code.env, cwd=tree, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert served_by(code, tree / "mnt")
+    pid = daemon.pid_of(str(tree / "mnt"))
+    with open(f"/proc/{pid}/limits") as f:
+        files = next(line for line in f if line.startswith("Max open files")).split()[3:5]
+    assert files == ["4096", "4096"]  # the caller's hard limit, raised to by the daemon
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 5
+    with open(f"/proc/{pid}/comm") as f:
+        assert f.read() == "pyunion\n"  # as ps -C and pgrep know it
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_caller_killed_mid_mount_leaves_no_mount_and_no_daemon(code, tree, signum):
+    """The mount point lies in a union whose daemon is stopped, so the
+    served mount waits in the kernel until the test lets it go; the caller
+    is killed meanwhile (once the server has accepted: it holds the
+    worker's pidfd).  SIGKILL ends the caller alone; SIGTERM it forwards
+    to the worker, and then ends by it as the worker did."""
+    assert code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2")).returncode == 0
+    (tree / "mnt2" / "inner").mkdir()
+    inner = tree / "mnt2" / "inner"
+    outer = daemon.pid_of(str(tree / "mnt2"))
+    server = code.server()
+    os.kill(outer, signal.SIGSTOP)
+    try:
+        caller = subprocess.Popen([code.launcher, "mount", "-o", br(tree), str(inner)],
+                                  env=code.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: _holds_a_pidfd(caller.pid))
+        os.kill(caller.pid, signum)
+        assert caller.wait(timeout=60) == -signum
+    finally:
+        os.kill(outer, signal.SIGCONT)
+    assert wait_for(lambda: _children(server) == [], 30)  # the guardian is done
+    assert not mounted(inner)
+    assert daemon.pid_of(str(inner)) is None
+    assert not os.path.exists(daemon.pidfile_path(str(inner)))
+    unmount(code, tree / "mnt2")
+
+
+def test_the_server_ends_on_sigterm_and_leaves_nothing(code, tree):
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    server = code.server()
+    unmount(code, tree / "mnt")
+    os.kill(server, signal.SIGTERM)
+    assert wait_for(lambda: process_gone(server))
+    assert not os.path.exists(code.socket)
+    assert code.server() is None
+
+
+def test_other_commands_and_foreground_mounts_run_in_process(code, tree):
+    assert code.run("--help").returncode == 0
+    assert code.run("umount", str(tree / "mnt")).returncode == 1
+    assert code.server() is None  # nothing started one
+
+
+def test_the_launcher_runs_code_from_before_it_in_process(code, tree):
+    """A checkout on PYTHONPATH from before the launcher (a worktree not yet
+    rebased, say) runs as pip's script would run it."""
+    old = tree / "old"
+    shutil.copytree(code.root / "unionfs", old / "unionfs")
+    (old / "unionfs" / "launcher.py").unlink()
+    done = subprocess.run([code.launcher, "mount", "-o", br(tree), str(tree / "mnt")],
+                          env={**code.env, "PYTHONPATH": str(old)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not served_by(code, tree / "mnt")
+    assert code.server() is None
+    unmount(code, tree / "mnt")
+
+
+def _holds_a_pidfd(pid: int) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[pidfd]"
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return f.read().split()
