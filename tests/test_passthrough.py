@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PYUNION, build, pyunion
+from helpers import PYUNION, build, pyunion, wait_for
 from unionfs import passthrough
 
 needs_passthrough = pytest.mark.skipif(passthrough.unavailable() is not None,
@@ -39,6 +39,7 @@ class Logged:
 def _read_and_write(path: Path) -> None:
     with open(path, "r+b", buffering=0) as f:
         f.write(b"new data")
+        f.truncate()
         f.seek(0)
         assert f.read() == b"new data"
 
@@ -80,9 +81,10 @@ def test_a_union_without_a_writable_branch_passes_its_files_through(tmp_path, un
 def test_a_copy_is_passed_through_once_the_cached_handles_of_it_are_closed(tmp_path, unions):
     """The kernel refuses a passed-through open beside cached ones: opens
     made while a handle of the lower file is open go through the daemon,
-    and see one file all along."""
+    and see one file all along.  (A partial copy is not passed through: its
+    bytes live in two files.)"""
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "lower data"})
-    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro")
+    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro", "copyup=full")
     f = union.mnt / "f"
     with open(f, "rb", buffering=0) as reader:
         assert reader.read() == b"lower data"
@@ -90,6 +92,8 @@ def test_a_copy_is_passed_through_once_the_cached_handles_of_it_are_closed(tmp_p
             writer.write(b"UPPER")
         reader.seek(0)
         assert reader.read() == b"UPPER data"
+    # The kernel sends a release after close returns.
+    assert wait_for(lambda: union.requests("release") == 2)
     reads, writes = union.requests("read"), union.requests("write")
     assert writes == 1
     _read_and_write(f)
