@@ -30,6 +30,7 @@ Not handled, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -37,6 +38,7 @@ import itertools
 import logging
 import os
 import stat
+from typing import Sequence
 
 import pyfuse3
 import trio
@@ -167,7 +169,7 @@ class UnionOperations(pyfuse3.Operations):
         self._changes = (Changes(self.tree, upper, self.numbers, index, partial_copies)
                          if upper else None)
         if self._changes:
-            self._changes.on_dir_copied = self.inodes.new_epoch
+            self._changes.on_dirs_copied = self._dirs_copied
         self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
         self._open_files = OpenFiles(upper, self._partials, pagecache, self.backings)
         self._dir_listings: dict[int, _Listing] = {}
@@ -514,7 +516,7 @@ class UnionOperations(pyfuse3.Operations):
         if os.fsdecode(name) == FLATTEN_XATTR:
             # Cached entries of a finished file carry its old marks.
             self._writer  # noqa: B018 - EROFS on a read-only union
-            await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch,
+            await self._partials.flatten(self._entry(self.inodes[inode]), self._dirs_copied,
                                          self._copied_by_flatten, self._change_lock)
             return
         value = self._owners.in_acl(os.fsdecode(name), value, to_shown=False)
@@ -532,7 +534,7 @@ class UnionOperations(pyfuse3.Operations):
     async def flatten_all(self) -> None:
         """Complete every partial copy (at unmount, with ``-o flatten``)."""
         if self._partials is not None:
-            await self._partials.flatten(self.tree.root(), lambda: None)
+            await self._partials.flatten(self.tree.root(), lambda *copied: None)
 
     # -- helpers ---------------------------------------------------------
 
@@ -628,6 +630,18 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._writer.copy_up(entry, with_data)
             self._moved_up(node, entry)
         return entry
+
+    def _dirs_copied(self, numbers: Sequence[int] = ()) -> None:
+        """Directories got a copy in the writable branch (or, with no
+        ``numbers``, data moved): entries cached below them may lead
+        elsewhere now, and the kernel's attributes of them are stale (a
+        merged directory's link count is 1).  Attributes
+        are invalidated at once, on the loop: that waits for nothing the
+        loop must answer (pages would)."""
+        self.inodes.new_epoch()
+        for ino in numbers:
+            with contextlib.suppress(OSError):  # not known to the kernel
+                pyfuse3.invalidate_inode(ino, attr_only=True)
 
     def _flush_names(self, node: Node) -> None:
         """A copy-up is the daemon's doing: so is making the names it made
