@@ -519,8 +519,9 @@ class UnionOperations(pyfuse3.Operations):
         if os.fsdecode(name) == FLATTEN_XATTR:
             # Cached entries of a finished file carry its old marks.
             self._writer  # noqa: B018 - EROFS on a read-only union
-            await self._partials.flatten(self._entry(self.inodes[inode]), self._dirs_copied,
-                                         self._copied_by_flatten, self._change_lock)
+            for entry in self._names_of(self.inodes[inode]):
+                await self._partials.flatten(entry, self._dirs_copied,
+                                             self._copied_by_flatten, self._change_lock)
             return
         value = self._owners.in_acl(os.fsdecode(name), value, to_shown=False)
         async with self._change_lock:
@@ -566,6 +567,16 @@ class UnionOperations(pyfuse3.Operations):
             entry = self._child_or_enoent(entry, name)[0]
             self.inodes.cache_entry(node, entry)
         return entry
+
+    def _names_of(self, node: Node) -> list[Entry]:
+        """The entry of every name the kernel knows ``node`` by: a request
+        on a hard-linked file does not say which of its names it came by."""
+        entries = []
+        for parent_ino, name in list(node.links):
+            if (parent := self.inodes.find(parent_ino)) is not None:
+                with contextlib.suppress(OSError):
+                    entries.append(self._child_or_enoent(self._entry(parent), name)[0])
+        return entries or [self._entry(node)]
 
     def _child(self, parent: Node, name: str):
         if is_reserved(name):
