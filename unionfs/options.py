@@ -9,7 +9,9 @@ Three kinds of option are accepted:
   ``pagecache=keep|drop|direct`` (what the kernel keeps of lower files read
   through the mount: see ``fs.PageCache``); ``passthrough=auto|on|off``
   (whether the kernel reads and writes files itself where it can: see
-  ``passthrough.py``); ``max_open=N`` (how many
+  ``passthrough.py``; the environment variable ``PYUNION_PASSTHROUGH``
+  changes its default, so that a whole test run can force it off);
+  ``max_open=N`` (how many
   files and directories the daemon keeps open for the mount's users at
   once: past it, an open fails with EMFILE, so they cannot make the daemon
   grow without end); ``quota=SIZE`` (what the
@@ -172,7 +174,8 @@ def _rest_of_a_path(path_option: str, option: str) -> bool:
 def _choice(union: dict[str, str], key: str) -> str:
     """The value of an option with fixed choices (the first by default)."""
     choices = _CHOICES[key]
-    value = union.pop(key, choices[0])
+    default = os.environ.get("PYUNION_PASSTHROUGH", "auto") if key == "passthrough" else choices[0]
+    value = union.pop(key, default)
     if value not in choices:
         raise BranchError(f"{key}= must be one of {', '.join(choices)}, not {value!r}")
     return value
