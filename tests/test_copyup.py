@@ -184,3 +184,16 @@ def test_a_stale_tree_deeper_than_the_recursion_limit_is_removed_at_mount(tmp_pa
         assert os.listdir(up / ".wh..wh.pyunion/work") == []
     finally:
         remove_tree(up)
+
+
+def test_a_directory_copied_up_under_a_file_shows_its_new_link_count_at_once(tmp_path, unions):
+    """Copying ``a`` and ``a/b`` up for ``a/b/f`` merges them (link count 1,
+    as overlayfs shows a merged directory); the kernel's attributes of them,
+    cached before, are dropped, not kept for their timeout."""
+    low = build(tmp_path / "low", {"a/b/f": "x"})
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, low], rw=True)
+    assert (os.stat(mnt / "a").st_nlink, os.stat(mnt / "a/b").st_nlink) == (3, 2)
+    with open(mnt / "a/b/f", "a") as f:
+        f.write("y")
+    assert (os.stat(mnt / "a").st_nlink, os.stat(mnt / "a/b").st_nlink) == (1, 1)

@@ -40,14 +40,15 @@ def refused(*args: str, why: str) -> str:
 
 @pytest.fixture
 def stack(tmp_path, unions, request):
-    """A writable union over ``base``, and a branch ``new`` to add."""
+    """A writable union over ``base``, and a branch ``new`` to add (mount
+    options in ``request.param``, if given)."""
     up = build(tmp_path / "up", {})
     base = build(tmp_path / "base", {"fileA": "base A\n", "d/in-base": "b", "same": "base",
                                      "gone": "below", "kind": "a file below", "dir/x": "x"})
     new = build(tmp_path / "new", {"fileA": "new A, longer\n", "d/in-new": "n",
                                    ".wh.gone": "", "kind/inside": "a dir now",
                                    "dir/.wh..wh..opq": "", "dir/y": "y", "only-new/f": "f"})
-    mnt = unions.mount([up, base], rw=True)
+    mnt = unions.mount([up, base], *getattr(request, "param", ()), rw=True)
     before = snapshot(new)
     yield mnt, up, base, new
     unions.unmount_all()
@@ -213,6 +214,9 @@ def test_a_branch_in_use_is_busy(stack):
     pyunion("branch", "del", str(mnt), str(new))
 
 
+# The kernel writes a file passed through itself: --force cannot make
+# its branch read-only (test_passthrough.py).
+@pytest.mark.parametrize("stack", [("passthrough=off",)], indirect=True)
 def test_force_takes_it_out_and_says_what_became_of_users(stack):
     mnt, up, base, new = stack
     pyunion("branch", "add", str(mnt), str(new))

@@ -83,9 +83,10 @@ class Changes:
         self.index = index
         self.partial_copies = partial_copies
         self.intents = Intents(upper)
-        #: called when a directory gets a copy in the writable branch, which
-        #: changes the locations of everything below it
-        self.on_dir_copied: Callable[[], None] = lambda: None
+        #: called with the inode numbers of directories that got a copy in
+        #: the writable branch, which changes the locations of everything
+        #: below them, and their attributes (a merged directory's link count)
+        self.on_dirs_copied: Callable[[list[int]], None] = lambda numbers: None
 
     # -- copy-up ----------------------------------------------------------
 
@@ -103,12 +104,14 @@ class Changes:
                 self.upper.layer.lstat_or_none(parent) is None:
             missing.append(parent)
         parent = self.tree.resolve(split(missing[-1])[0])
+        copied = []
         for path in reversed(missing):
             entry, st = self.tree.lookup(parent, split(path)[1])
             marks = Marks(origin=self.numbers.of(entry, st))
             self._install_copy(self._stage(entry, st, marks, Data.NONE), path)
+            copied.append(marks.origin)
             entry = parent = Entry(path, (Location(self.upper.layer, path), *entry.lower), marks)
-        self.on_dir_copied()
+        self.on_dirs_copied(copied)
         return entry
 
     async def copy_up(self, entry: Entry, with_data: bool = True) -> Entry:

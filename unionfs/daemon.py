@@ -38,7 +38,7 @@ from typing import Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import control, durable, mounts, restack, upperlock
+from . import control, durable, mounts, passthrough, restack, upperlock
 from .branches import BranchError
 from .fs import UnionOperations
 from .handles import PageCache
@@ -98,15 +98,14 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
             operations = UnionOperations(layers, upper, partial_copies=config.partial_copies,
                                          pagecache=PageCache(config.pagecache),
                                          max_open=config.max_open, udba=Mode(config.udba),
-                                         owners=config.owners)
+                                         owners=config.owners,
+                                         passthrough=_passthrough_asked(config))
             with _stderr_captured() as complaint:
                 try:
                     pyfuse3.init(operations, config.mountpoint, set(config.fuse_options))
                 except RuntimeError as exc:
                     reason = complaint() or str(exc)
                     raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
-            # The kernel sets the readahead when the daemon answers its INIT.
-            operations.after_init = lambda: _widen_readahead(config.mountpoint)
             with _records(config.mountpoint) as recorded:
                 try:
                     if upper is not None:
@@ -114,8 +113,9 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                         operations.recover()
                         upper.count()
                     controls = functools.partial(_answer_control, operations, config)
-                    trio.run(_main_loop, on_ready, operations,
-                             control_path(config.mountpoint) if recorded else None, controls)
+                    trio.run(_main_loop, functools.partial(_ready, config, operations, on_ready),
+                             operations, control_path(config.mountpoint) if recorded else None,
+                             controls)
                 finally:
                     pyfuse3.close(unmount=True)
                 if config.flatten_at_umount:
@@ -208,7 +208,7 @@ def _live_pid(pidfile: str) -> int | None:
         os.close(fd)
 
 
-async def _main_loop(on_ready: Callable[[], None], operations: UnionOperations,
+async def _main_loop(ready: Callable[[], Awaitable[None]], operations: UnionOperations,
                      control_at: str | None,
                      controls: Callable[[dict], Awaitable[dict]]) -> None:
     async with trio.open_nursery() as nursery:
@@ -216,9 +216,37 @@ async def _main_loop(on_ready: Callable[[], None], operations: UnionOperations,
         nursery.start_soon(operations.watch_below)
         if control_at is not None:
             await nursery.start(control.serve, control_at, controls)
-        on_ready()
+        nursery.start_soon(ready)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _ready(config: MountConfig, operations: UnionOperations,
+                 on_ready: Callable[[], None]) -> None:
+    """Once the kernel's INIT is answered (it sets the readahead then, and
+    says whether it passes files through): the mount is ready."""
+    await operations.initialized.wait()
+    _widen_readahead(config.mountpoint)
+    if config.passthrough == "on" and not operations.backings.enabled:
+        raise MountError(f"cannot mount on {config.mountpoint}: passthrough=on, but the "
+                         f"kernel does not offer FUSE passthrough")
+    if operations.enable_passthrough and not operations.backings.enabled:
+        log.warning("passthrough off: the kernel does not offer it")
+    on_ready()
+
+
+def _passthrough_asked(config: MountConfig) -> bool:
+    """Whether to ask the kernel to pass files through; with
+    ``passthrough=on``, :class:`MountError` where it cannot be had."""
+    if config.passthrough == "off":
+        return False
+    reason = passthrough.unavailable()
+    if reason is None:
+        return True
+    if config.passthrough == "on":
+        raise MountError(f"cannot mount on {config.mountpoint}: passthrough=on, but {reason}")
+    log.info("passthrough off: %s", reason)
+    return False
 
 
 async def _answer_control(operations: UnionOperations, config: MountConfig,

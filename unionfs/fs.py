@@ -15,7 +15,12 @@ Not handled, in one place:
   with ``copyup=full``, other changes wait; lookups, reads and writes go on.
 * No writeback cache: with it the kernel would turn write-only opens into
   read-write ones and send writes late, past the per-write ordering that
-  partial copies rely on for crash safety.
+  partial copies rely on for crash safety.  (Passthrough, which some files
+  get, ``passthrough.py``, excludes it anyway.)
+* Directory listings are kept by the kernel (``opendir``) for as long as
+  the kernel keeps names (``udba.py``); a change through the mount drops
+  the listing of its directory in the kernel itself, a change made by the
+  daemon (live branches, ``udba=notify``) drops it by invalidation.
 * ``access`` is never called: the mount always uses ``default_permissions``,
   so the kernel checks permissions itself from the attributes given here.
 * ``fallocate``, ``lseek`` (SEEK_DATA/SEEK_HOLE), ``copy_file_range``,
@@ -25,6 +30,7 @@ Not handled, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -32,7 +38,7 @@ import itertools
 import logging
 import os
 import stat
-from typing import Callable
+from typing import Sequence
 
 import pyfuse3
 import trio
@@ -48,6 +54,7 @@ from .layer import ROOT, Layer, split
 from .owners import AS_STORED, Owners
 from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
+from .passthrough import Backings
 from .quota import UNLIMITED
 from .restack import Change
 from .target import Target
@@ -131,12 +138,20 @@ class UnionOperations(pyfuse3.Operations):
     #: as overlayfs and fuse-overlayfs do: the mode alone would let in whom
     #: an ACL keeps out
     enable_acl = True
+    #: the kernel may list a directory with plain READDIR where it has no
+    #: use for attributes (a listing read on from the middle)
+    enable_readdirplus_auto = True
+    #: ``MAP_SHARED`` maps of files read with direct I/O (``pagecache=direct``)
+    enable_direct_io_allow_mmap = True
 
     def __init__(self, layers: list[Layer], upper: Upper | None = None,
                  partial_copies: bool = True, pagecache: PageCache = PageCache.KEEP,
                  max_open: int | None = None, udba: Mode = Mode.NONE,
-                 owners: Owners = AS_STORED):
+                 owners: Owners = AS_STORED, passthrough: bool = False):
+        """``passthrough``: ask the kernel for it at INIT (``passthrough.py``)."""
         super().__init__()
+        self.enable_passthrough = passthrough
+        self.backings = Backings()
         self._owners = owners
         self.numbers = InodeNumbers(layers[0].lstat(ROOT),
                                     [layer.lstat(ROOT).st_dev for layer in layers])
@@ -154,9 +169,9 @@ class UnionOperations(pyfuse3.Operations):
         self._changes = (Changes(self.tree, upper, self.numbers, index, partial_copies)
                          if upper else None)
         if self._changes:
-            self._changes.on_dir_copied = self.inodes.new_epoch
+            self._changes.on_dirs_copied = self._dirs_copied
         self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
-        self._open_files = OpenFiles(upper, self._partials, pagecache)
+        self._open_files = OpenFiles(upper, self._partials, pagecache, self.backings)
         self._dir_listings: dict[int, _Listing] = {}
         self._handles = itertools.count(1)
         self._change_lock = trio.Lock()
@@ -165,11 +180,13 @@ class UnionOperations(pyfuse3.Operations):
                                upper, self._partials, self._entry,
                                lambda: [listing.ino for listing in self._dir_listings.values()],
                                self.layers_changed)
-        #: run once the kernel has been answered its INIT
-        self.after_init: Callable[[], None] = lambda: None
+        #: set once the kernel has been answered its INIT (its waiters run
+        #: after the answer is sent)
+        self.initialized = trio.Event()
 
     def init(self):
-        trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
+        self.backings.enabled = self.enable_passthrough and pyfuse3.passthrough_enabled()
+        self.initialized.set()
 
     def branches(self) -> list[Branch]:
         return [layer.branch for layer in self.tree.layers]
@@ -377,7 +394,10 @@ class UnionOperations(pyfuse3.Operations):
         return self._open_files.write(fh, off, buf)
 
     async def flush(self, fh):
-        pass  # writes go straight to the branch; nothing is buffered here
+        """Writes go straight to the branch, so a close has nothing to
+        flush: ENOSYS tells the kernel to stop asking, which saves every
+        later close a round trip."""
+        raise FUSEError(errno.ENOSYS)
 
     @_fuse_errors
     async def fsync(self, fh, datasync):
@@ -393,11 +413,14 @@ class UnionOperations(pyfuse3.Operations):
     @_fuse_errors
     async def opendir(self, inode, ctx):
         node = self.inodes[inode]
-        self._entry(node)  # it must still exist
+        entry = self._entry(node)  # it must still exist
         self._check_open_room()
         fh = next(self._handles)
         self._dir_listings[fh] = _Listing(node.ino)
-        return fh
+        info = pyfuse3.FileInfo(fh=fh)
+        info.cache_readdir = True
+        info.keep_cache = self._udba.keeps_listing(entry.path)
+        return info
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
@@ -405,7 +428,9 @@ class UnionOperations(pyfuse3.Operations):
         (after opendir or rewinddir), so an offset always means the same
         place: a continued listing neither repeats nor skips.  Each name is
         looked up in the directory the listing was opened on, wherever it
-        has moved since; a directory removed since lists nothing more."""
+        has moved since; a directory removed since lists nothing more.
+        Plain READDIR (not ``token.plus``) gives the kernel no entries, so
+        it looks nothing up."""
         listing = self._dir_listings[fh]
         node = self.inodes[listing.ino]
         try:
@@ -430,7 +455,7 @@ class UnionOperations(pyfuse3.Operations):
                 attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 return
-            if entry is not None:
+            if entry is not None and token.plus:
                 node = self.inodes.remember(attrs.st_ino, listing.ino, name)
                 self.inodes.cache_entry(node, entry)
                 self._told(node, entry, st)
@@ -494,8 +519,9 @@ class UnionOperations(pyfuse3.Operations):
         if os.fsdecode(name) == FLATTEN_XATTR:
             # Cached entries of a finished file carry its old marks.
             self._writer  # noqa: B018 - EROFS on a read-only union
-            await self._partials.flatten(self._entry(self.inodes[inode]), self.inodes.new_epoch,
-                                         self._copied_by_flatten, self._change_lock)
+            for entry in self._names_of(self.inodes[inode]):
+                await self._partials.flatten(entry, self._dirs_copied,
+                                             self._copied_by_flatten, self._change_lock)
             return
         value = self._owners.in_acl(os.fsdecode(name), value, to_shown=False)
         async with self._change_lock:
@@ -512,7 +538,7 @@ class UnionOperations(pyfuse3.Operations):
     async def flatten_all(self) -> None:
         """Complete every partial copy (at unmount, with ``-o flatten``)."""
         if self._partials is not None:
-            await self._partials.flatten(self.tree.root(), lambda: None)
+            await self._partials.flatten(self.tree.root(), lambda *copied: None)
 
     # -- helpers ---------------------------------------------------------
 
@@ -541,6 +567,16 @@ class UnionOperations(pyfuse3.Operations):
             entry = self._child_or_enoent(entry, name)[0]
             self.inodes.cache_entry(node, entry)
         return entry
+
+    def _names_of(self, node: Node) -> list[Entry]:
+        """The entry of every name the kernel knows ``node`` by: a request
+        on a hard-linked file does not say which of its names it came by."""
+        entries = []
+        for parent_ino, name in list(node.links):
+            if (parent := self.inodes.find(parent_ino)) is not None:
+                with contextlib.suppress(OSError):
+                    entries.append(self._child_or_enoent(self._entry(parent), name)[0])
+        return entries or [self._entry(node)]
 
     def _child(self, parent: Node, name: str):
         if is_reserved(name):
@@ -608,6 +644,18 @@ class UnionOperations(pyfuse3.Operations):
             entry = await self._writer.copy_up(entry, with_data)
             self._moved_up(node, entry)
         return entry
+
+    def _dirs_copied(self, numbers: Sequence[int] = ()) -> None:
+        """Directories got a copy in the writable branch (or, with no
+        ``numbers``, data moved): entries cached below them may lead
+        elsewhere now, and the kernel's attributes of them are stale (a
+        merged directory's link count is 1).  Attributes
+        are invalidated at once, on the loop: that waits for nothing the
+        loop must answer (pages would)."""
+        self.inodes.new_epoch()
+        for ino in numbers:
+            with contextlib.suppress(OSError):  # not known to the kernel
+                pyfuse3.invalidate_inode(ino, attr_only=True)
 
     def _flush_names(self, node: Node) -> None:
         """A copy-up is the daemon's doing: so is making the names it made

@@ -7,6 +7,11 @@ keeps reading it until the file is copied up; then it reads the copy
 (``moved_up``).  Handles of one partially copied-up file share one
 :class:`~unionfs.partial.PartialFile`.
 
+How the kernel reads and writes a handle (``_Io``): through the daemon
+with the kernel's page cache, through the daemon with none (direct I/O),
+or itself on a backing file (passthrough, ``passthrough.py``, which says
+which files).
+
 Under a quota (``quota.py``), a write needs room for the holes it fills,
 every write and truncate is measured, and each descriptor of a file of the
 writable branch is a holder of it: a file unlinked while open is freed
@@ -31,6 +36,7 @@ from .copyup import copy_data
 from .inodes import Node
 from .layer import Layer
 from .partial import PartialFile, PartialFiles
+from .passthrough import Backings
 from .quota import SECTOR, UNLIMITED
 from .tree import Entry
 from .udba import changed_below
@@ -54,6 +60,12 @@ class PageCache(enum.Enum):
     DIRECT = "direct"  #: never made (direct I/O); MAP_SHARED maps fail with ENODEV
 
 
+class _Io(enum.Enum):
+    CACHED = "cached"  #: through the daemon; the kernel keeps pages (``PageCache``)
+    DIRECT = "direct"  #: through the daemon; nothing cached
+    PASSED = "passed"  #: by the kernel itself, on the backing file
+
+
 @dataclass
 class _OpenFile:
     node: Node
@@ -68,15 +80,17 @@ class _OpenFile:
     layer: Layer | None = None
     #: opened for writing
     writing: bool = False
+    io: _Io = _Io.CACHED
 
 
 class OpenFiles:
     def __init__(self, upper: Upper | None, partials: PartialFiles | None,
-                 pagecache: PageCache):
+                 pagecache: PageCache, backings: Backings):
         self._upper = upper
         self._quota = upper.quota if upper else UNLIMITED
         self._partials = partials
         self._pagecache = pagecache
+        self._backings = backings
         self._files: dict[int, _OpenFile] = {}
         #: False once the writable branch was made read-only or taken out
         #: (``pyunion branch ... --force``): writes through handles already
@@ -126,15 +140,36 @@ class OpenFiles:
                 self._partials.release(open_file.partial)
             os.close(fd)
             raise
+        # Data changes through this mount, which keeps the kernel's cache in
+        # step, so pages may stay cached across opens (a lower file changed
+        # below is caught by ``open``).
+        if self._pagecache is PageCache.DIRECT and open_file.lower_only:
+            open_file.io = _Io.DIRECT
+        backing_id = self._pass_through(node, open_file, fd)
         node.fds.add(fd)
         self._files[fd] = open_file
         if not open_file.lower_only:
             self._hold(open_file, fd)
-        # Data changes through this mount, which keeps the kernel's cache in
-        # step, so pages may stay cached across opens (a lower file changed
-        # below is caught by ``open``).
-        direct = self._pagecache is PageCache.DIRECT and open_file.lower_only
-        return FileInfo(fh=fd, keep_cache=not direct, direct_io=direct)
+        info = FileInfo(fh=fd, keep_cache=open_file.io is _Io.CACHED,
+                        direct_io=open_file.io is _Io.DIRECT)
+        if backing_id:
+            info.backing_id = backing_id
+        return info
+
+    def _pass_through(self, node: Node, open_file: _OpenFile, fd: int) -> int:
+        """Choose the new handle's ``io`` by the kernel's rules
+        (``passthrough.py``); its backing id if it is passed through."""
+        passable = (self._backings.enabled and open_file.partial is None
+                    and (self._upper is None if open_file.lower_only
+                         else self._quota is UNLIMITED))
+        cached_beside = any(self._files[other].io is _Io.CACHED for other in node.fds)
+        backing_id = (self._backings.attach(node.ino, fd)
+                      if passable and not cached_beside else 0)
+        if backing_id:
+            open_file.io = _Io.PASSED
+        elif self._backings.holds(node.ino):
+            open_file.io = _Io.DIRECT  # the only kind the kernel allows beside them
+        return backing_id
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """In a thread: a read may wait for the disk.  (Writes land in the
@@ -165,6 +200,12 @@ class OpenFiles:
                                             and f.partial.lower_layer is layer))
                    and (f.writing or not writing))
 
+    def passed_writers(self, layer: Layer) -> int:
+        """How many handles open for writing on files of ``layer`` the kernel
+        writes itself: nothing can stop their writes."""
+        return sum(1 for f in self._files.values()
+                   if f.layer is layer and f.writing and f.io is _Io.PASSED)
+
     def node(self, fh: int) -> Node:
         return self._files[fh].node
 
@@ -182,6 +223,8 @@ class OpenFiles:
             self._partials.release(open_file.partial)
         if open_file.held:
             self._quota.let_go(fh)
+        if open_file.io is _Io.PASSED:
+            self._backings.detach(open_file.node.ino)
         os.close(fh)
         if (self._pagecache is PageCache.DROP and open_file.lower_only
                 and not open_file.node.fds):

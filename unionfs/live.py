@@ -117,6 +117,7 @@ class LiveStack:
             # From here to the swap nothing waits, unless forced: what was
             # found unused is still unused when the stack changes.
             complaint, partial_copies = self._in_use(removed, made_ro, processes)
+            self._check_no_passed_writers(made_ro)
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
             if partial_copies:
@@ -200,6 +201,16 @@ class LiveStack:
             if uses:
                 said.append(f"branch {layer.branch.path} is busy: {', '.join(uses)}")
         return "; ".join(said), partial_copies
+
+    def _check_no_passed_writers(self, made_ro: list[Layer]) -> None:
+        """Even ``force`` cannot make a branch read-only while the kernel
+        writes files of it itself (passthrough): nothing could stop them."""
+        for layer in made_ro:
+            if count := self._open_files.passed_writers(layer):
+                raise BranchBusy(
+                    f"branch {layer.branch.path} is busy: "
+                    f"{', '.join(_counted(count, 'file open for writing'))} that the kernel "
+                    f"writes itself (passthrough), which --force cannot stop: close them first")
 
     def _top_layer(self, ino: int) -> Layer | None:
         node = self._inodes.find(ino)
@@ -331,9 +342,10 @@ def _tell_kernel(stale: _Stale) -> None:
     for parent, name in stale.entries:
         with contextlib.suppress(OSError):  # not cached
             pyfuse3.invalidate_entry(parent, os.fsencode(name))
-    for ino in stale.attributes:
+    # The kernel drops a directory's kept listing along with its pages.
+    for ino in stale.attributes | {parent for parent, _ in stale.entries}:
         with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(ino, attr_only=True)
+            pyfuse3.invalidate_inode(ino, attr_only=False)
 
 
 def _names_touched(before: Entry, after: Entry, changed: set[Layer]) -> set[str]:

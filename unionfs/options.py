@@ -7,7 +7,11 @@ Three kinds of option are accepted:
   written, or all of it at once); ``flatten`` (complete partial copies at
   unmount, so the writable branch is a plain tree for other tools);
   ``pagecache=keep|drop|direct`` (what the kernel keeps of lower files read
-  through the mount: see ``fs.PageCache``); ``max_open=N`` (how many
+  through the mount: see ``fs.PageCache``); ``passthrough=auto|on|off``
+  (whether the kernel reads and writes files itself where it can: see
+  ``passthrough.py``; the environment variable ``PYUNION_PASSTHROUGH``
+  changes its default, so that a whole test run can force it off);
+  ``max_open=N`` (how many
   files and directories the daemon keeps open for the mount's users at
   once: past it, an open fails with EMFILE, so they cannot make the daemon
   grow without end); ``quota=SIZE`` (what the
@@ -43,9 +47,10 @@ FSTYPE = "pyunion"
 
 _PATH_KEYS = {"br", "lowerdir", "upperdir", "workdir"}
 _OWNER_KEYS = {"uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"}
-_UNION_KEYS = _PATH_KEYS | _OWNER_KEYS | {"copyup", "pagecache", "max_open", "quota", "udba",
-                                         "whiteout"}
+_UNION_KEYS = _PATH_KEYS | _OWNER_KEYS | {"copyup", "pagecache", "passthrough", "max_open",
+                                         "quota", "udba", "whiteout"}
 _CHOICES = {"copyup": ("partial", "full"), "pagecache": ("keep", "drop", "direct"),
+            "passthrough": ("auto", "on", "off"),
             "udba": ("none", "reval", "notify"), "whiteout": ("aufs", "overlay")}
 _FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
@@ -74,6 +79,8 @@ class MountConfig:
     partial_copies: bool = True
     flatten_at_umount: bool = False
     pagecache: str = "keep"
+    #: whether the kernel reads and writes files itself (``passthrough.py``)
+    passthrough: str = "auto"
     max_open: int | None = None
     #: bytes the writable branch may hold; None: no quota
     quota: int | None = None
@@ -125,8 +132,8 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
             else:
                 raise BranchError(f"unknown mount option {option!r}")
             path_before = option if key in _PATH_KEYS and sep else None
-    copyup, pagecache, udba, whiteout = (_choice(union, key)
-                                         for key in ("copyup", "pagecache", "udba", "whiteout"))
+    copyup, pagecache, passthrough, udba, whiteout = (
+        _choice(union, key) for key in ("copyup", "pagecache", "passthrough", "udba", "whiteout"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
     mapped = owners.parse({key: union.pop(key) for key in _OWNER_KEYS & union.keys()}
                           | ({"squash_to_root": ""} if "squash_to_root" in flags else {}))
@@ -142,6 +149,7 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
     return MountConfig(stack, mnt, frozenset(_fuse_options(fuse, stack, source)),
                        partial_copies=copyup == "partial",
                        flatten_at_umount="flatten" in flags, pagecache=pagecache,
+                       passthrough=passthrough,
                        max_open=_count(union, "max_open"), quota=quota, udba=udba,
                        volatile="volatile" in flags, owners=mapped,
                        whiteout=whiteout)
@@ -166,7 +174,8 @@ def _rest_of_a_path(path_option: str, option: str) -> bool:
 def _choice(union: dict[str, str], key: str) -> str:
     """The value of an option with fixed choices (the first by default)."""
     choices = _CHOICES[key]
-    value = union.pop(key, choices[0])
+    default = os.environ.get("PYUNION_PASSTHROUGH", "auto") if key == "passthrough" else choices[0]
+    value = union.pop(key, default)
     if value not in choices:
         raise BranchError(f"{key}= must be one of {', '.join(choices)}, not {value!r}")
     return value

@@ -245,7 +245,7 @@ class PartialFiles:
         self._numbers = numbers
         self._open: dict[str, PartialFile] = {}
 
-    async def flatten(self, entry: Entry, on_changed: Callable[[], None],
+    async def flatten(self, entry: Entry, on_changed: Callable[..., None],
                       on_copied_up: Callable[[int, Entry], None] = lambda ino, entry: None,
                       change_lock: trio.Lock | None = None) -> None:
         """Make the writable branch at or below ``entry`` a plain layer

@@ -118,5 +118,10 @@ class Policy:
             return SHORT
         return LONG
 
+    def keeps_listing(self, dir_path: str) -> bool:
+        """Whether the kernel may keep the listing of the union directory
+        ``dir_path`` across opens: as long as it keeps names found in it."""
+        return self.timeout(dir_path) == LONG
+
     def negative_timeout(self) -> float:
         return LONG if self.mode is Mode.NONE else SHORT

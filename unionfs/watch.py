@@ -236,7 +236,9 @@ class Notifier:
             return []  # the union shows what it showed
         if held is not None:
             self._inodes.unlink(held, parent_ino, name)
-        return [(pyfuse3.invalidate_entry, parent_ino, os.fsencode(name))]
+        # The directory's kept listing goes with its pages.
+        return [(pyfuse3.invalidate_entry, parent_ino, os.fsencode(name)),
+                (pyfuse3.invalidate_inode, parent_ino, False)]
 
     def _rewritten(self, layer: Layer, path: str) -> list[tuple]:
         """A file (or directory) changed in place: invalidate the kernel's
