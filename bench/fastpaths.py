@@ -220,10 +220,13 @@ def _cell(row: Row, figures: Figures, system: str) -> tuple[object, str]:
 
 
 def _verdict(judged: list[tuple[str, tuple[bool, str] | None]], decides: str) -> str:
-    """"met" or "missed" as Row.decides says, with each variant's why."""
+    """"met" or "missed" as Row.decides says, with each variant's why.  A
+    read-only union is shown, never counted: the rows are about unions
+    that can be written."""
     if any(outcome is None for _, outcome in judged):
         return "not measured"
-    oks = [ok for variant, (ok, _) in judged if decides != "default" or not variant]
+    oks = [ok for variant, (ok, _) in judged
+           if (decides != "default" or not variant) and variant != systems.READ_ONLY_UNION]
     if not oks:
         return "not measured"
     met = any(oks) if decides == "any" else all(oks)

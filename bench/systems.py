@@ -111,18 +111,27 @@ class UnionfsFuse(System):
         return ["unionfs", "-o", "cow", branches, str(stack.mnt)]
 
 
-class Pyunion(System):
-    """pyunion with its defaults, or with extra mount ``options``."""
+#: the name of pyunion's variant without a writable branch
+READ_ONLY_UNION = "read-only union"
 
-    def __init__(self, options: str = ""):
+
+class Pyunion(System):
+    """pyunion with its defaults, or with extra mount ``options``; or a
+    union of the read-only branches alone (``writable=False``), whose files
+    the kernel reads itself (passthrough: no copy-up can move them)."""
+
+    def __init__(self, options: str = "", writable: bool = True):
         self.options = options
-        self.name = f"pyunion {options}" if options else "pyunion"
+        self.writable = writable
+        self.name = " ".join(filter(None, ["pyunion", options,
+                                           None if writable else READ_ONLY_UNION]))
 
     def missing(self) -> str | None:
         return None if os.access(PYUNION, os.X_OK) else f"{PYUNION} is not installed"
 
     def mount_command(self, stack: Stack) -> list[str]:
-        branches = ":".join([f"{stack.upper}=rw", *(f"{low}=ro" for low in stack.lowers)])
+        upper = [f"{stack.upper}=rw"] if self.writable else []
+        branches = ":".join([*upper, *(f"{low}=ro" for low in stack.lowers)])
         options = ",".join(filter(None, [f"br={branches}", self.options]))
         return [PYUNION, "mount", "-o", options, str(stack.mnt)]
 
@@ -139,8 +148,10 @@ class PyunionProgram(Pyunion):
 
 
 ALL = (Native(), KernelOverlay(), FuseOverlayfs(), UnionfsFuse(), Pyunion())
-#: the other page-cache modes, measured where they matter (reads, memory)
-PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"))
+#: the other page-cache modes, measured where they matter (reads, memory),
+#: and a union without a writable branch, whose lower files pass through
+PAGECACHE_VARIANTS = (Pyunion("pagecache=drop"), Pyunion("pagecache=direct"),
+                      Pyunion(writable=False))
 
 
 def for_workload(name: str) -> list[System]:
