@@ -117,10 +117,10 @@ class LiveStack:
             # From here to the swap nothing waits, unless forced: what was
             # found unused is still unused when the stack changes.
             complaint, partial_copies = self._in_use(removed, made_ro, processes)
-            self._check_no_passed_writers(made_ro + [layer for layer in removed
-                                                     if layer.writable])
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
+            self._check_no_passed_writers(made_ro + [layer for layer in removed
+                                                     if layer.writable])
             if partial_copies:
                 await self._partials.complete_below(Location(self._upper.layer, ROOT),
                                                     self._inodes.new_epoch)
