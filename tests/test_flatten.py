@@ -289,7 +289,7 @@ def test_flatten_reports_each_copy_up_with_its_union_inode_number(tmp_path, unio
         upper.prepare()
         partials = PartialFiles(layers, upper, InodeNumbers(
             layers[0].lstat(ROOT), [layer.lstat(ROOT).st_dev for layer in layers]))
-        trio.run(partials.flatten, Tree(layers).root(), lambda *copied: None,
+        trio.run(partials.flatten, Tree(layers).root(), lambda: None, lambda numbers: None,
                  lambda ino, entry: reported.setdefault(entry.path, ino))
     finally:
         upper.close()

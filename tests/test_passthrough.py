@@ -9,6 +9,7 @@ import mmap
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,70 @@ def test_a_live_branch_change_drops_the_kept_listings(tmp_path, unions):
     pyunion("branch", "del", str(mnt), str(new))
     assert sorted(os.listdir(mnt / "d")) == ["a", "b"]
     assert sorted(os.listdir(mnt)) == ["d"]
+
+
+@needs_passthrough
+def test_a_file_passed_through_stays_readable_when_its_branch_is_made_read_only(tmp_path, unions):
+    """The kernel takes only passed-through handles beside one: a new open
+    after ``mod ro`` shares the backing file instead of failing with EIO."""
+    up, low = build(tmp_path / "up", {"f": "upper"}), build(tmp_path / "low", {})
+    mnt = unions.mount([up, low], rw=True)
+    with open(mnt / "f", "rb") as reader:
+        pyunion("branch", "mod", str(mnt), f"{up}=ro")
+        assert (mnt / "f").read_bytes() == b"upper"
+        assert reader.read() == b"upper"
+
+
+@needs_passthrough
+def test_an_open_after_the_writable_branch_went_reads_the_lower_file(tmp_path, unions):
+    """``del --force`` of the writable branch while its copy of a file is
+    read: the name now leads to the lower file on the same inode, whose
+    backing file is the copy; a new open reads the lower file through the
+    daemon, the old handle keeps the copy."""
+    up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "lower"})
+    mnt = unions.mount([up, low], "copyup=full", rw=True)
+    (mnt / "f").write_text("upper")
+    with open(mnt / "f", "rb") as reader:
+        pyunion("branch", "del", "--force", str(mnt), str(up))
+        assert (mnt / "f").read_bytes() == b"lower"
+        assert reader.read() == b"upper"
+
+
+@needs_passthrough
+def test_the_writable_branch_cannot_be_forced_out_under_a_file_the_kernel_writes(tmp_path, unions):
+    up, low = build(tmp_path / "up", {"f": "x"}), build(tmp_path / "low", {})
+    mnt = unions.mount([up, low], rw=True)
+    with open(mnt / "f", "r+b", buffering=0):
+        done = pyunion("branch", "del", "--force", str(mnt), str(up), check=False)
+        assert done.returncode != 0 and "passthrough" in done.stderr
+    assert pyunion("branch", "ls", str(mnt)).stdout.count("rw") == 1
+
+
+@needs_passthrough
+def test_a_shared_map_of_a_direct_lower_file_does_not_block_the_copy(tmp_path, unions):
+    """A shared map of a direct-I/O handle makes the kernel's inode cached:
+    the copy made meanwhile is not passed through beside it."""
+    up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": b"L" * 8192})
+    mnt = unions.mount([up, low], "copyup=full", "pagecache=direct", rw=True)
+    with open(mnt / "f", "rb") as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED,
+                                               mmap.PROT_READ) as mapped:
+        assert mapped[:4] == b"LLLL"
+        with open(mnt / "f", "ab") as appender:
+            appender.write(b"A")
+        assert (mnt / "f").read_bytes() == b"L" * 8192 + b"A"
+    assert (up / "f").read_bytes() == b"L" * 8192 + b"A"
+
+
+def test_passthrough_on_fails_in_one_line_when_the_kernel_does_not_offer_it(tmp_path):
+    """The kernel's answer comes at INIT, after the mount: the mount is
+    undone and the reason is the command's one line."""
+    low, mnt = build(tmp_path / "low", {}), build(tmp_path / "mnt", {})
+    script = ("import sys, pyfuse3; pyfuse3.passthrough_enabled = lambda: False\n"
+              "from unionfs import cli; sys.argv[0] = 'pyunion'; cli.main()")
+    done = subprocess.run([sys.executable, "-c", script, "mount", "-o",
+                           f"br={low}=ro,passthrough=on", str(mnt)],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (1, [
+        f"Error: cannot mount on {mnt}: passthrough=on, but the kernel does not offer "
+        f"FUSE passthrough"])
+    assert not os.path.ismount(mnt)

@@ -337,3 +337,23 @@ def test_layers_added_at_run_time_are_watched_as_looked_into_and_removed_ones_le
         watcher.close()
         first.close()
         added.close()
+
+
+def test_notify_drops_the_kept_listing_of_a_merged_directory_whose_lower_part_came_or_went(
+        unions, lower):
+    """A merged directory keeps its number while a lower part of it comes
+    and goes, so no name of its parent changes: its kept listing must still
+    be dropped."""
+    upper = lower.parent / "upper"
+    (upper / "d" / "sub").mkdir(parents=True)
+    (upper / "d" / "sub" / "a").write_text("a")
+    (lower / "d").mkdir(exist_ok=True)
+    stage = lower.parent / "stage"
+    (stage / "sub").mkdir(parents=True)
+    (stage / "sub" / "b").write_text("b")
+    mnt = unions.mount([upper, lower], "udba=notify", rw=True, changed_below=True)
+    assert sorted(os.listdir(mnt / "d" / "sub")) == ["a"]
+    os.rename(stage / "sub", lower / "d" / "sub")
+    assert wait_for(lambda: sorted(os.listdir(mnt / "d" / "sub")) == ["a", "b"], udba.SHORT / 2)
+    os.rename(lower / "d" / "sub", stage / "sub")
+    assert wait_for(lambda: sorted(os.listdir(mnt / "d" / "sub")) == ["a"], udba.SHORT / 2)

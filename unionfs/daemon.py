@@ -113,9 +113,13 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                         operations.recover()
                         upper.count()
                     controls = functools.partial(_answer_control, operations, config)
-                    trio.run(_main_loop, functools.partial(_ready, config, operations, on_ready),
+                    refused: list[str] = []
+                    trio.run(_main_loop,
+                             functools.partial(_ready, config, operations, on_ready, refused),
                              operations, control_path(config.mountpoint) if recorded else None,
                              controls)
+                    if refused:
+                        raise MountError(refused[0])
                 finally:
                     pyfuse3.close(unmount=True)
                 if config.flatten_at_umount:
@@ -222,14 +226,17 @@ async def _main_loop(ready: Callable[[], Awaitable[None]], operations: UnionOper
 
 
 async def _ready(config: MountConfig, operations: UnionOperations,
-                 on_ready: Callable[[], None]) -> None:
+                 on_ready: Callable[[], None], refused: list[str]) -> None:
     """Once the kernel's INIT is answered (it sets the readahead then, and
-    says whether it passes files through): the mount is ready."""
+    says whether it passes files through): the mount is ready, or, with
+    ``passthrough=on`` and none, ends with the reason in ``refused``."""
     await operations.initialized.wait()
     _widen_readahead(config.mountpoint)
     if config.passthrough == "on" and not operations.backings.enabled:
-        raise MountError(f"cannot mount on {config.mountpoint}: passthrough=on, but the "
-                         f"kernel does not offer FUSE passthrough")
+        refused.append(f"cannot mount on {config.mountpoint}: passthrough=on, but the "
+                       f"kernel does not offer FUSE passthrough")
+        pyfuse3.terminate()
+        return
     if operations.enable_passthrough and not operations.backings.enabled:
         log.warning("passthrough off: the kernel does not offer it")
     on_ready()

@@ -56,20 +56,22 @@ class Flattening:
     """One flatten.  It resolves names with a tree and changes of its own:
     they keep no state beyond the branches, so they see what the mount's
     own see.  ``on_changed`` runs after each change that moves where a
-    name's data lives (cached entries may be stale), given the inode numbers
-    of the directories it copied up, if any; ``on_copied_up`` after
+    name's data lives (cached entries may be stale); ``on_dirs_copied``
+    after directories are copied up, with their inode numbers (as
+    ``Changes.on_dirs_copied``); ``on_copied_up`` after
     each copy-up, with the entry's union inode number and new entry (open
     files on the lower file may follow it)."""
 
     def __init__(self, layers: list[Layer], upper: Upper, numbers: InodeNumbers,
-                 partials: PartialFiles, on_changed: Callable[..., None],
+                 partials: PartialFiles, on_changed: Callable[[], None],
+                 on_dirs_copied: Callable[[list[int]], None],
                  on_copied_up: Callable[[int, Entry], None], change_lock: trio.Lock):
         self._index = Index(upper.meta, numbers)
         self._tree = Tree(layers, self._index)
         # Partial copies, so that a step holds the lock for metadata only;
         # their data comes up after, without it.
         self._changes = Changes(self._tree, upper, numbers, self._index, partial_copies=True)
-        self._changes.on_dirs_copied = on_changed
+        self._changes.on_dirs_copied = on_dirs_copied
         self._upper = upper
         self._numbers = numbers
         self._partials = partials

@@ -38,7 +38,6 @@ import itertools
 import logging
 import os
 import stat
-from typing import Sequence
 
 import pyfuse3
 import trio
@@ -520,7 +519,7 @@ class UnionOperations(pyfuse3.Operations):
             # Cached entries of a finished file carry its old marks.
             self._writer  # noqa: B018 - EROFS on a read-only union
             for entry in self._names_of(self.inodes[inode]):
-                await self._partials.flatten(entry, self._dirs_copied,
+                await self._partials.flatten(entry, self.inodes.new_epoch, self._dirs_copied,
                                              self._copied_by_flatten, self._change_lock)
             return
         value = self._owners.in_acl(os.fsdecode(name), value, to_shown=False)
@@ -538,7 +537,7 @@ class UnionOperations(pyfuse3.Operations):
     async def flatten_all(self) -> None:
         """Complete every partial copy (at unmount, with ``-o flatten``)."""
         if self._partials is not None:
-            await self._partials.flatten(self.tree.root(), lambda *copied: None)
+            await self._partials.flatten(self.tree.root(), lambda: None)
 
     # -- helpers ---------------------------------------------------------
 
@@ -645,11 +644,10 @@ class UnionOperations(pyfuse3.Operations):
             self._moved_up(node, entry)
         return entry
 
-    def _dirs_copied(self, numbers: Sequence[int] = ()) -> None:
-        """Directories got a copy in the writable branch (or, with no
-        ``numbers``, data moved): entries cached below them may lead
-        elsewhere now, and the kernel's attributes of them are stale (a
-        merged directory's link count is 1).  Attributes
+    def _dirs_copied(self, numbers: list[int]) -> None:
+        """Directories got a copy in the writable branch: entries cached
+        below them may lead elsewhere now, and the kernel's attributes of
+        them are stale (a merged directory's link count is 1).  Attributes
         are invalidated at once, on the loop: that waits for nothing the
         loop must answer (pages would)."""
         self.inodes.new_epoch()

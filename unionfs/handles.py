@@ -64,6 +64,9 @@ class _Io(enum.Enum):
     CACHED = "cached"  #: through the daemon; the kernel keeps pages (``PageCache``)
     DIRECT = "direct"  #: through the daemon; nothing cached
     PASSED = "passed"  #: by the kernel itself, on the backing file
+    #: through the daemon, its maps on the inode's backing file, which is
+    #: another file (``passthrough.py``: the only kind the kernel allows then)
+    MAPPED = "mapped"
 
 
 @dataclass
@@ -135,40 +138,44 @@ class OpenFiles:
                 open_file.partial = self._partials.acquire(entry.top, entry.marks)
                 if flags & os.O_TRUNC:
                     open_file.partial.truncate(0)
+            backing_id = self._choose_io(node, open_file, fd)
         except BaseException:
             if open_file.partial is not None:
                 self._partials.release(open_file.partial)
             os.close(fd)
             raise
-        # Data changes through this mount, which keeps the kernel's cache in
-        # step, so pages may stay cached across opens (a lower file changed
-        # below is caught by ``open``).
-        if self._pagecache is PageCache.DIRECT and open_file.lower_only:
-            open_file.io = _Io.DIRECT
-        backing_id = self._pass_through(node, open_file, fd)
         node.fds.add(fd)
         self._files[fd] = open_file
         if not open_file.lower_only:
             self._hold(open_file, fd)
+        # Data changes through this mount, which keeps the kernel's cache in
+        # step, so pages may stay cached across opens (a lower file changed
+        # below is caught by ``open``).
         info = FileInfo(fh=fd, keep_cache=open_file.io is _Io.CACHED,
-                        direct_io=open_file.io is _Io.DIRECT)
+                        direct_io=open_file.io in (_Io.DIRECT, _Io.MAPPED))
         if backing_id:
             info.backing_id = backing_id
         return info
 
-    def _pass_through(self, node: Node, open_file: _OpenFile, fd: int) -> int:
-        """Choose the new handle's ``io`` by the kernel's rules
-        (``passthrough.py``); its backing id if it is passed through."""
+    def _choose_io(self, node: Node, open_file: _OpenFile, fd: int) -> int:
+        """Set the new handle's ``io`` by the kernel's rules
+        (``passthrough.py``); the backing id it is opened with, or 0."""
+        if self._backings.holds(node.ino):
+            backing_id, same_file = self._backings.share(node.ino, fd)
+            open_file.io = _Io.PASSED if same_file else _Io.MAPPED
+            return backing_id
+        if self._pagecache is PageCache.DIRECT and open_file.lower_only:
+            open_file.io = _Io.DIRECT
         passable = (self._backings.enabled and open_file.partial is None
                     and (self._upper is None if open_file.lower_only
                          else self._quota is UNLIMITED))
-        cached_beside = any(self._files[other].io is _Io.CACHED for other in node.fds)
-        backing_id = (self._backings.attach(node.ino, fd)
-                      if passable and not cached_beside else 0)
+        # Beside a cached handle, or a direct one (a map of it makes the
+        # inode cached), the kernel refuses a passed-through open.
+        if not passable or node.fds:
+            return 0
+        backing_id = self._backings.attach(node.ino, fd)
         if backing_id:
             open_file.io = _Io.PASSED
-        elif self._backings.holds(node.ino):
-            open_file.io = _Io.DIRECT  # the only kind the kernel allows beside them
         return backing_id
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -192,19 +199,14 @@ class OpenFiles:
             open_file.partial.fsync(datasync=True)
         return written
 
-    def users_of(self, layer: Layer, writing: bool = False) -> int:
+    def users_of(self, layer: Layer, writing: bool = False, passed: bool = False) -> int:
         """How many handles are on files of ``layer``, or read a partial
-        copy's data from it (with ``writing``: only those open for writing)."""
+        copy's data from it (with ``writing``: only those open for writing;
+        with ``passed``: only those the kernel reads and writes itself)."""
         return sum(1 for f in self._files.values()
                    if (f.layer is layer or (f.partial is not None
                                             and f.partial.lower_layer is layer))
-                   and (f.writing or not writing))
-
-    def passed_writers(self, layer: Layer) -> int:
-        """How many handles open for writing on files of ``layer`` the kernel
-        writes itself: nothing can stop their writes."""
-        return sum(1 for f in self._files.values()
-                   if f.layer is layer and f.writing and f.io is _Io.PASSED)
+                   and (f.writing or not writing) and (f.io is _Io.PASSED or not passed))
 
     def node(self, fh: int) -> Node:
         return self._files[fh].node
@@ -223,7 +225,7 @@ class OpenFiles:
             self._partials.release(open_file.partial)
         if open_file.held:
             self._quota.let_go(fh)
-        if open_file.io is _Io.PASSED:
+        if open_file.io in (_Io.PASSED, _Io.MAPPED):
             self._backings.detach(open_file.node.ino)
         os.close(fh)
         if (self._pagecache is PageCache.DROP and open_file.lower_only

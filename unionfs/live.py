@@ -117,9 +117,10 @@ class LiveStack:
             # From here to the swap nothing waits, unless forced: what was
             # found unused is still unused when the stack changes.
             complaint, partial_copies = self._in_use(removed, made_ro, processes)
-            self._check_no_passed_writers(made_ro)
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
+            self._check_no_passed_writers(made_ro + [layer for layer in removed
+                                                     if layer.writable])
             if partial_copies:
                 await self._partials.complete_below(Location(self._upper.layer, ROOT),
                                                     self._inodes.new_epoch)
@@ -202,11 +203,12 @@ class LiveStack:
                 said.append(f"branch {layer.branch.path} is busy: {', '.join(uses)}")
         return "; ".join(said), partial_copies
 
-    def _check_no_passed_writers(self, made_ro: list[Layer]) -> None:
-        """Even ``force`` cannot make a branch read-only while the kernel
-        writes files of it itself (passthrough): nothing could stop them."""
-        for layer in made_ro:
-            if count := self._open_files.passed_writers(layer):
+    def _check_no_passed_writers(self, layers: list[Layer]) -> None:
+        """Even ``force`` cannot make a writable branch read-only, or take
+        it out, while the kernel writes files of it itself (passthrough):
+        nothing could stop those writes."""
+        for layer in layers:
+            if count := self._open_files.users_of(layer, writing=True, passed=True):
                 raise BranchBusy(
                     f"branch {layer.branch.path} is busy: "
                     f"{', '.join(_counted(count, 'file open for writing'))} that the kernel "

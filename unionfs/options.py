@@ -132,8 +132,9 @@ def parse(option_args: list[str], mountpoint: str, source: str | None = None) ->
             else:
                 raise BranchError(f"unknown mount option {option!r}")
             path_before = option if key in _PATH_KEYS and sep else None
-    copyup, pagecache, passthrough, udba, whiteout = (
-        _choice(union, key) for key in ("copyup", "pagecache", "passthrough", "udba", "whiteout"))
+    passthrough = _passthrough(union)
+    copyup, pagecache, udba, whiteout = (_choice(union, key)
+                                         for key in ("copyup", "pagecache", "udba", "whiteout"))
     quota = _quota(union.pop("quota")) if "quota" in union else None
     mapped = owners.parse({key: union.pop(key) for key in _OWNER_KEYS & union.keys()}
                           | ({"squash_to_root": ""} if "squash_to_root" in flags else {}))
@@ -171,11 +172,21 @@ def _rest_of_a_path(path_option: str, option: str) -> bool:
     return "/" in option or os.path.lexists(f"{last_path},{rest}")
 
 
+def _passthrough(union: dict[str, str]) -> str:
+    """``passthrough=``; by default ``PYUNION_PASSTHROUGH``'s value, if set."""
+    if "passthrough" in union or "PYUNION_PASSTHROUGH" not in os.environ:
+        return _choice(union, "passthrough")
+    value = os.environ["PYUNION_PASSTHROUGH"]
+    if value not in _CHOICES["passthrough"]:
+        raise BranchError(f"PYUNION_PASSTHROUGH must be one of "
+                          f"{', '.join(_CHOICES['passthrough'])}, not {value!r}")
+    return value
+
+
 def _choice(union: dict[str, str], key: str) -> str:
     """The value of an option with fixed choices (the first by default)."""
     choices = _CHOICES[key]
-    default = os.environ.get("PYUNION_PASSTHROUGH", "auto") if key == "passthrough" else choices[0]
-    value = union.pop(key, default)
+    value = union.pop(key, choices[0])
     if value not in choices:
         raise BranchError(f"{key}= must be one of {', '.join(choices)}, not {value!r}")
     return value

@@ -245,14 +245,15 @@ class PartialFiles:
         self._numbers = numbers
         self._open: dict[str, PartialFile] = {}
 
-    async def flatten(self, entry: Entry, on_changed: Callable[..., None],
+    async def flatten(self, entry: Entry, on_changed: Callable[[], None],
+                      on_dirs_copied: Callable[[list[int]], None] = lambda numbers: None,
                       on_copied_up: Callable[[int, Entry], None] = lambda ino, entry: None,
                       change_lock: trio.Lock | None = None) -> None:
         """Make the writable branch at or below ``entry`` a plain layer
         (:class:`unionfs.flatten.Flattening` says what the callbacks get;
         ``change_lock`` is the mount's, none when nothing else changes it)."""
         await Flattening(self._layers, self._upper, self._numbers, self, on_changed,
-                         on_copied_up, change_lock or trio.Lock()).run(entry)
+                         on_dirs_copied, on_copied_up, change_lock or trio.Lock()).run(entry)
 
     async def complete_below(self, top: Location, on_finished: Callable[[], None]) -> None:
         """Complete every partial copy at or below ``top`` (writable

@@ -14,14 +14,17 @@ Which files are passed through (``handles.py`` asks :meth:`Backings.attach`):
   the kernel cannot move a passed-through file to another backing file,
   so those files keep the page-cache modes (``handles.PageCache``).
 
-The kernel's rules, which :class:`Backings` keeps: while any passed-through
-handle of an inode is open, every other passed-through handle of it uses
-the same backing file (else EBUSY), and no cached handle may be opened
-beside them (EINVAL), nor a passed-through one beside cached handles
-(ETXTBSY); a direct-I/O handle may sit beside either.  So a file copied up
-while cached handles of it are open is passed through from the first open
-after they have all closed, and an open that cannot share the inode's
-backing file gets direct I/O.
+The kernel's rules, which :class:`Backings` and ``handles.py`` keep (it
+answers a breach with EIO): while any passed-through handle of an inode is
+open, every other handle of it must be passed through too, on the same
+backing file; and no handle is passed through beside a cached one, nor
+beside a direct-I/O one (a map of it makes the inode cached).  So a file
+copied up while handles of the lower file are open is passed through from
+the first open after they have all closed.  A handle opened while the
+inode's backing file is another file than its own (a live branch change
+pointed the name elsewhere) is opened with that backing id and direct I/O:
+reads and writes go through the daemon to its own file, but its maps show
+the backing file.
 
 Passthrough needs CAP_SYS_ADMIN in the initial user namespace (the kernel
 checks it at every registration), and excludes the writeback cache (which
@@ -32,7 +35,6 @@ off.
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
@@ -46,12 +48,6 @@ _CAP_SYS_ADMIN = 21
 #: the inode number of the initial user namespace's /proc/PID/ns/user
 #: (``PROC_USER_INIT_INO``)
 _INITIAL_USER_NAMESPACE = 0xEFFFFFFD
-
-
-class Mode(enum.Enum):
-    AUTO = "auto"  #: where the kernel, the library and the daemon's privileges allow
-    ON = "on"      #: always: the mount fails where it cannot be had
-    OFF = "off"    #: never: every read and write goes through the daemon
 
 
 def unavailable() -> str | None:
@@ -79,7 +75,7 @@ class _Backing:
     id: int
     #: (st_dev, st_ino) of the backing file
     file: tuple[int, int]
-    #: passed-through handles of the inode
+    #: handles of the inode opened with its id
     users: int = 1
 
 
@@ -95,19 +91,17 @@ class Backings:
     def holds(self, ino: int) -> bool:
         return ino in self._of
 
+    def share(self, ino: int, fd: int) -> tuple[int, bool]:
+        """The backing id ``ino`` holds, for a new handle of it on the file
+        open as ``fd``; and whether that is the backing file."""
+        backing = self._of[ino]
+        backing.users += 1
+        return backing.id, backing.file == _file(fd)
+
     def attach(self, ino: int, fd: int) -> int:
-        """A backing id for a new passed-through handle of ``ino`` on the
-        file open as ``fd``; 0 if it must not be passed through: the inode's
-        handles are passed through to another file, or the kernel refused
-        the file (one on a stacked file system: ELOOP)."""
-        st = os.fstat(fd)
-        file = (st.st_dev, st.st_ino)
-        backing = self._of.get(ino)
-        if backing is not None:
-            if backing.file != file:
-                return 0
-            backing.users += 1
-            return backing.id
+        """Register the file open as ``fd`` as the backing file of ``ino``,
+        which holds none; its backing id, or 0 if the kernel refused it (a
+        file on a stacked file system: ELOOP)."""
         try:
             backing_id = pyfuse3.backing_open(fd)
         except OSError as exc:
@@ -118,7 +112,7 @@ class Backings:
             else:
                 log.debug("no passthrough for inode %d: %s", ino, exc.strerror)
             return 0
-        self._of[ino] = _Backing(backing_id, file)
+        self._of[ino] = _Backing(backing_id, _file(fd))
         return backing_id
 
     def detach(self, ino: int) -> None:
@@ -127,4 +121,13 @@ class Backings:
         backing.users -= 1
         if not backing.users:
             del self._of[ino]
-            pyfuse3.backing_close(backing.id)
+            try:
+                pyfuse3.backing_close(backing.id)
+            except OSError as exc:
+                log.warning("backing id %d of inode %d not closed: %s",
+                            backing.id, ino, exc.strerror)
+
+
+def _file(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino

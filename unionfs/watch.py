@@ -16,7 +16,11 @@ name is resolved again in the union:
 * a file changed in place has its kernel attributes and pages invalidated,
   when it is the one the union shows under that name;
 * a directory whose attributes changed has its kept names dropped too:
-  overlay's marks of it (opaque, redirect) are kept with them.
+  overlay's marks of it (opaque, redirect) are kept with them;
+* the kernel's kept listings of a directory that appeared, went or changed
+  its marks, and of the directories below it the kernel holds, are
+  dropped: a merged directory keeps its number while its lower parts come
+  and go.
 
 The kernel's invalidations are made from a thread: the kernel may wait on
 requests the loop must answer.
@@ -43,7 +47,7 @@ import trio
 from inotify_simple import INotify, flags
 
 from .inodes import InodeNumbers, InodeTable
-from .layer import Layer, child
+from .layer import ROOT, Layer, child
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -194,7 +198,9 @@ class Notifier:
         the daemon's own kept names are dropped), in the order of the
         events."""
         names, contents = {}, {}
-        remarked = False
+        #: union directories whose listings, and their subdirectories', may
+        #: have changed though their own names did not (merged directories)
+        relisted = {}
         for event in batch:
             if event.mask & _NAMES:
                 event.layer.forget_names(event.dir_path)
@@ -202,6 +208,7 @@ class Notifier:
                     moved = child(event.dir_path, event.name)
                     event.layer.forget_names(moved, below=True)
                     self.watcher.drop_below(event.layer, moved)
+                    relisted[moved] = None
                 names[event.dir_path, event.name] = None
             elif event.mask & _CONTENT:
                 path = child(event.dir_path, event.name) if event.name else event.dir_path
@@ -209,14 +216,16 @@ class Notifier:
                 if event.mask & flags.ATTRIB and (event.mask & flags.ISDIR or not event.name):
                     # overlay's marks of it (opaque, redirect) are kept with its names
                     event.layer.forget_names(path)
-                    remarked = True
-        if names or remarked:
+                    relisted[path] = None
+        if names or relisted:
             self._inodes.new_epoch()  # entries cached on nodes may lead elsewhere now
         calls = []
         for dir_path, name in names:
             calls += self._renamed(dir_path, name)
         for layer, path in contents:
             calls += self._rewritten(layer, path)
+        for path in relisted:
+            calls += self._listings_at_or_below(path)
         return calls
 
     def _renamed(self, dir_path: str, name: str) -> list[tuple]:
@@ -239,6 +248,14 @@ class Notifier:
         # The directory's kept listing goes with its pages.
         return [(pyfuse3.invalidate_entry, parent_ino, os.fsencode(name)),
                 (pyfuse3.invalidate_inode, parent_ino, False)]
+
+    def _listings_at_or_below(self, path: str) -> list[tuple]:
+        """Drop the kernel's kept listings (with the pages) of the union
+        directory ``path`` and of what the kernel holds below it."""
+        below = f"{path}/"
+        return [(pyfuse3.invalidate_inode, node.ino, False) for node in self._inodes.nodes()
+                if node.entry is not None and (path == ROOT or node.entry.path == path
+                                               or node.entry.path.startswith(below))]
 
     def _rewritten(self, layer: Layer, path: str) -> list[tuple]:
         """A file (or directory) changed in place: invalidate the kernel's
