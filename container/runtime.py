@@ -721,12 +721,20 @@ def _is_mounted(path: str) -> bool:
 
 
 def _reap_children() -> None:
-    """Collect the union daemon (our child) once it has unmounted."""
+    """Collect the union daemon (our child) once it has unmounted: woken
+    by its SIGCHLD, not by polling."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.01)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            remaining = deadline - time.monotonic()
+            if pid == 0 and remaining <= 0:
+                return
+            if pid == 0:
+                signal.sigtimedwait({signal.SIGCHLD}, remaining)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
