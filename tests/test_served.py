@@ -21,13 +21,12 @@ import pytest
 
 import container
 import unionfs
-from conftest import IN_TEST_HOST, stand_in_host_links
+from conftest import IN_TEST_HOST, PYCONTAINER_HERE, stand_in_host_links
 from container import runtime
 from container.served import served
 from helpers import process_gone, talk_through_a_terminal, wait_for
 from unionfs import forkserver, wire
 
-IN_PROCESS = "import sys; from container.cli import main; sys.argv[0] = 'pycontainer'; main()"
 CHATTY = ("sh", "-c", "echo out; echo err >&2; exit 7")
 
 
@@ -45,7 +44,6 @@ class Served:
         subprocess.run([sys.executable, "-m", "unionfs.launcher", launcher, "pycontainer"],
                        env=self.env, check=True)
         self.command = [*IN_TEST_HOST, str(launcher)]
-        self.in_process_command = [*IN_TEST_HOST, sys.executable, "-c", IN_PROCESS]
         self.socket = wire.socket_path(os.path.realpath(root / "unionfs"), sys.executable)
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess:
@@ -53,7 +51,7 @@ class Served:
                               text=True, timeout=60)
 
     def in_process(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.in_process_command, *args], env=self.env,
+        return subprocess.run([*PYCONTAINER_HERE, *args], env=self.env,
                               capture_output=True, text=True, timeout=60)
 
     def popen(self, *args: str, **kwargs) -> subprocess.Popen:
