@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import secrets
 import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import syscalls as sc
 from .networks import Network
 
 CONTAINER_IFNAME = "eth0"
@@ -54,26 +56,43 @@ def remove_bridge(network: Network) -> None:
 def connect(network: Network, namespace: str, address: str) -> str:
     """Give the network namespace at ``namespace`` an ``eth0`` on the network,
     with ``address`` and a default route via the gateway, and ``lo`` up;
-    returns the host end's name."""
-    tag = secrets.token_hex(4)
-    host, peer = f"vpc{tag}", f"vpt{tag}"
-    with IPRoute() as ip:
-        ip.link("add", ifname=host, kind="veth", peer=peer)
-        try:
-            ip.link("set", index=_index(ip, host), master=_index(ip, network.bridge), state="up")
-            with open(namespace, "rb") as target:
-                ip.link("set", index=_index(ip, peer), net_ns_fd=target.fileno())
-        except BaseException:
-            _delete_link(host)
-            raise
-    with IPRoute(netns=namespace) as ip:
-        index = _index(ip, peer)
-        ip.link("set", index=index, ifname=CONTAINER_IFNAME)
-        ip.addr("add", index=index, address=address, prefixlen=network.net.prefixlen)
-        ip.link("set", index=index, state="up")
-        ip.link("set", index=_index(ip, "lo"), state="up")
-        ip.route("add", dst="0.0.0.0/0", gateway=str(network.gateway))
+    returns the host end's name.  The container's end is made in its
+    namespace, never moved there (a move waits for the kernel's RCU grace
+    period), and configured through a netlink socket opened there."""
+    host = f"vpc{secrets.token_hex(4)}"
+    with open(namespace, "rb") as target:
+        with IPRoute() as ip:
+            ip.link("add", ifname=host, kind="veth",
+                    peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": target.fileno()})
+            try:
+                ip.link("set", index=_index(ip, host), master=_index(ip, network.bridge),
+                        state="up")
+            except BaseException:
+                _delete_link(host)
+                raise
+        with _iproute_in(target.fileno()) as ip:
+            index = _index(ip, CONTAINER_IFNAME)
+            ip.addr("add", index=index, address=address, prefixlen=network.net.prefixlen)
+            ip.link("set", index=index, state="up")
+            ip.link("set", index=_index(ip, "lo"), state="up")
+            ip.route("add", dst="0.0.0.0/0", gateway=str(network.gateway))
     return host
+
+
+def _iproute_in(namespace_fd: int) -> IPRoute:
+    """An IPRoute on a netlink socket of the network namespace
+    ``namespace_fd``: made by this thread there, which then comes back
+    (pyroute2's own ``netns=`` forks a process for it)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(namespace_fd, sc.CLONE_NEWNET)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+        finally:
+            sc.setns(own, sc.CLONE_NEWNET)
+    finally:
+        os.close(own)
+    return IPRoute(fileno=sock.detach())
 
 
 def disconnect(host_ifname: str) -> None:

@@ -19,9 +19,12 @@ import click
 from unionfs.cli import OneLineGroup
 
 from . import cgroups, images, logs as container_logs, networking, networks, ports, runtime
+from . import seccomp_profile, security
 from . import spec as specs
 from . import syscalls as sc
 from .cgroups import CgroupError
+from .oci import seccomp as oci_seccomp
+from .oci.reader import Reader
 
 
 class _Failure(click.ClickException):
@@ -349,6 +352,26 @@ def _parse_signal(text: str) -> int:
     if number is None:
         raise runtime.ContainerError(f"unknown signal {text!r}")
     return number
+
+
+def warm() -> None:
+    """What each command would pay at its first run, paid once by the
+    fork server before it forks: click's first parse of ``run``, the
+    cgroup drivers (imported when first used) and docker's seccomp
+    profile compiled (``oci/seccomp.py`` keeps its program)."""
+    run.make_context("run", ["busybox"]).close()
+    from .cgroups import v1, v2  # noqa: F401 - imported here to be shared
+    oci_seccomp.parse(Reader(seccomp_profile.oci(security.DEFAULT_CAPABILITIES),
+                             "linux.seccomp")).compile()
+
+
+def undo(args: list[str], pids: list[int]) -> None:
+    """Clean up after a served command whose caller went away (the fork
+    server killed its supervisor): the container it ran ends with its
+    supervisor, and is cleaned up here, as the next ``ps`` would, with
+    every other container whose supervisor died.  ``pids``, what the
+    command left running, are collected on the way."""
+    runtime.settle_all()
 
 
 def main() -> None:

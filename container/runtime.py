@@ -272,7 +272,6 @@ def _supervise(spec: ContainerSpec, state: State, image_root: str,
     state.daemon_start = start_time(state.daemon_pid)
     state.save()
     _protect_from_oom_killer(state.daemon_pid)
-    group.add_union_daemon(state.daemon_pid, daemon_memory)
     attachment = _join_network(spec, state)
     proxy = ports.PortProxy(spec.publish, attachment.address) if spec.publish else None
     try:
@@ -324,6 +323,10 @@ def _run_container(spec: ContainerSpec, state: State, group, attachment: Attachm
             state.save()  # its link's name, now it has one
         bundle.write(state.state_dir, spec, state.rootfs, etc_dir, _cgroups_path(group),
                      namespace.path)
+        # Moving a process into a cgroup waits out an RCU grace period
+        # (~10-20 ms) unless another move went just before: the daemon's
+        # goes right before the core's move of the container's first process.
+        group.add_union_daemon(state.daemon_pid, cgroups.union_memory(spec.limits.memory))
         # The container ends with this process: the pipe's write end is
         # never closed but by this process's end (see init.end_with).
         lifeline, _ = os.pipe()
@@ -721,12 +724,20 @@ def _is_mounted(path: str) -> bool:
 
 
 def _reap_children() -> None:
-    """Collect the union daemon (our child) once it has unmounted."""
+    """Collect the union daemon (our child) once it has unmounted: woken
+    by its SIGCHLD, not by polling."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.01)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            remaining = deadline - time.monotonic()
+            if pid == 0 and remaining <= 0:
+                return
+            if pid == 0:
+                signal.sigtimedwait({signal.SIGCHLD}, remaining)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

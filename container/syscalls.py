@@ -142,6 +142,25 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
                                 ctypes.sizeof(how)), path)
 
 
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+_SECCOMP_SET_MODE_FILTER = 1
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_filter(program: bytes, flags: int) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER) of a BPF ``program`` (struct
+    sock_filter instructions, 8 bytes each).  With TSYNC the kernel
+    answers a positive thread ID for a thread it could not synchronise."""
+    fprog = _SockFprog(len(program) // 8, program)
+    result = _check(_libc.syscall(_SYS_SECCOMP[os.uname().machine], _SECCOMP_SET_MODE_FILTER,
+                                  ctypes.c_uint(flags), ctypes.byref(fprog)), "seccomp")
+    if result > 0:
+        raise OSError(0, f"seccomp: thread {result} could not be synchronised")
+
+
 KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 

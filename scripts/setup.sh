@@ -74,7 +74,10 @@ for program in pyunion pycontainer pycontainer-runtime; do
     ln -sfn "$PWD/.venv/bin/$program" "/usr/local/bin/$program"
 done
 
-# pyunion's own launcher in place of pip's script: Python without site
-# processing, and mounts handed to a fork server that has imported
-# everything once (unionfs/launcher.py, unionfs/forkserver.py).
-env -u PYTHONPATH "$PWD/.venv/bin/python3" -m unionfs.launcher "$PWD/.venv/bin/pyunion" pyunion
+# pyunion's and pycontainer's own launchers in place of pip's scripts:
+# Python without site processing, and mounts and container commands handed
+# to a fork server that has imported everything once (unionfs/launcher.py,
+# unionfs/forkserver.py).
+for program in pyunion pycontainer; do
+    env -u PYTHONPATH "$PWD/.venv/bin/python3" -m unionfs.launcher "$PWD/.venv/bin/$program" "$program"
+done

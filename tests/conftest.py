@@ -149,6 +149,9 @@ def pytest_sessionfinish(session, exitstatus):
 #: in, in place, by the ``stand_in_host`` fixture.
 IN_TEST_HOST: list[str] = []
 PYCONTAINER: list[str] = []
+#: the CLI in this test run's own interpreter, never handed to the fork
+#: server: for a test that traces the process running the command
+PYCONTAINER_HERE: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +182,9 @@ def stand_in_host():
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         IN_TEST_HOST[:] = ["nsenter", f"--net={path}"]
         PYCONTAINER[:] = [*IN_TEST_HOST, str(Path(sys.executable).parent / "pycontainer")]
+        PYCONTAINER_HERE[:] = [*IN_TEST_HOST, sys.executable, "-c",
+                               "import sys; from container.cli import main; "
+                               "sys.argv[0] = 'pycontainer'; main()"]
         yield path
     finally:
         holder.kill()

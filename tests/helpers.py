@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -162,3 +163,38 @@ def open_nodes(directory, nodes: dict, procs_files) -> dict[str, str]:
                           text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def talk_through_a_terminal(command: list[str], lines: list[bytes], seconds: float = 30,
+                            **kwargs) -> str:
+    """Run ``command`` (a pycontainer one) on a pty of our own and type
+    each line at a shell prompt, as a person would; returns everything
+    shown."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, **kwargs)
+    os.close(slave)
+    output, pending = b"", list(lines)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            output += chunk
+            if b"\x1b[6n" in chunk:  # line editing asks where the cursor is
+                os.write(master, b"\x1b[1;1R")
+            if pending and output.replace(b"\x1b[6n", b"").rstrip().endswith(b"#"):
+                os.write(master, pending.pop(0))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return output.decode(errors="replace")

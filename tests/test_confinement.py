@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYCONTAINER
+from conftest import PYCONTAINER, PYCONTAINER_HERE
 from container import runtime
 from helpers import wait_for
 
@@ -109,7 +109,8 @@ def started(pyc, name: str) -> int:
 
 
 def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
-    """strace holds the exec'd command's process in its last steps, its
+    """strace holds the exec'd command's process in its last steps (the
+    command run in-process, where strace follows it), its
     bounding set already the container's (it becomes the user next): from
     inside, its executable and descriptors stay refused (it is not
     dumpable).  Its seccomp filter comes as its very last step, just
@@ -118,7 +119,7 @@ def test_an_exec_helper_cannot_be_inspected_from_the_container(pyc):
     init_pid = started(pyc, name)
     held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setgroups",
                              "-e", "inject=setgroups:delay_enter=8000000",
-                             *PYCONTAINER, "exec", name, "true"])
+                             *PYCONTAINER_HERE, "exec", name, "true"])
 
     def held_helper():
         return next((f for f in helpers_in(init_pid) if f["CapBnd"] == DOCKER_DEFAULT_CAPS),

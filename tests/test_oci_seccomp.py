@@ -230,6 +230,20 @@ def test_the_default_action_and_errno(probe):
         == [errno.EPERM, errno.EACCES, errno.ENOEXEC, 0]
 
 
+
+def test_a_filter_is_compiled_once_per_process_and_per_profile(probe):
+    """Equal filters (read apart) share one program; filters that differ
+    in one errno get programs of their own, each giving its own answer."""
+    def refusing_getppid(errno_ret: int) -> Seccomp:
+        return allowing({"names": ["getppid"], "action": "SCMP_ACT_ERRNO",
+                         "errnoRet": errno_ret})
+    eacces, again, enoexec = (refusing_getppid(e) for e in
+                              (errno.EACCES, errno.EACCES, errno.ENOEXEC))
+    assert eacces is not again and eacces.compile() is again.compile()
+    assert eacces.compile().code != enoexec.compile().code
+    assert [probe(s, "syscall", SYS_GETPPID) for s in (eacces, enoexec, again)] \
+        == [errno.EACCES, errno.ENOEXEC, errno.EACCES]
+
 # -- behaviour: argument tests ----------------------------------------------------
 
 def refusing_getpid(*args: dict) -> Seccomp:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PYCONTAINER, stand_in_host_links
 from container import cgroups, runtime
-from helpers import process_gone, wait_for
+from helpers import process_gone, talk_through_a_terminal, wait_for
 
 
 def said_ready(pyc, name: str) -> bool:
@@ -241,42 +241,9 @@ def test_killing_run_takes_everything_with_it(pyc):
     assert pyc("rm", name).returncode == 0
 
 
-def talk_through_a_terminal(args, lines: list[bytes], seconds: float = 30) -> str:
-    """Run pycontainer on a pty of our own and type each line at a shell
-    prompt, as a person would; returns everything shown."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen([*PYCONTAINER, *args], stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True)
-    os.close(slave)
-    output, pending = b"", list(lines)
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            output += chunk
-            if b"\x1b[6n" in chunk:  # line editing asks where the cursor is
-                os.write(master, b"\x1b[1;1R")
-            if pending and output.replace(b"\x1b[6n", b"").rstrip().endswith(b"#"):
-                os.write(master, pending.pop(0))
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    return output.decode(errors="replace")
-
-
 def test_interactive_shell_with_job_control(pyc):
     said = talk_through_a_terminal(
-        ["run", "--rm", "--name", pyc.name(), "-it", "busybox", "sh"],
+        [*PYCONTAINER, "run", "--rm", "--name", pyc.name(), "-it", "busybox", "sh"],
         [b"sleep 30 &\n", b"jobs\n", b"echo answer=$((6*7))\n", b"tty\n", b"exit 5\n"])
     assert "answer=42" in said
     assert "Running" in said and "sleep 30" in said
@@ -295,7 +262,7 @@ def test_exec_joins_the_running_container(pyc):
     assert any(line.split()[1:3] == ["sleep", "60"] for line in lines[4:])
     assert pyc("exec", name, "sh", "-c", "exit 4").returncode == 4
     assert pyc("exec", name, "nothing-here").returncode == 127
-    said = talk_through_a_terminal(["exec", "-it", name, "sh"],
+    said = talk_through_a_terminal([*PYCONTAINER, "exec", "-it", name, "sh"],
                                    [b"echo via=$((1+1))\n", b"exit\n"])
     assert "via=2" in said
     stats = pyc("stats", "--no-stream", name)

@@ -1,7 +1,8 @@
-"""The fork server: a process that has imported a program (``pyunion``'s
-CLI: click, trio, pyfuse3) once, and forks a ready copy of itself per
-command, so a mount does not pay Python's start-up (~200 ms) each time.
-Forked copies also share the pages of those imports.
+"""The fork server: a process that has imported its programs
+(``pyunion``'s CLI: click, trio, pyfuse3; ``pycontainer``'s: pyroute2,
+libseccomp too) once, and forks a ready copy of itself per command, so a
+mount or a container start does not pay Python's start-up (~200-500 ms)
+each time.  Forked copies also share the pages of those imports.
 
     launcher (python -S)  --unix socket-->  server --fork--> guardian --fork--> worker
                                                                                (runs the CLI,
@@ -15,8 +16,9 @@ Forked copies also share the pages of those imports.
   the interpreter), so a worktree's code is never served by another
   checkout's server.  Root only: another user's command runs in-process.
 * **Stale code**: before each request it checks whether its code changed
-  on disk (a stat of each of its package's files, of the site-packages
-  directories and of the interpreter: ~50 µs); if so it withdraws its socket,
+  on disk (a stat of each file and directory of its programs' packages,
+  of the site-packages directories and of the interpreter: ~100 µs); if so
+  it withdraws its socket,
   answers STALE (the launcher starts a new server) and exits.
 * **Ends** after :data:`IDLE_SECONDS` without a request, and on SIGTERM.
 * **No threads, no trio** in the server: it forks, and forking a process
@@ -28,14 +30,21 @@ Forked copies also share the pages of those imports.
   (``world.py``), and forks a *worker* that takes on its stdio and signal
   state and runs the program's ``main`` with the caller's argv.  The
   guardian relays the worker's exit status; the launcher exits with it and
-  forwards SIGINT, SIGTERM and SIGHUP to the worker meanwhile.
-* **A caller gone mid-request** leaves nothing half-started: the guardian
-  is the worker's child subreaper, so what the worker leaves running (the
-  mount daemon, which ``daemon.spawn`` forks as it always did) is
+  forwards the signals a caller is sent from a terminal or by hand
+  (``launcher._FORWARDED``) to the worker meanwhile.
+* **A caller gone mid-request** leaves nothing half-started: the worker
+  stands for the caller, so the guardian, which watches the connection,
+  kills it when the caller's end closes before the status is sent (as the
+  command would have died with a caller killed while running it: a
+  container's supervisor, say).  The guardian is the worker's child
+  subreaper, so what the worker leaves running (the mount daemon, which
+  ``daemon.spawn`` forks as it always did; a container's init) is
   reparented to it.  If the worker failed, or its status cannot be
   delivered because the caller is gone, the guardian hands those
   processes to the program's ``undo`` (for ``pyunion``:
-  ``cli.undo_mount``, which waits for the daemon to serve and unmounts).
+  ``cli.undo_mount``, which waits for the daemon to serve and unmounts;
+  for ``pycontainer``: ``cli.undo``, which cleans up after containers
+  whose supervisor died).
 """
 
 from __future__ import annotations
@@ -82,17 +91,32 @@ def load(name: str) -> Program:
     return program
 
 
+def _loadable() -> dict[str, Program]:
+    """Every program that loads here; one that does not (not installed
+    beside this code, or broken) is not served, and its launcher runs it
+    in-process, where its error shows."""
+    programs = {}
+    for name in launcher.PROGRAMS:
+        try:
+            programs[name] = load(name)
+        except Exception:  # noqa: BLE001 - told by the command run in-process
+            continue
+    return programs
+
+
 class Code:
-    """The server's code as it is on disk when the server starts: its
-    packages' files and directories, the site-packages directories (a
-    package installed or upgraded changes them) and the interpreter."""
+    """The server's code as it is on disk when the server starts: every
+    file and directory of its programs' packages (subpackages too), the
+    site-packages directories (a package installed or upgraded changes
+    them) and the interpreter."""
 
     def __init__(self, package_dirs: list[str]):
-        paths = [sys.executable, *package_dirs,
-                 *(p for p in site.getsitepackages() if os.path.isdir(p))]
-        for directory in package_dirs:
-            paths += sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                            if name.endswith(".py"))
+        paths = [sys.executable, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+        for top in package_dirs:
+            for directory, subdirectories, names in os.walk(top):
+                subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__")
+                paths.append(directory)
+                paths += sorted(os.path.join(directory, n) for n in names if n.endswith(".py"))
         self._paths = paths
         self._seen = self._stats()
 
@@ -118,9 +142,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # guardians are nobody's to wait for
     os.umask(0o077)  # the socket is root's only from its creation
-    programs = {name: load(name) for name in launcher.PROGRAMS}
+    programs = _loadable()
     package_dir = launcher.package_dir()
-    code = Code([package_dir])
+    code = Code(sorted({launcher.package_of(launcher.PROGRAMS[name].main)
+                        for name in programs}))
     hierarchies = world.cgroup_mounts()
     # Whatever is loaded now stays out of the collector's sight: a
     # collection in a forked copy would otherwise touch, and so copy, every
@@ -249,6 +274,7 @@ def _run(connection: socket.socket, peer: world.Peer, program: Program,
     pidfd = os.pidfd_open(worker)
     with contextlib.suppress(OSError):
         wire.send_process(connection, pidfd)
+    _kill_if_caller_goes(connection, pidfd)
     os.close(pidfd)
     status = os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1])
     if status != 0:
@@ -258,6 +284,24 @@ def _run(connection: socket.socket, peer: world.Peer, program: Program,
     except OSError:  # the caller is gone and will never know: take it back
         if status == 0:
             _undo(program, request.argv[1:], complaints)
+
+
+def _kill_if_caller_goes(connection: socket.socket, pidfd: int) -> None:
+    """Return once the worker has ended; kill it first if the caller's
+    end of the connection closes meanwhile (the caller sends nothing after
+    its request: anything readable is its end).  The worker dies as the
+    command would have died with its caller."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(connection, select.POLLIN | select.POLLRDHUP)
+    while True:
+        ready = dict(poller.poll())
+        if pidfd in ready:
+            return
+        if ready:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            poller.unregister(connection)
 
 
 def _work(connection: socket.socket, peer: world.Peer, program: Program,

@@ -1,6 +1,6 @@
-"""The ``pyunion`` launcher: a thin client of the fork server
-(``forkserver.py``) for the commands that gain from it, the full CLI in
-this process for the others.
+"""The launcher of ``pyunion`` and ``pycontainer``: a thin client of the
+fork server (``forkserver.py``) for the commands that gain from it, the
+full CLI in this process for the others.
 
 The launcher script (written by :func:`write`, which ``scripts/setup.sh``
 runs after pip) starts Python with ``-S``: site processing (the venv's
@@ -41,8 +41,13 @@ class Entry:
 
 
 PROGRAMS = {"pyunion": Entry("unionfs.cli:main", "unionfs.cli:undo_mount",
-                             "unionfs.forms:served", "unionfs.cli:warm")}
-_FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+                             "unionfs.forms:served", "unionfs.cli:warm"),
+            "pycontainer": Entry("container.cli:main", "container.cli:undo",
+                                 "container.served:served", "container.cli:warm")}
+#: what a terminal or a user sends the caller, which the command would have
+#: got running in it (a container's supervisor passes them all on)
+_FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
+              _signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGWINCH)
 _ATTEMPTS = 3  # a stale server replaced, a server starting beside another
 
 
@@ -70,9 +75,20 @@ def pyunion() -> None:
     main("pyunion")
 
 
+def pycontainer() -> None:
+    """pip's ``pycontainer`` script, likewise."""
+    main("pycontainer")
+
+
 def package_dir() -> str:
     """This package's directory, resolved: half of what names a server."""
     return os.path.dirname(os.path.realpath(__file__))
+
+
+def package_of(spec: str) -> str:
+    """The directory of the top-level package of ``module:name``, resolved
+    (imported by now)."""
+    return os.path.dirname(os.path.realpath(sys.modules[spec.partition(".")[0]].__file__))
 
 
 def write(path: str, program: str) -> None:
@@ -115,7 +131,7 @@ def _served(program: str, args: list[str], forwarder: _Forwarder) -> int | None:
             if kind == wire.REFUSED:
                 return None
             if kind == wire.ACCEPTED:
-                return _status(sock, forwarder)
+                return _status(sock, forwarder, program)
             # stale, or closed as it was going: try again
         finally:
             sock.close()
@@ -135,13 +151,13 @@ def _ask(sock: _socket.socket, program: str, args: list[str]) -> bytes:
     return kind
 
 
-def _status(sock: _socket.socket, forwarder: _Forwarder) -> int:
+def _status(sock: _socket.socket, forwarder: _Forwarder, program: str) -> int:
     """The accepted command's status: from here on it is never run here."""
     try:
         forwarder.forward_to(wire.receive_process(sock))
         return wire.receive_status(sock)
     except Exception:  # noqa: BLE001 - whatever it is, the command is not run twice
-        sys.stderr.write("pyunion: the fork server's process ended without a status\n")
+        sys.stderr.write(f"{program}: the fork server's process ended without a status\n")
         return 1
 
 
@@ -215,7 +231,7 @@ def _become_server(directory: str, ready: int) -> None:
 
 
 class _Forwarder:
-    """SIGINT, SIGTERM and SIGHUP go to the process running the command;
+    """The signals of :data:`_FORWARDED` go to the process running the command;
     those that come before it is known wait for it (or, if the command
     runs here after all, are raised again here)."""
 

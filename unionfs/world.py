@@ -2,7 +2,10 @@
 
 A command the server runs must do what the caller would have done running
 it itself: the same mounts seen (mount namespace, root, working
-directory), the same cgroups charged (the caller's memory and pids limits,
+directory), the same network, host name, IPC and cgroup namespaces (a
+container runtime makes bridges and links in its caller's network
+namespace, and cgroups under the cgroup its caller sees as its own),
+the same cgroups charged (the caller's memory and pids limits,
 and a container's devices cgroup, which decides who may open /dev/fuse),
 the same umask, resource limits, nice value, OOM score adjustment,
 environment, stdio and signal state.  What cannot be taken on is refused
@@ -31,7 +34,10 @@ from dataclasses import dataclass
 
 from . import wire
 
-_CLONE_NEWNS = 0x00020000
+#: the namespaces taken on, by their names in /proc/PID/ns and setns(2)'s
+#: types; the mount namespace last (the others are found through /proc)
+_JOINED = (("net", 0x40000000), ("uts", 0x04000000), ("ipc", 0x08000000),
+           ("cgroup", 0x02000000), ("mnt", 0x00020000))
 _PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 _CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
@@ -124,8 +130,9 @@ def join_cgroups(peer: Peer, hierarchies: list[CgroupMount]) -> None:
 
 
 def take_on(peer: Peer, fds: list[int], environment: list[bytes]) -> None:
-    """The caller's resource limits, mount namespace, root, working
-    directory, umask and environment (``fds``: as the request carries them)."""
+    """The caller's resource limits, namespaces (but user and PID: see
+    :func:`refusal`), root, working directory, umask and environment
+    (``fds``: as the request carries them)."""
     for limit in _LIMITS:
         wanted = resource.prlimit(peer.pid, limit)
         if resource.getrlimit(limit) != wanted:
@@ -137,14 +144,15 @@ def take_on(peer: Peer, fds: list[int], environment: list[bytes]) -> None:
     if _read("/proc/self/oom_score_adj") != oom:
         with open("/proc/self/oom_score_adj", "wb") as f:
             f.write(oom)
-    namespace = f"/proc/{peer.pid}/ns/mnt"
-    if _inode(namespace) != _inode("/proc/self/ns/mnt"):
-        fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, _CLONE_NEWNS) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
+    for name, kind in _JOINED:
+        namespace = f"/proc/{peer.pid}/ns/{name}"
+        if _inode(namespace) != _inode(f"/proc/self/ns/{name}"):
+            fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, kind) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns to the caller's {name} namespace")
+            finally:
+                os.close(fd)
     os.fchdir(fds[wire.ROOT])
     os.chroot(".")
     os.fchdir(fds[wire.CWD])

@@ -9,10 +9,10 @@ import contextlib
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import sys
-import time
 
 from .. import cgroups
 from .. import syscalls as sc
@@ -21,8 +21,9 @@ from . import hooks as oci_hooks
 from .reader import ConfigError
 from .state import Record, StateError, Store, init_alive, oci_state, status
 
-#: how long ``start`` waits for a created container's process to take the
-#: FIFO's other end, in case it died meanwhile (its status says stopped then)
+#: how long ``start`` waits on the FIFO before it looks again whether the
+#: created container's process died meanwhile (its status says stopped
+#: then); the process's word itself wakes it at once
 _FIFO_POLL = 0.01
 
 
@@ -56,7 +57,7 @@ def _open_fifo(store: Store, record: Record) -> None:
                 pass
             if not init_alive(record):
                 raise StateError("cannot start a container that has stopped")
-            time.sleep(_FIFO_POLL)
+            select.select([fd], [], [], _FIFO_POLL)
     finally:
         os.close(fd)
 

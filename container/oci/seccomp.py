@@ -23,6 +23,13 @@ The semantics are runc's (``libcontainer/specconv`` and ``seccomp``):
 * The filter leaves ``no_new_privs`` to ``process.noNewPrivileges``
   (loading it without that needs CAP_SYS_ADMIN).
 
+A filter is compiled into its BPF program once per process
+(:meth:`Seccomp.compile`): libseccomp spends milliseconds building its
+rules and again generating the program at each load, and every container
+of a profile loads the same program twice (its init and its command).
+The program is loaded with seccomp(2) itself, with the flags libseccomp
+would pass.
+
 Not supported, and refused: seccomp notify (``SCMP_ACT_NOTIFY``,
 ``listenerPath``, ``listenerMetadata``).
 """
@@ -30,10 +37,13 @@ Not supported, and refused: seccomp notify (``SCMP_ACT_NOTIFY``,
 from __future__ import annotations
 
 import errno
+import functools
+import os
 from dataclasses import dataclass, field
 
 import seccomp as libseccomp
 
+from .. import syscalls as sc
 from .reader import ConfigError, Reader
 
 #: The spec's actions (without ``SCMP_ACT_``) as libseccomp's; ERRNO and
@@ -46,11 +56,13 @@ _ACTIONS = {"ALLOW": libseccomp.ALLOW, "ERRNO": libseccomp.ERRNO, "KILL": libsec
 _VALUE_LIMITS = {"ERRNO": 4095, "TRACE": 0xFFFF}
 _OPERATORS = ("NE", "LT", "LE", "EQ", "GE", "GT", "MASKED_EQ")
 #: The spec's flags as libseccomp's filter attributes (this libseccomp may
-#: lack some).
-_FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": "CTL_TSYNC", "SECCOMP_FILTER_FLAG_LOG": "CTL_LOG",
-          "SECCOMP_FILTER_FLAG_SPEC_ALLOW": "CTL_SSB",
-          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": "CTL_WAITKILL"}
+#: lack some; it tells whether the kernel has them) and as seccomp(2)'s bits
+_FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": ("CTL_TSYNC", 1), "SECCOMP_FILTER_FLAG_LOG": ("CTL_LOG", 2),
+          "SECCOMP_FILTER_FLAG_SPEC_ALLOW": ("CTL_SSB", 4),
+          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": ("CTL_WAITKILL", 32)}
 _DEFAULT_FLAGS = ("SECCOMP_FILTER_FLAG_SPEC_ALLOW",)  # runc's, where it can be set
+#: distinct filters a process keeps compiled (a runtime sees a handful)
+_KEPT_PROGRAMS = 16
 _NO_NOTIFY = "seccomp notify is not supported"
 _MAX_ARGUMENTS = 6
 _UNKNOWN = -1  # libseccomp's __NR_SCMP_ERROR: a name it does not know
@@ -116,14 +128,18 @@ class Seccomp:
     flags: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
 
-    def compile(self) -> libseccomp.SyscallFilter:
-        """libseccomp's filter: build it while the host's libraries are
-        reachable; ``load()`` it in the process about to exec."""
+    def compile(self) -> Program:
+        """The filter's program: compile it while the host's libraries are
+        reachable; ``load()`` it in the process about to exec.  Compiled
+        once per process for each filter (an equal filter, read from
+        another config, gets the same program)."""
+        return _program(self)
+
+    def _filter(self) -> libseccomp.SyscallFilter:
+        """libseccomp's filter, its rules added."""
         default = self.default.compiled()
         compiled = libseccomp.SyscallFilter(default)
         compiled.set_attr(libseccomp.Attr.CTL_NNP, 0)
-        for flag in self.flags:
-            compiled.set_attr(getattr(libseccomp.Attr, _FLAGS[flag]), 1)
         for name in self.architectures:
             arch = getattr(libseccomp.Arch, name)
             if not compiled.exist_arch(arch):  # the native one is always there
@@ -138,6 +154,30 @@ class Seccomp:
                 for args in rule.conditions():
                     _add(compiled, rule, action, name, args)
         return compiled
+
+
+@dataclass(frozen=True)
+class Program:
+    """A filter as the kernel takes it: its BPF instructions, and the
+    seccomp(2) flags to load them with."""
+
+    code: bytes
+    flags: int
+
+    def load(self) -> None:
+        """Confine this process (and, with TSYNC, its other threads)."""
+        sc.seccomp_filter(self.code, self.flags)
+
+
+@functools.lru_cache(maxsize=_KEPT_PROGRAMS)
+def _program(seccomp: Seccomp) -> Program:
+    """libseccomp's program for ``seccomp``, exported as its load would
+    generate it."""
+    with os.fdopen(os.memfd_create("seccomp", os.MFD_CLOEXEC), "w+b") as exported:
+        seccomp._filter().export_bpf(exported)
+        exported.seek(0)
+        code = exported.read()
+    return Program(code, sum(_FLAGS[flag][1] for flag in seccomp.flags))
 
 
 def _add(compiled: libseccomp.SyscallFilter, rule: Rule, action: int, name: str,
@@ -215,7 +255,7 @@ def _flags(section: Reader) -> tuple[str, ...]:
 def _settable(flag: str) -> bool:
     """Whether libseccomp has an attribute for ``flag`` and will set it
     (it checks the kernel)."""
-    attribute = getattr(libseccomp.Attr, _FLAGS[flag], None)
+    attribute = getattr(libseccomp.Attr, _FLAGS[flag][0], None)
     if attribute is None:
         return False
     try:
