@@ -82,11 +82,13 @@ def br(tree: Path, up: str = "up") -> str:
 
 
 def served_by(code: Code, mnt: Path) -> bool:
-    """True if the daemon of ``mnt`` was forked from the server (it runs
-    the server's command line), not from a launcher that ran it itself."""
+    """True if the daemon of ``mnt`` was forked from the server (its
+    initial environment is the server's: PATH and PYTHONPATH only), not
+    from a launcher that ran it itself."""
     pid = daemon.pid_of(str(mnt))
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return b"unionfs.forkserver" in f.read()
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        names = {item.partition(b"=")[0] for item in f.read().split(b"\0") if item}
+    return names == {b"PATH", b"PYTHONPATH"}
 
 
 def unmount(code: Code, mnt: Path) -> None:
@@ -169,8 +171,7 @@ def test_a_caller_in_another_mount_namespace_gets_its_mount_there(code, tree):
         assert not mounted(mnt)  # not out here
         pid = daemon.pid_of(str(mnt))
         assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(f"/proc/{inside.pid}/ns/mnt").st_ino
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            assert b"unionfs.forkserver" in f.read()
+        assert served_by(code, mnt)
         inside.stdin.write("go\n")
         inside.stdin.close()
         assert inside.wait(timeout=60) == 0
