@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import build, force_unmount, mounted, process_gone, wait_for
-from unionfs import cli, daemon, forkserver, forms, wire
+from unionfs import cli, daemon, forkserver, forms, libc, wire
 
 PACKAGE = Path(forkserver.__file__).parent
 IN_PROCESS = "import sys; from unionfs.cli import main; sys.argv[0] = 'pyunion'; main()"
@@ -303,7 +303,31 @@ def test_the_server_ends_on_sigterm_and_leaves_nothing(code, tree):
 def test_other_commands_and_foreground_mounts_run_in_process(code, tree):
     assert code.run("--help").returncode == 0
     assert code.run("umount", str(tree / "mnt")).returncode == 1
+    foreground = subprocess.Popen([code.launcher, "mount", "-f", "-o", br(tree),
+                                   str(tree / "mnt")], env=code.env)
+    try:
+        assert wait_for(lambda: daemon.pid_of(str(tree / "mnt")) is not None, 30)
+        assert daemon.pid_of(str(tree / "mnt")) == foreground.pid  # the caller serves it
+        unmount(code, tree / "mnt")
+        assert foreground.wait(timeout=60) == 0
+    finally:
+        foreground.kill()
+        foreground.wait()
     assert code.server() is None  # nothing started one
+
+
+@pytest.mark.parametrize("args, served", [
+    (["mount", "-o", "br=/a", "/m"], True),
+    (["--debug", "mount", "-o", "br=/a", "/m"], True),
+    (["-o", "br=/a", "/m"], True),
+    (["umount", "mount"], False),
+    (["--help", "mount"], False),
+    (["mount", "-oremount,br=/a", "/m"], False),
+    (["mount", "-o", "remount", "/m"], False),
+    (["mount", "-fo", "br=/a", "/m"], False),
+])
+def test_which_command_lines_are_served(args, served):
+    assert forms.served(args) == served
 
 
 def test_the_launcher_runs_code_from_before_it_in_process(code, tree):
@@ -319,6 +343,93 @@ def test_the_launcher_runs_code_from_before_it_in_process(code, tree):
     assert not served_by(code, tree / "mnt")
     assert code.server() is None
     unmount(code, tree / "mnt")
+
+
+def _daemon_held(code: Code, tree: Path):
+    """Mount ``mnt2`` and stop its daemon: a mount below it then waits in
+    the kernel until :func:`_let_go`."""
+    assert code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2")).returncode == 0
+    (tree / "mnt2" / "inner").mkdir()
+    outer = daemon.pid_of(str(tree / "mnt2"))
+    os.kill(outer, signal.SIGSTOP)
+    return tree / "mnt2" / "inner", outer
+
+
+def _worker_of(launcher: int) -> int:
+    """The process the launcher's pidfd names: the worker."""
+    for fd in os.listdir(f"/proc/{launcher}/fd"):
+        if os.readlink(f"/proc/{launcher}/fd/{fd}") == "anon_inode:[pidfd]":
+            with open(f"/proc/{launcher}/fdinfo/{fd}") as f:
+                return int(next(line for line in f if line.startswith("Pid:")).split()[1])
+    raise LookupError("no pidfd")
+
+
+def test_a_worker_killed_ends_the_launcher_by_sigkill_without_a_traceback(code, tree):
+    inner, outer = _daemon_held(code, tree)
+    try:
+        caller = subprocess.Popen([code.launcher, "mount", "-o", br(tree), str(inner)],
+                                  env=code.env, stderr=subprocess.PIPE, text=True)
+        assert wait_for(lambda: _holds_a_pidfd(caller.pid))
+        os.kill(_worker_of(caller.pid), signal.SIGKILL)
+        _, stderr = caller.communicate(timeout=60)
+        assert caller.returncode == -signal.SIGKILL
+        assert "Traceback" not in stderr
+    finally:
+        os.kill(outer, signal.SIGCONT)
+    assert wait_for(lambda: daemon.pid_of(str(inner)) is None and not mounted(inner), 30)
+    unmount(code, tree / "mnt2")
+
+
+def test_a_caller_that_ignores_sighup_is_not_ended_by_it(code, tree):
+    """As under nohup: the launcher must not turn an ignored SIGHUP into
+    one forwarded to a worker that no longer ignores it."""
+    inner, outer = _daemon_held(code, tree)
+    try:
+        caller = subprocess.Popen(["sh", "-c", 'trap "" HUP; exec "$0" "$@"', code.launcher,
+                                   "mount", "-o", br(tree), str(inner)], env=code.env)
+        assert wait_for(lambda: _holds_a_pidfd(caller.pid))
+        os.kill(caller.pid, signal.SIGHUP)
+        os.kill(_worker_of(caller.pid), signal.SIGHUP)
+    finally:
+        os.kill(outer, signal.SIGCONT)
+    assert caller.wait(timeout=60) == 0
+    assert mounted(inner, "fuse.pyunion")
+    unmount(code, inner)
+    unmount(code, tree / "mnt2")
+
+
+def test_a_stopped_server_does_not_hang_its_callers(code, tree):
+    assert code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2")).returncode == 0
+    server = code.server()
+    os.kill(server, signal.SIGSTOP)
+    try:
+        done = code.run("mount", "-o", br(tree), str(tree / "mnt"))
+        assert done.returncode == 0, done.stderr
+        assert not served_by(code, tree / "mnt")
+        waiting = subprocess.Popen([code.launcher, "mount", "-o", br(tree, "up3"),
+                                    str(tree / "mnt3")], env=code.env)
+        assert wait_for(lambda: _connected(waiting.pid))
+        waiting.terminate()  # before the server answered: it ends by the signal
+        assert waiting.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert not mounted(tree / "mnt3")
+    unmount(code, tree / "mnt")
+    (tree / "up4").mkdir()
+    assert code.run("mount", "-o", br(tree, "up4"), str(tree / "mnt3")).returncode == 0
+    assert served_by(code, tree / "mnt3")  # the server serves on
+    unmount(code, tree / "mnt3")
+    unmount(code, tree / "mnt2")
+
+
+def _connected(pid: int) -> bool:
+    """True once the launcher ``pid`` asks the server: it holds its root
+    and working directory to send."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "/"
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        return False
 
 
 def _holds_a_pidfd(pid: int) -> bool:

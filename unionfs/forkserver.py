@@ -193,6 +193,7 @@ def _guard(connection: socket.socket, listener: _Listener, programs: dict[str, P
             reason = caller.unequal()
             if reason:
                 raise world.Unserved(reason)
+            connection.sendall(wire.READY)
             sections, fds = wire.receive_request(connection)
             request = _Request.of(sections, fds)
             program = programs.get(request.program)

@@ -178,10 +178,13 @@ def _ask(sock: _socket.socket, program: str, args: list[str], ignored: set[int],
         server.close()
     if reason:
         return wire.REFUSED, f"not served by an unequal server: {reason}".encode()
+    sock.settimeout(_ANSWER_SECONDS)
+    forwarder.watch(sock)
     places = _places()
     try:
-        sock.settimeout(_ANSWER_SECONDS)
-        forwarder.watch(sock)
+        kind, reason = wire.receive_answer(sock)
+        if kind != wire.READY:
+            return kind, reason
         wire.send_request(sock, _request(program, args, ignored), [0, 1, 2, *places])
         return wire.receive_answer(sock)
     except TimeoutError:

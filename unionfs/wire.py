@@ -8,6 +8,9 @@ launcher runs it before anything else is loaded.
 
 One connection per command:
 
+* the server says :data:`READY` once it has checked the client (or
+  REFUSED, or STALE, as below); nothing is sent before, so that a server
+  that does not answer holds none of the client's descriptors;
 * the client sends one request (:func:`pack`) with its descriptors
   attached (stdin, stdout, stderr, its root and its working directory);
 * the server answers one byte: :data:`ACCEPTED` (from here on the client
@@ -26,6 +29,7 @@ import _socket
 import os
 import sys
 
+READY = b"R"
 ACCEPTED = b"A"
 REFUSED = b"F"
 STALE = b"S"
