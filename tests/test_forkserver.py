@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -443,3 +444,149 @@ def _holds_a_pidfd(pid: int) -> bool:
 def _children(pid: int) -> list[str]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return f.read().split()
+
+
+def test_a_caller_whose_pid_is_reused_is_refused(code, tree):
+    """A caller connects, hands its socket on and exits; its PID goes to
+    an equal process (here a ``sleep``): the server must not take the
+    new process's /proc for the caller's."""
+    assert code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2")).returncode == 0
+    ours, theirs = socket.socketpair()
+    caller = os.fork()
+    if caller == 0:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(code.socket)
+            socket.send_fds(theirs, [b"s"], [sock.fileno()])
+        finally:
+            os._exit(0)
+    _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+    os.waitpid(caller, 0)
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(caller - 1))
+    stand_in = subprocess.Popen(["sleep", "60"])
+    try:
+        if stand_in.pid != caller:
+            pytest.skip("another process took the PID first")
+        with socket.socket(fileno=fds[0]) as sock:
+            assert sock.recv(1) == wire.REFUSED
+            assert b"gone" in sock.recv(4096)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        ours.close()
+        theirs.close()
+    unmount(code, tree / "mnt2")
+
+
+def test_a_server_is_not_started_under_a_seccomp_filter(code, tree):
+    """Two filters cannot be compared: a server under one could serve
+    callers under another."""
+    allow_all = ("import os, sys, seccomp; seccomp.SyscallFilter(seccomp.ALLOW).load(); "
+                 "os.execv(sys.argv[1], sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", allow_all, code.launcher, "mount", "-o",
+                           br(tree), str(tree / "mnt")], env=code.env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert code.server() is None
+    assert not served_by(code, tree / "mnt")
+    unmount(code, tree / "mnt")
+
+
+def test_the_daemon_has_the_callers_scheduling_not_the_first_callers(code, tree):
+    """The server started by a caller on one CPU, idle I/O class and batch
+    policy serves a plain caller's daemon on all CPUs, with the defaults;
+    and the next caller's with its own."""
+    if os.cpu_count() < 2:
+        pytest.skip("one CPU: affinity cannot differ")
+    squeezed = ["taskset", "-c", "0", "ionice", "-c", "3", "chrt", "-b", "0"]
+    first = subprocess.run([*squeezed, code.launcher, "mount", "-o", br(tree, "up2"),
+                            str(tree / "mnt2")], env=code.env, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    plain, second = daemon.pid_of(str(tree / "mnt")), daemon.pid_of(str(tree / "mnt2"))
+    assert served_by(code, tree / "mnt") and served_by(code, tree / "mnt2")
+    assert os.sched_getaffinity(plain) == os.sched_getaffinity(0)
+    assert os.sched_getscheduler(plain) == os.sched_getscheduler(0)
+    assert libc.ioprio_get(plain) == libc.ioprio_get(0)
+    assert os.sched_getaffinity(second) == {0}
+    assert os.sched_getscheduler(second) == os.SCHED_BATCH
+    assert libc.ioprio_get(second) >> 13 == 3  # the idle class
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")
+
+
+def test_the_launcher_sends_nothing_to_an_unequal_server(code, tree):
+    """Whatever listens at the server's path with fewer capabilities gets
+    no request, no stdio and no directories: the command runs in-process."""
+    os.makedirs(wire.SERVER_DIR, exist_ok=True)
+    impostor = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); "
+                "s.listen(); print('ready', flush=True); c, _ = s.accept(); "
+                "data, fds, _, _ = socket.recv_fds(c, 65536, 8); print(len(data), len(fds))")
+    fake = subprocess.Popen(["capsh", "--drop=cap_sys_ptrace", "--", "-c", '"$0" "$@"',
+                             sys.executable, "-c", impostor, code.socket],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline() == "ready\n"
+        done = code.run("mount", "-o", br(tree), str(tree / "mnt"))
+        assert done.returncode == 0, done.stderr
+        assert fake.communicate(timeout=60)[0] == "0 0\n"
+        assert not served_by(code, tree / "mnt")
+    finally:
+        fake.kill()
+        fake.wait()
+        os.unlink(code.socket)
+    unmount(code, tree / "mnt")
+
+
+def test_a_pythonpath_beyond_the_package_root_runs_in_process(code, tree):
+    (tree / "extra").mkdir()
+    done = subprocess.run([code.launcher, "mount", "-o", br(tree), str(tree / "mnt")],
+                          env={**code.env, "PYTHONPATH": f"{code.root}:{tree / 'extra'}"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert code.server() is None
+    assert not served_by(code, tree / "mnt")
+    unmount(code, tree / "mnt")
+
+
+def test_code_changed_while_loading_or_outside_the_package_is_seen(tmp_path):
+    """A module changed after the process started (a checkout while it
+    imports) counts as changed; so does a later change to any module loaded."""
+    (tmp_path / "early.py").write_text("")
+    (tmp_path / "late.py").write_text("")
+    os.utime(tmp_path / "late.py", (0, 0))
+    script = ("import os, sys; from unionfs import codewatch; "
+              "code = codewatch.Code([]); sys.path.append(sys.argv[1]); "
+              "os.utime(sys.argv[1] + '/early.py'); "
+              "import early, late; code.loaded(); print(code.changed()); "
+              "code._changed_while_loading = False; print(code.changed()); "
+              "os.utime(sys.argv[1] + '/late.py'); print(code.changed())")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert done.stdout.split() == ["True", "False", "True"], done.stderr
+
+
+def test_the_run_directory_is_made_reachable_whatever_the_umask(tmp_path, monkeypatch):
+    """Users who own a mount reach its control socket in /run/pyunion."""
+    monkeypatch.setattr(wire, "SERVER_DIR", str(tmp_path / "run" / "server"))
+    old = os.umask(0o077)
+    try:
+        listener = forkserver._listen(str(tmp_path / "run" / "server" / "s.sock"))
+        forkserver._withdraw(listener)
+        listener.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "run" / "server").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_served_daemon_reads_as_in_process(code, tree):
+    assert code.run("mount", "-o", br(tree), str(tree / "mnt")).returncode == 0
+    assert served_by(code, tree / "mnt")
+    with open(f"/proc/{daemon.pid_of(str(tree / 'mnt'))}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[-6:] == [os.fsencode(a) for a in (
+            code.launcher, "mount", "-o", br(tree), str(tree / "mnt"), "")]
+    unmount(code, tree / "mnt")
