@@ -590,3 +590,18 @@ def test_the_served_daemon_reads_as_in_process(code, tree):
         assert f.read().split(b"\0")[-6:] == [os.fsencode(a) for a in (
             code.launcher, "mount", "-o", br(tree), str(tree / "mnt"), "")]
     unmount(code, tree / "mnt")
+
+
+def test_a_refusal_is_told_under_debug(code, tree):
+    code.run("mount", "-o", br(tree, "up2"), str(tree / "mnt2"))  # the server
+    caller = subprocess.Popen(["capsh", "--drop=cap_sys_ptrace", "--", "-c", '"$0" "$@"',
+                               code.launcher, "--debug", "mount", "-o", br(tree),
+                               str(tree / "mnt")], env=code.env, stderr=subprocess.PIPE,
+                              text=True)
+    with caller.stderr:  # the --debug daemon keeps it open: only its first line is read
+        assert caller.wait(timeout=60) == 0
+        assert caller.stderr.readline() == (
+            "pyunion: the fork server refused: not served by an unequal server: "
+            "cannot see the peer's user namespace (Permission denied)\n")
+    unmount(code, tree / "mnt")
+    unmount(code, tree / "mnt2")

@@ -171,11 +171,14 @@ def _ask(sock: _socket.socket, program: str, args: list[str], ignored: set[int],
          forwarder: _Forwarder) -> tuple[bytes, bytes]:
     """Send the request to the server, if it is this process's equal, and
     wait a bounded time for its answer."""
-    server = peer.Peer(sock)
     try:
-        reason = server.unequal()
-    finally:
-        server.close()
+        server = peer.Peer(sock)
+        try:
+            reason = server.unequal()
+        finally:
+            server.close()
+    except peer.Unequal as exc:
+        reason = str(exc)
     if reason:
         return wire.REFUSED, f"not served by an unequal server: {reason}".encode()
     sock.settimeout(_ANSWER_SECONDS)

@@ -96,15 +96,15 @@ class Peer:
         """``/proc/PID/name`` of the peer."""
         try:
             return _read_at(name, self.proc)
-        except OSError as exc:
-            raise Unequal(f"the peer is gone ({exc.strerror})") from None
+        except OSError as exc:  # gone, or stronger than this process
+            raise Unequal(f"cannot read the peer's {name} ({exc.strerror})") from None
 
     def namespace(self, kind: str) -> int:
         """The inode of the peer's namespace of ``kind`` (mnt, net, ...)."""
         try:
             return os.stat(f"ns/{kind}", dir_fd=self.proc).st_ino
-        except OSError as exc:
-            raise Unequal(f"the peer is gone ({exc.strerror})") from None
+        except OSError as exc:  # gone, or stronger than this process
+            raise Unequal(f"cannot see the peer's {kind} namespace ({exc.strerror})") from None
 
     def unequal(self) -> str | None:
         """Why the peer is not this process's equal, or None."""
