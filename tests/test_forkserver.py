@@ -468,6 +468,7 @@ def test_a_caller_whose_pid_is_reused_is_refused(code, tree):
         if stand_in.pid != caller:
             pytest.skip("another process took the PID first")
         with socket.socket(fileno=fds[0]) as sock:
+            sock.settimeout(30)  # a server that took the stand-in for the caller waits for more
             assert sock.recv(1) == wire.REFUSED
             assert b"gone" in sock.recv(4096)
     finally:
