@@ -95,8 +95,9 @@ def test_run_d_exec_and_rm_through_the_server(pyc, code):
     started = code("run", "-d", "--name", name, "busybox", "sleep", "60")
     assert answer(started) == (0, f"{name}\n", "")
     state = runtime.State.load(name)
-    with open(f"/proc/{state.supervisor_pid}/cmdline", "rb") as f:
-        assert b"unionfs.forkserver" in f.read()  # a fork of the server's
+    with open(f"/proc/{state.supervisor_pid}/environ", "rb") as f:  # a fork of the server's:
+        names = {item.partition(b"=")[0] for item in f.read().split(b"\0") if item}
+    assert names == {b"PATH", b"PYTHONPATH"}  # its initial environment is the server's
     assert state.network.host_ifname in stand_in_host_links()  # the caller's namespace
     assert answer(code("exec", name, "sh", "-c", "echo in; exit 3")) == (3, "in\n", "")
     assert answer(code("rm", "-f", name)) == (0, f"{name}\n", "")

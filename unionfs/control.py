@@ -20,15 +20,15 @@ import json
 import logging
 import os
 import socket
-import struct
 from typing import Awaitable, Callable
 
 import trio
 
+from . import peer
+
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 1 << 20
-_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
 
 
 class ControlError(RuntimeError):
@@ -66,8 +66,7 @@ async def _answer(connection, handle) -> None:
     """One request; nothing a client does or sends can end the daemon."""
     stream = trio.SocketStream(connection)
     async with stream:
-        _, uid, _ = _CREDENTIALS.unpack(connection.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+        _, uid, _ = peer.credentials(connection)
         try:
             request = await _read_request(stream)  # all of it: the caller then reads
             if uid not in (0, os.geteuid()):

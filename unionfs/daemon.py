@@ -22,7 +22,6 @@ report.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import hashlib
@@ -38,12 +37,13 @@ from typing import Awaitable, Callable
 import pyfuse3
 import trio
 
-from . import control, durable, mounts, passthrough, restack, upperlock
+from . import control, durable, libc, mounts, passthrough, restack, upperlock
 from .branches import BranchError
 from .fs import UnionOperations
 from .handles import PageCache
 from .layer import Layer
 from .metered import MeteredLayer
+from .oneline import one_line
 from .options import MountConfig
 from .quota import UNLIMITED, Quota
 from .udba import Mode
@@ -57,8 +57,6 @@ PID_DIR = "/run/pyunion"
 #: read cost one request per 128-256 KiB; with 1 MiB (libfuse's largest
 #: request) there are four to eight times fewer round trips to Python.
 READAHEAD_KB = 1024
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _SYSLOG = "/dev/log"
 
@@ -150,12 +148,12 @@ def spawn(config: MountConfig, keep_stderr: bool = False, die_with_parent: bool 
         try:
             _detach(keep_stderr)
             if die_with_parent:
-                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
             serve(config, on_ready=lambda: ready.send("ok"))
             status = 0
         except BaseException as exc:  # noqa: BLE001 - the parent must hear of it
-            ready.send(_one_line(exc))
-            log.error("%s", _one_line(exc))
+            ready.send(one_line(exc))
+            log.error("%s", one_line(exc))
             log.debug("daemon failed", exc_info=True)
         finally:
             os._exit(status)
@@ -186,11 +184,6 @@ def failure_of(mountpoint: str, pid: int) -> str | None:
     except (OSError, ValueError):
         return None
     return message.strip()
-
-
-def _one_line(exc: BaseException) -> str:
-    """What a daemon that ended with ``exc`` says of it."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _live_pid(pidfile: str) -> int | None:
@@ -411,7 +404,7 @@ def _records(mountpoint: str):
     except BaseException as exc:
         if path:
             with contextlib.suppress(OSError):
-                _write_record(_failure_path(mountpoint), f"{os.getpid()}\n{_one_line(exc)}\n")
+                _write_record(_failure_path(mountpoint), f"{os.getpid()}\n{one_line(exc)}\n")
         raise
     finally:
         if path:

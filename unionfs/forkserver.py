@@ -14,24 +14,28 @@ each time.  Forked copies also share the pages of those imports.
   ``/run/pyunion/server/`` (root's only, mode 0700), named after the code
   it runs (:func:`wire.socket_path`: the resolved package directory and
   the interpreter), so a worktree's code is never served by another
-  checkout's server.  Root only: another user's command runs in-process.
+  checkout's server.  It serves only its equals (``peer.py``), so only
+  root, and does not start under a seccomp filter (filters cannot be
+  compared).  It drops what its starter gave it that a caller would
+  otherwise inherit (``world.reset``).
 * **Stale code**: before each request it checks whether its code changed
-  on disk (a stat of each file and directory of its programs' packages,
-  of the site-packages directories and of the interpreter: ~100 µs); if so
-  it withdraws its socket,
-  answers STALE (the launcher starts a new server) and exits.
+  on disk (``codewatch.py``); if so it withdraws its socket, answers
+  STALE (the launcher starts a new server) and exits.
 * **Ends** after :data:`IDLE_SECONDS` without a request, and on SIGTERM.
 * **No threads, no trio** in the server: it forks, and forking a process
   with threads or inside ``trio.run`` leaves the child with locks held by
   threads that are not there.
 * **Per request** the server forks a *guardian*, and goes back to accept:
-  it never waits for a caller.  The guardian checks the caller
-  (``world.refusal``), reads the request, takes on the caller's world
-  (``world.py``), and forks a *worker* that takes on its stdio and signal
-  state and runs the program's ``main`` with the caller's argv.  The
-  guardian relays the worker's exit status; the launcher exits with it and
-  forwards the signals a caller is sent from a terminal or by hand
-  (``launcher._FORWARDED``) to the worker meanwhile.
+  it never waits for a caller.  The guardian pins the caller and checks it is
+  the server's equal (``peer.py``), reads the request, takes on the
+  caller's world (``world.py``), and forks a *worker* that takes on its
+  stdio, signal state and command line and runs the program's ``main``
+  with the caller's argv.  Whatever fails before that is answered REFUSED
+  with its reason (the caller runs the command itself).  The guardian
+  relays the worker's exit status; the launcher exits with it and forwards
+  the signals a caller is sent from a terminal or by hand
+  (``launcher._FORWARDED``), those it does not ignore, to the worker
+  meanwhile.
 * **A caller gone mid-request** leaves nothing half-started: the worker
   stands for the caller, so the guardian, which watches the connection,
   kills it when the caller's end closes before the status is sent (as the
@@ -41,38 +45,34 @@ each time.  Forked copies also share the pages of those imports.
   ``daemon.spawn`` forks as it always did; a container's init) is
   reparented to it.  If the worker failed, or its status cannot be
   delivered because the caller is gone, the guardian hands those
-  processes to the program's ``undo`` (for ``pyunion``:
-  ``cli.undo_mount``, which waits for the daemon to serve and unmounts;
-  for ``pycontainer``: ``cli.undo``, which cleans up after containers
-  whose supervisor died).
+  processes, once the status is sent, to the program's ``undo`` (for
+  ``pyunion``: ``cli.undo_mount``, which waits for the daemon to serve
+  and unmounts; for ``pycontainer``: ``cli.undo``, which cleans up after
+  containers whose supervisor died).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import logging
 import os
 import select
 import signal
-import site
 import socket
 import sys
 import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from . import launcher, wire, world
-from .daemon import _one_line  # what a daemon's failure says, for the guardian's
+from . import codewatch, launcher, libc, peer, wire, world
+from .oneline import one_line
 
 #: how long a server waits for a request before it exits: long enough for
 #: a burst of mounts (a test run, podman starting a pod), short enough that
 #: an idle machine does not keep a 40 MiB process around for nothing
 IDLE_SECONDS = 600.0
-_PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -104,47 +104,21 @@ def _loadable() -> dict[str, Program]:
     return programs
 
 
-class Code:
-    """The server's code as it is on disk when the server starts: every
-    file and directory of its programs' packages (subpackages too), the
-    site-packages directories (a package installed or upgraded changes
-    them) and the interpreter."""
-
-    def __init__(self, package_dirs: list[str]):
-        paths = [sys.executable, *(p for p in site.getsitepackages() if os.path.isdir(p))]
-        for top in package_dirs:
-            for directory, subdirectories, names in os.walk(top):
-                subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__")
-                paths.append(directory)
-                paths += sorted(os.path.join(directory, n) for n in names if n.endswith(".py"))
-        self._paths = paths
-        self._seen = self._stats()
-
-    def changed(self) -> bool:
-        return self._stats() != self._seen
-
-    def _stats(self) -> list[tuple[int, int, int] | None]:
-        stats = []
-        for path in self._paths:
-            try:
-                st = os.stat(path)
-                stats.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                stats.append(None)
-        return stats
-
-
 def main() -> None:
     """``python -P -m unionfs.forkserver READY_FD``: serve until idle,
     stale or SIGTERM; ``ok`` on READY_FD once requests are taken (or
     another server takes them), nothing if this one cannot serve."""
     ready = int(sys.argv[1])
+    package_dir = launcher.package_dir()
+    code = codewatch.Code()
+    if peer.own_status().get("Seccomp") != "0":
+        return  # it could serve nobody
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # guardians are nobody's to wait for
+    world.reset()
     os.umask(0o077)  # the socket is root's only from its creation
     programs = _loadable()
-    package_dir = launcher.package_dir()
-    code = Code(sorted({launcher.package_of(launcher.PROGRAMS[name].main)
+    code.loaded(sorted({launcher.package_of(launcher.PROGRAMS[name].main)
                         for name in programs}))
     hierarchies = world.cgroup_mounts()
     # Whatever is loaded now stays out of the collector's sight: a
@@ -166,15 +140,16 @@ def main() -> None:
 def serving(path: str) -> int | None:
     """The PID of the server listening at ``path`` (see
     :func:`wire.socket_path`), if one does."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return None
-        return world.peer_pid(probe)
+    probe = wire.connect(path)
+    if probe is None:
+        return None
+    try:
+        return peer.credentials(probe)[0]
+    finally:
+        probe.close()
 
 
-def _serve(listener: _Listener, code: Code, programs: dict[str, Program],
+def _serve(listener: _Listener, code: codewatch.Code, programs: dict[str, Program],
            hierarchies: list[world.CgroupMount]) -> None:
     """Take requests until idle, stale or SIGTERM.  SIGTERM is heard on
     the interpreter's wakeup descriptor, polled with the socket: its
@@ -214,22 +189,24 @@ def _guard(connection: socket.socket, listener: _Listener, programs: dict[str, P
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         connection.settimeout(None)
         try:
-            peer = world.peer_of(connection)
-            reason = world.refusal(peer)
+            caller = peer.Peer(connection)
+            reason = caller.unequal()
             if reason:
                 raise world.Unserved(reason)
+            connection.sendall(wire.READY)
             sections, fds = wire.receive_request(connection)
             request = _Request.of(sections, fds)
             program = programs.get(request.program)
             if program is None:
                 raise world.Unserved(f"no program {request.program!r} here")
-            world.join_cgroups(peer, hierarchies)
-            world.take_on(peer, fds, request.environment)
-        except (world.Unserved, OSError) as exc:
+            world.check_streams(request.streams)
+            world.join_cgroups(caller, hierarchies)
+            world.take_on(caller, fds, request.environment)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the caller runs it itself
             with contextlib.suppress(OSError):
-                connection.sendall(wire.REFUSED + os.fsencode(_one_line(exc)))
+                connection.sendall(wire.REFUSED + os.fsencode(one_line(exc)))
             return
-        _run(connection, peer, program, request)
+        _run(connection, caller, program, request)
     finally:
         os._exit(0)
 
@@ -240,34 +217,41 @@ class _Request:
     argv: list[str]
     environment: list[bytes]
     streams: list[bytes]
+    ignored: set[int]  #: the signals the caller ignored when it started
+    cmdline: list[bytes]  #: the caller's, as /proc/PID/cmdline has it
     fds: list[int]
 
     @classmethod
     def of(cls, sections: list[list[bytes]], fds: list[int]) -> _Request:
         try:
-            (program,), argv, environment, streams, (fs_encoding,) = sections
+            (program,), argv, environment, streams, ignored, cmdline, (fs_encoding,) = sections
+            ignored = {int(signum) for signum in ignored}
         except ValueError:
             raise world.Unserved("a malformed request") from None
         if fs_encoding.decode() != sys.getfilesystemencoding():
             raise world.Unserved("the caller decodes file names otherwise")
-        return cls(program.decode(), [os.fsdecode(a) for a in argv], environment, streams, fds)
+        return cls(program.decode(), [os.fsdecode(a) for a in argv], environment, streams,
+                   ignored, cmdline, fds)
 
 
-def _run(connection: socket.socket, peer: world.Peer, program: Program,
+def _run(connection: socket.socket, caller: peer.Peer, program: Program,
          request: _Request) -> None:
     """Accept, fork the worker, relay its status, undo what it leaves if
-    nobody hears of it.  ACCEPTED goes before the fork: a guardian that
-    failed between the two must not leave the caller to run it again."""
-    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
+    it failed or nobody hears of it.  ACCEPTED goes before the fork: a
+    guardian that failed between the two must not leave the caller to run
+    it again.  The status goes before an undo, which can take seconds."""
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     try:
         connection.sendall(wire.ACCEPTED)
+    except OSError:  # the caller is gone: nobody to run it for
+        return
+    try:
         worker = os.fork()
     except OSError as exc:  # the launcher says the command ended without a status
-        _complain(request.fds[wire.STDERR], f"cannot run the command: {_one_line(exc)}")
+        _complain(request.fds[wire.STDERR], f"cannot run the command: {one_line(exc)}")
         return
     if worker == 0:
-        _work(connection, peer, program, request)
+        _work(connection, caller, program, request)
     complaints = os.dup(request.fds[wire.STDERR])  # for an undo that fails
     for fd in request.fds:
         os.close(fd)
@@ -277,13 +261,14 @@ def _run(connection: socket.socket, peer: world.Peer, program: Program,
     _kill_if_caller_goes(connection, pidfd)
     os.close(pidfd)
     status = os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1])
-    if status != 0:
-        _undo(program, request.argv[1:], complaints)
     try:
         wire.send_status(connection, status)
+        heard = True
     except OSError:  # the caller is gone and will never know: take it back
-        if status == 0:
-            _undo(program, request.argv[1:], complaints)
+        heard = False
+    connection.close()
+    if status != 0 or not heard:
+        _undo(program, request.argv[1:], complaints)
 
 
 def _kill_if_caller_goes(connection: socket.socket, pidfd: int) -> None:
@@ -304,17 +289,21 @@ def _kill_if_caller_goes(connection: socket.socket, pidfd: int) -> None:
             poller.unregister(connection)
 
 
-def _work(connection: socket.socket, peer: world.Peer, program: Program,
+def _work(connection: socket.socket, caller: peer.Peer, program: Program,
           request: _Request) -> None:
-    """The worker: the caller's stdio, signals and argv, then the program;
-    never returns."""
+    """The worker: the caller's stdio, signals, command line and argv,
+    then the program; never returns."""
     status = 1
     try:
         connection.close()
         world.take_stdio(request.fds, request.streams)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the server's goes on
-        world.take_signals(peer)
-        world.take_name(request.argv[0])
+        try:
+            world.take_signals(caller, request.ignored)
+            world.take_name(request.argv[0], request.cmdline)
+        except Exception as exc:  # noqa: BLE001 - told to the caller
+            _complain(wire.STDERR, f"cannot run the command: {one_line(exc)}")
+            return
         sys.argv = request.argv
         status = _status_of(program.main)
     finally:
@@ -360,7 +349,7 @@ def _undo(program: Program, args: list[str], complaints: int) -> None:
         program.undo(args, left)
     except BaseException as exc:  # noqa: BLE001 - told to the caller's stderr
         _complain(complaints, f"cannot take back what the abandoned command left: "
-                              f"{_one_line(exc)}")
+                              f"{one_line(exc)}")
 
 
 def _complain(fd: int, message: str) -> None:
@@ -386,12 +375,19 @@ class _Listener:
 def _listen(path: str) -> _Listener | None:
     """Listen at ``path``, unless a live server does already (then None).
     Servers starting at once take turns on a lock of the directory."""
-    os.makedirs(wire.SERVER_DIR, mode=0o700, exist_ok=True)
+    parent = os.path.dirname(wire.SERVER_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(parent)
+        os.chmod(parent, 0o755)  # whatever the umask: others reach mounts' control sockets there
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(wire.SERVER_DIR, 0o700)
     st = os.stat(wire.SERVER_DIR)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise PermissionError(f"{wire.SERVER_DIR} is not this user's only")
     with _directory_locked():
-        if _answers(path):
+        probe = wire.connect(path)
+        if probe is not None:
+            probe.close()
             return None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # of a server that was killed
@@ -423,15 +419,6 @@ def _directory_locked():
         yield
     finally:
         os.close(fd)
-
-
-def _answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-            return True
-        except OSError:
-            return False
 
 
 def _exit_on_signal(signum, frame) -> None:

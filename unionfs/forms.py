@@ -31,10 +31,13 @@ def served(args: list[str]) -> bool:
     running daemon, which needs no start-up saved).  When in doubt, False:
     in-process is always right, only slower."""
     command = as_command(args)
-    if "mount" not in command[:2]:
+    if command[:1] == ["--debug"]:
+        command = command[1:]
+    if command[:1] != ["mount"]:
         return False
-    for arg in command[command.index("mount") + 1:]:
-        if arg in _HELP or arg == "--foreground" or "remount" in arg.split(","):
+    for arg in command[1:]:
+        options = arg[2:] if arg.startswith("-o") else arg  # "-oremount,..."
+        if arg in _HELP or arg == "--foreground" or "remount" in options.split(","):
             return False
         if arg.startswith("-") and not arg.startswith("--"):
             flags = arg[1:].partition("o")[0]  # "-fo X", "-ofoo": the flags before -o

@@ -12,10 +12,14 @@ is served it loads only the interpreter's own modules and ``_socket``.
 
 A command runs in this process, exactly as pip's script would run it
 (site first), whenever the server is not the way: another command, not
-root, fds 0-2 not all open, no server and none can be started, or the
-server refuses (``world.py``).
-Once the server has accepted, its answer is final: the command is never
-run twice.
+root, PYTHONPATH naming anything but this package's root, fds 0-2 not all
+open, no server and none can be started, a server that is not this
+process's equal (``peer.py``: a server started by a weaker root, or an
+impostor at its path, is sent nothing), one that does not answer within
+:data:`_ANSWER_SECONDS`, or one that refuses (with ``--debug`` its reason
+is printed).  A signal that comes before the server has accepted ends the
+launcher by that signal.  Once the server has accepted, its answer is
+final: the command is never run twice.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import _socket
 import os
 import sys
 
-from . import wire
+from . import peer, wire
 
 
 class Entry:
@@ -49,15 +53,26 @@ PROGRAMS = {"pyunion": Entry("unionfs.cli:main", "unionfs.cli:undo_mount",
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
               _signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGWINCH)
 _ATTEMPTS = 3  # a stale server replaced, a server starting beside another
+#: how long a server may take to accept or refuse: a stopped or stuck
+#: server must not hang its callers
+_ANSWER_SECONDS = 5.0
+
+
+class _Interrupted(Exception):
+    """A signal came before the server accepted."""
 
 
 def main(program: str) -> None:
     entry = PROGRAMS[program]
     args = sys.argv[1:]
-    if os.geteuid() == 0 and resolve(entry.served)(args):
-        forwarder = _Forwarder()
+    if os.geteuid() == 0 and _own_path() and resolve(entry.served)(args):
+        ignored = {s for s in _signal.valid_signals()
+                   if _signal.getsignal(s) == _signal.SIG_IGN}
+        forwarder = _Forwarder(ignored)
         try:
-            status = _served(program, args, forwarder)
+            status = _served(program, args, forwarder, ignored)
+        except _Interrupted as exc:
+            status = -exc.args[0]
         except Exception:  # noqa: BLE001 - before the server accepted: run it here
             status = None
         if status is not None:
@@ -116,21 +131,35 @@ def write(path: str, program: str) -> None:
     os.rename(staged, path)
 
 
-def _served(program: str, args: list[str], forwarder: _Forwarder) -> int | None:
+def _own_path() -> bool:
+    """True if PYTHONPATH names nothing but this package's root (what the
+    server imports from): another entry could shadow what it runs."""
+    root = os.path.dirname(package_dir())
+    entries = os.environ.get("PYTHONPATH", "")
+    return all(entry and os.path.realpath(entry) == root
+               for entry in entries.split(":") if entries)
+
+
+def _served(program: str, args: list[str], forwarder: _Forwarder,
+            ignored: set[int]) -> int | None:
     """The command's status as the server ran it, or None to run it here."""
     directory = package_dir()
     path = wire.socket_path(directory, sys.executable)
     for _ in range(_ATTEMPTS):
-        sock = _connect(path)
+        sock = wire.connect(path)
         if sock is None:
             if not _start_server(directory):
                 return None
             continue
         try:
-            kind = _ask(sock, program, args)
+            kind, reason = _ask(sock, program, args, ignored, forwarder)
             if kind == wire.REFUSED:
+                if args[:1] == ["--debug"]:
+                    sys.stderr.write(f"{program}: the fork server refused: "
+                                     f"{reason.decode(errors='replace')}\n")
                 return None
             if kind == wire.ACCEPTED:
+                forwarder.accepted()
                 return _status(sock, forwarder, program)
             # stale, or closed as it was going: try again
         finally:
@@ -138,22 +167,56 @@ def _served(program: str, args: list[str], forwarder: _Forwarder) -> int | None:
     return None
 
 
-def _ask(sock: _socket.socket, program: str, args: list[str]) -> bytes:
+def _ask(sock: _socket.socket, program: str, args: list[str], ignored: set[int],
+         forwarder: _Forwarder) -> tuple[bytes, bytes]:
+    """Send the request to the server, if it is this process's equal, and
+    wait a bounded time for its answer."""
+    try:
+        server = peer.Peer(sock)
+        try:
+            reason = server.unequal()
+        finally:
+            server.close()
+    except peer.Unequal as exc:
+        reason = str(exc)
+    if reason:
+        return wire.REFUSED, f"not served by an unequal server: {reason}".encode()
+    sock.settimeout(_ANSWER_SECONDS)
+    forwarder.watch(sock)
     places = _places()
     try:
-        wire.send_request(sock, _request(program, args), [0, 1, 2, *places])
-        kind, _ = wire.receive_answer(sock)
+        kind, reason = wire.receive_answer(sock)
+        if kind != wire.READY:
+            return kind, reason
+        wire.send_request(sock, _request(program, args, ignored), [0, 1, 2, *places])
+        return wire.receive_answer(sock)
+    except TimeoutError:
+        return _too_late(sock)
     except (BrokenPipeError, ConnectionResetError):
-        return b""  # a server that was going
+        return b"", b""  # a server that was going
     finally:
+        forwarder.watch(None)
         for fd in places:
             os.close(fd)
-    return kind
+
+
+def _too_late(sock: _socket.socket) -> tuple[bytes, bytes]:
+    """The server did not answer in time: cut the connection, so that it
+    cannot accept from here on, and see whether it had just done so."""
+    sock.shutdown(_socket.SHUT_RDWR)
+    try:
+        kind = sock.recv(1, _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        kind = b""
+    if kind == wire.ACCEPTED:
+        return kind, b""  # its status will not come: said by _status
+    return wire.REFUSED, b"the server did not answer in time"
 
 
 def _status(sock: _socket.socket, forwarder: _Forwarder, program: str) -> int:
     """The accepted command's status: from here on it is never run here."""
     try:
+        sock.settimeout(None)
         forwarder.forward_to(wire.receive_process(sock))
         return wire.receive_status(sock)
     except Exception:  # noqa: BLE001 - whatever it is, the command is not run twice
@@ -161,7 +224,7 @@ def _status(sock: _socket.socket, forwarder: _Forwarder, program: str) -> int:
         return 1
 
 
-def _request(program: str, args: list[str]) -> bytes:
+def _request(program: str, args: list[str], ignored: set[int]) -> bytes:
     streams = [sys.stdin, sys.stdout, sys.stderr]
     return wire.pack([
         [program.encode()],
@@ -169,6 +232,8 @@ def _request(program: str, args: list[str]) -> bytes:
         [k + b"=" + v for k, v in os.environb.items()],
         [*(s.encode() for stream in streams for s in (stream.encoding, stream.errors)),
          b"1" if sys.stdout.write_through else b"0"],
+        [str(signum).encode() for signum in sorted(ignored)],
+        [os.fsencode(a) for a in sys.orig_argv],
         [sys.getfilesystemencoding().encode()],
     ])
 
@@ -183,16 +248,6 @@ def _places() -> list[int]:
     except OSError:
         os.close(root)
         raise
-
-
-def _connect(path: str) -> _socket.socket | None:
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
-    return sock
 
 
 def _start_server(directory: str) -> bool:
@@ -231,16 +286,26 @@ def _become_server(directory: str, ready: int) -> None:
 
 
 class _Forwarder:
-    """The signals of :data:`_FORWARDED` go to the process running the command;
-    those that come before it is known wait for it (or, if the command
-    runs here after all, are raised again here)."""
+    """The signals of :data:`_FORWARDED`, those not ignored when the
+    launcher started (``nohup``), go to the process running the command.
+    One that comes before the server accepted ends the launcher by it
+    (the connection of :meth:`watch` cut first, so the server can no
+    longer accept); one that comes after but before the process is known
+    waits for it."""
 
-    def __init__(self):
+    def __init__(self, ignored: set[int]):
         self._pidfd: int | None = None
+        self._accepted = False
+        self._asking: _socket.socket | None = None
         self._pending: list[int] = []
-        self._saved = {s: _signal.signal(s, self._received) for s in _FORWARDED}
+        self._saved = {s: _signal.signal(s, self._received)
+                       for s in _FORWARDED if s not in ignored}
 
     def _received(self, signum, frame) -> None:
+        if not self._accepted:
+            if self._asking is not None:
+                self._asking.shutdown(_socket.SHUT_RDWR)
+            raise _Interrupted(signum)
         if self._pidfd is None:
             self._pending.append(signum)
             return
@@ -248,6 +313,12 @@ class _Forwarder:
             _signal.pidfd_send_signal(self._pidfd, signum)
         except ProcessLookupError:
             pass
+
+    def watch(self, sock: _socket.socket | None) -> None:
+        self._asking = sock
+
+    def accepted(self) -> None:
+        self._accepted = True
 
     def forward_to(self, pidfd: int) -> None:
         self._pidfd = pidfd
@@ -257,17 +328,17 @@ class _Forwarder:
     def restore(self) -> None:
         for signum, handler in self._saved.items():
             _signal.signal(signum, handler)
-        for signum in self._pending:
-            os.kill(os.getpid(), signum)
 
 
 def _exit_with(status: int) -> None:
     """Exit as the command did: with its code, or by its signal."""
+    sys.stdout.flush()
     if status < 0:
-        _signal.signal(-status, _signal.SIG_DFL)
+        if -status != _signal.SIGKILL:  # whose disposition cannot be set
+            _signal.signal(-status, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [-status])
         os.kill(os.getpid(), -status)
         status = 128 - status
-    sys.stdout.flush()
     os._exit(status)
 
 

@@ -3,10 +3,14 @@ unix socket (``launcher.py``, ``forkserver.py``).
 
 Import-light on purpose: ``os``, loaded at start-up anyway, and
 ``_socket``; not ``socket``, ``struct`` or ``hashlib``, which cost the
-launcher a millisecond or more each (``enum``, shared libraries): the launcher runs it before anything else is loaded.
+launcher a millisecond or more each (``enum``, shared libraries): the
+launcher runs it before anything else is loaded.
 
 One connection per command:
 
+* the server says :data:`READY` once it has checked the client (or
+  REFUSED, or STALE, as below); nothing is sent before, so that a server
+  that does not answer holds none of the client's descriptors;
 * the client sends one request (:func:`pack`) with its descriptors
   attached (stdin, stdout, stderr, its root and its working directory);
 * the server answers one byte: :data:`ACCEPTED` (from here on the client
@@ -25,6 +29,7 @@ import _socket
 import os
 import sys
 
+READY = b"R"
 ACCEPTED = b"A"
 REFUSED = b"F"
 STALE = b"S"
@@ -57,6 +62,17 @@ def socket_path(package_dir: str, interpreter: str) -> str:
     for byte in os.fsencode(package_dir) + b"\0" + os.fsencode(interpreter):
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"{SERVER_DIR}/{digest:016x}.sock"
+
+
+def connect(path: str):
+    """A connection to the server at ``path``, or None if none listens."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def pack(sections: list[list[bytes]]) -> bytes:

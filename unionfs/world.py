@@ -2,90 +2,52 @@
 
 A command the server runs must do what the caller would have done running
 it itself: the same mounts seen (mount namespace, root, working
-directory), the same network, host name, IPC and cgroup namespaces (a
-container runtime makes bridges and links in its caller's network
-namespace, and cgroups under the cgroup its caller sees as its own),
-the same cgroups charged (the caller's memory and pids limits,
-and a container's devices cgroup, which decides who may open /dev/fuse),
-the same umask, resource limits, nice value, OOM score adjustment,
-environment, stdio and signal state.  What cannot be taken on is refused
-instead (:func:`refusal`), and the caller runs the command itself: a
-process the server forks holds the server's credentials, capabilities,
-user and PID namespaces, security label and seccomp state, so a caller
-with fewer (a container's process with capabilities dropped, say) would
-get a daemon stronger than itself, and one with more (the server was
-started by a weaker caller) a daemon weaker than it would start itself.
+directory) and the same network, UTS, IPC and cgroup namespaces, the same
+cgroups charged (the caller's memory and pids limits, and a container's
+devices cgroup, which decides who may open /dev/fuse), the same umask,
+resource limits, nice value, scheduling policy, CPU affinity, I/O
+priority, OOM score adjustment, environment, stdio and signal state.
+What cannot be taken on is refused instead, and the caller runs the
+command itself: a process the server forks holds the server's
+credentials, capabilities, user and PID namespaces, security label and
+(lack of) seccomp filter, so only the server's equals are served
+(``peer.py``: what equal means, and what it cannot see).
 
-Order matters: cgroups are joined through the server's view of
-``/sys/fs/cgroup``, before the caller's mount namespace is entered.
+The caller is a :class:`peer.Peer`, pinned by its pidfd: its /proc files
+are read through its pinned directory, what is read by PID counts once
+the caller is seen alive after the read, and its namespaces are entered
+through the pidfd.  Order matters: cgroups are joined through the
+server's view of ``/sys/fs/cgroup``, before the caller's namespaces are
+entered.
 """
 
 from __future__ import annotations
 
-import ctypes
+import codecs
+import encodings
 import io
 import os
 import resource
 import signal
-import socket
-import struct
 import sys
 from dataclasses import dataclass
 
-from . import wire
+from . import libc, wire
+from .peer import Peer
 
-#: the namespaces taken on, by their names in /proc/PID/ns and setns(2)'s
-#: types; the mount namespace last (the others are found through /proc)
-_JOINED = (("net", 0x40000000), ("uts", 0x04000000), ("ipc", 0x08000000),
-           ("cgroup", 0x02000000), ("mnt", 0x00020000))
-_PR_SET_NAME = 15
-_libc = ctypes.CDLL(None, use_errno=True)
-_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid
-#: status lines that must be the same in the caller and the server
-_SAME = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
-         "NoNewPrivs", "Seccomp")
-_NAMESPACES = ("user", "pid")
+#: namespaces taken on where the caller's differ (user and PID must be
+#: the same: ``peer.py``); CLONE_NEW* bits for setns on a pidfd
+_NAMESPACES = {"mnt": 0x00020000, "net": 0x40000000, "uts": 0x04000000,
+               "ipc": 0x08000000, "cgroup": 0x02000000}
 _LIMITS = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+#: stream encodings a caller may ask for besides those the server has
+#: loaded: looking an encoding up imports its module, which must not come
+#: from the caller's root (``take_on`` chroots)
+_ENCODINGS = ("utf_8", "ascii", "latin_1")
 
 
 class Unserved(Exception):
     """The caller's world cannot be taken on; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The caller at the other end of a connection, as the kernel tells it."""
-
-    pid: int
-    status: dict[str, str]  #: /proc/PID/status
-
-
-def peer_of(connection: socket.socket) -> Peer:
-    pid = peer_pid(connection)
-    if pid == 0:
-        raise Unserved("the caller is in a PID namespace the server cannot see")
-    return Peer(pid, _status(f"/proc/{pid}/status"))
-
-
-def peer_pid(connection: socket.socket) -> int:
-    """The PID at the other end of a unix socket (0: not in our PID namespace)."""
-    pid, _, _ = _CREDENTIALS.unpack(connection.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
-    return pid
-
-
-def refusal(peer: Peer) -> str | None:
-    """Why the server must not act for ``peer``, or None."""
-    own = _status("/proc/self/status")
-    for ns in _NAMESPACES:
-        if _inode(f"/proc/{peer.pid}/ns/{ns}") != _inode(f"/proc/self/ns/{ns}"):
-            return f"the caller is in another {ns} namespace"
-    for field in _SAME:
-        if peer.status.get(field) != own.get(field):
-            return f"the caller's {field} differs from the server's"
-    if _label(peer.pid) != _label(os.getpid()):
-        return "the caller has another security label"
-    return None
 
 
 @dataclass(frozen=True)
@@ -112,11 +74,24 @@ def cgroup_mounts() -> list[CgroupMount]:
     return found
 
 
+def reset() -> None:
+    """What the server's starter gave it and no caller should inherit:
+    its scheduling policy, CPU affinity, I/O priority and signal mask
+    (each request then takes on its caller's: :func:`take_on`,
+    :func:`take_signals`).  Its cgroups and namespaces stay the starter's:
+    each guardian joins its caller's."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    libc.ioprio_set(0, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def join_cgroups(peer: Peer, hierarchies: list[CgroupMount]) -> None:
     """Move this process into the caller's cgroup in every hierarchy
     (v1 and v2, or both on a hybrid host) where it is elsewhere."""
-    own = set(_cgroups("/proc/self/cgroup"))
-    for line in _cgroups(f"/proc/{peer.pid}/cgroup"):
+    with open("/proc/self/cgroup") as f:
+        own = set(f.read().splitlines())
+    for line in peer.read("cgroup").decode().splitlines():
         if line in own:
             continue
         _, controllers, path = line.split(":", 2)
@@ -129,30 +104,51 @@ def join_cgroups(peer: Peer, hierarchies: list[CgroupMount]) -> None:
             f.write(str(os.getpid()))
 
 
+def check_streams(streams: list[bytes]) -> None:
+    """Look up the caller's stream encodings and error handlers now,
+    before :func:`take_on` chroots, and only those the server has loaded
+    or :data:`_ENCODINGS`."""
+    for encoding, errors in (streams[0:2], streams[2:4], streams[4:6]):
+        name = encodings.normalize_encoding(encoding.decode()).lower()
+        name = encodings.aliases.aliases.get(name, name)
+        if name not in _ENCODINGS and f"encodings.{name}" not in sys.modules:
+            raise Unserved(f"the caller's stream encoding {encoding.decode()!r} is not loaded")
+        try:
+            codecs.lookup(encoding.decode())
+            codecs.lookup_error(errors.decode())
+        except LookupError as exc:
+            raise Unserved(str(exc)) from None
+
+
 def take_on(peer: Peer, fds: list[int], environment: list[bytes]) -> None:
-    """The caller's resource limits, namespaces (but user and PID: see
-    :func:`refusal`), root, working directory, umask and environment
-    (``fds``: as the request carries them)."""
+    """The caller's resource limits, scheduling, namespaces, root, working
+    directory, umask and environment (``fds``: as the request carries them)."""
     for limit in _LIMITS:
         wanted = resource.prlimit(peer.pid, limit)
         if resource.getrlimit(limit) != wanted:
             resource.setrlimit(limit, wanted)
     nice = os.getpriority(os.PRIO_PROCESS, peer.pid)
+    policy, param = os.sched_getscheduler(peer.pid), os.sched_getparam(peer.pid)
+    cpus, ioprio = os.sched_getaffinity(peer.pid), libc.ioprio_get(peer.pid)
+    peer.check_alive()  # the values read by PID were the caller's
     if os.getpriority(os.PRIO_PROCESS, 0) != nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-    oom = _read(f"/proc/{peer.pid}/oom_score_adj")
-    if _read("/proc/self/oom_score_adj") != oom:
-        with open("/proc/self/oom_score_adj", "wb") as f:
+    if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+        os.sched_setscheduler(0, policy, param)
+    if os.sched_getaffinity(0) != cpus:
+        os.sched_setaffinity(0, cpus)
+    if libc.ioprio_get(0) != ioprio:
+        libc.ioprio_set(0, ioprio)
+    oom = peer.read("oom_score_adj")
+    with open("/proc/self/oom_score_adj", "rb+") as f:
+        if f.read() != oom:
             f.write(oom)
-    for name, kind in _JOINED:
-        namespace = f"/proc/{peer.pid}/ns/{name}"
-        if _inode(namespace) != _inode(f"/proc/self/ns/{name}"):
-            fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, kind) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns to the caller's {name} namespace")
-            finally:
-                os.close(fd)
+    kinds = 0
+    for kind, bit in _NAMESPACES.items():
+        if peer.namespace(kind) != os.stat(f"/proc/self/ns/{kind}").st_ino:
+            kinds |= bit
+    if kinds:
+        libc.setns(peer.pidfd, kinds)
     os.fchdir(fds[wire.ROOT])
     os.chroot(".")
     os.fchdir(fds[wire.CWD])
@@ -182,17 +178,17 @@ def _text(fd: int, mode: str, encoding: str, errors: str, **kwargs) -> io.TextIO
                             **kwargs)
 
 
-def take_signals(peer: Peer) -> None:
+def take_signals(peer: Peer, ignored: set[int]) -> None:
     """Signal dispositions and mask as a Python started by the caller's
-    parent has them: what the caller ignores stays ignored (Python itself
+    parent has them: what the caller ignored before it changed anything
+    (``ignored``, as its request says) stays ignored (Python itself
     ignores SIGPIPE and SIGXFSZ), SIGINT raises KeyboardInterrupt, the
     rest is the default; the caller's blocked signals stay blocked."""
-    ignored = int(peer.status["SigIgn"], 16)
     blocked = int(peer.status["SigBlk"], 16)
     for signum in signal.valid_signals():
         if signum in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        if ignored >> (signum - 1) & 1:
+        if signum in ignored:
             signal.signal(signum, signal.SIG_IGN)
         elif signum == signal.SIGINT:
             signal.signal(signum, signal.default_int_handler)
@@ -202,41 +198,11 @@ def take_signals(peer: Peer) -> None:
                            {s for s in signal.valid_signals() if blocked >> (s - 1) & 1})
 
 
-def take_name(argv0: str) -> None:
-    """The process's name (``comm``: ps -C, pgrep) as the kernel gives a
-    script it runs: its file's name.  Its command line (/proc/PID/cmdline)
-    and initial environment (/proc/PID/environ) stay the server's: only
-    exec sets them (or prctl with CAP_SYS_RESOURCE)."""
-    name = os.fsencode(os.path.basename(argv0))[:15]
-    if _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_SET_NAME")
+def take_name(argv0: str, cmdline: list[bytes]) -> None:
+    """The caller's command line (/proc/PID/cmdline: ps, pgrep -f) and
+    name (``comm``: ps -C, pgrep) as the kernel gives a script it runs:
+    the name of the script's file.  Its initial environment
+    (/proc/PID/environ) stays the server's: only exec sets it."""
+    libc.set_cmdline(cmdline)
+    libc.prctl(libc.PR_SET_NAME, os.fsencode(os.path.basename(argv0))[:15])
 
-
-def _status(path: str) -> dict[str, str]:
-    try:
-        with open(path) as f:
-            return dict(line.rstrip("\n").partition(":\t")[::2] for line in f)
-    except OSError as exc:
-        raise Unserved(f"the caller is gone ({exc.strerror})") from None
-
-
-def _cgroups(path: str) -> list[str]:
-    with open(path) as f:
-        return f.read().splitlines()
-
-
-def _inode(path: str) -> int:
-    return os.stat(path).st_ino
-
-
-def _label(pid: int) -> bytes:
-    """The process's security module label (AppArmor, SELinux), if any."""
-    try:
-        return _read(f"/proc/{pid}/attr/current")
-    except OSError:
-        return b""
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
