@@ -52,7 +52,10 @@ PROGRAMS = {"pyunion": Entry("unionfs.cli:main", "unionfs.cli:undo_mount",
 #: got running in it (a container's supervisor passes them all on)
 _FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
               _signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGWINCH)
-_ATTEMPTS = 3  # a stale server replaced, a server starting beside another
+#: a stale server replaced (two attempts: STALE, then a new one started),
+#: twice: a server started within a clock tick or two of an edit takes
+#: itself for stale too (``codewatch``); or a server starting beside another
+_ATTEMPTS = 5
 #: how long a server may take to accept or refuse: a stopped or stuck
 #: server must not hang its callers
 _ANSWER_SECONDS = 5.0
