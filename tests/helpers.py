@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import select
 import stat
 import subprocess
@@ -198,3 +199,22 @@ def talk_through_a_terminal(command: list[str], lines: list[bytes], seconds: flo
             proc.kill()
         proc.wait()
     return output.decode(errors="replace")
+
+
+#: a container command that answers SIGINT once, after saying it is ready
+INTERRUPTIBLE = ["sh", "-c", "trap 'echo got INT; exit 3' INT; echo ready; "
+                             "while true; do sleep 0.1; done"]
+
+
+def interrupted_once(proc) -> tuple[int, str, str]:
+    """Ctrl-C at ``proc`` (a ``pycontainer run`` of :data:`INTERRUPTIBLE`,
+    started in a session of its own, text pipes): its exit code, stdout
+    and stderr."""
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import PYCONTAINER, stand_in_host_links
 from container import cgroups, runtime
-from helpers import process_gone, talk_through_a_terminal, wait_for
+from helpers import (INTERRUPTIBLE, interrupted_once, process_gone,
+                     talk_through_a_terminal, wait_for)
 
 
 def said_ready(pyc, name: str) -> bool:
@@ -118,19 +119,10 @@ def test_detached_run_returns_once_the_container_runs(pyc):
 def test_ctrl_c_at_a_foreground_run_reaches_the_command_once(pyc):
     """The terminal signals the whole process group: supervisor and its
     helpers; only the command may act on it (through init)."""
-    proc = subprocess.Popen([*PYCONTAINER, "run", "--rm", "--name", pyc.name(), "busybox", "sh",
-                             "-c", "trap 'echo got INT; exit 3' INT; echo ready; "
-                             "while true; do sleep 0.1; done"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert (proc.returncode, out, err) == (3, "got INT\n", "")
+    proc = subprocess.Popen([*PYCONTAINER, "run", "--rm", "--name", pyc.name(), "busybox",
+                             *INTERRUPTIBLE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert interrupted_once(proc) == (3, "got INT\n", "")
 
 
 def test_name_in_use(pyc):

@@ -24,7 +24,8 @@ import unionfs
 from conftest import IN_TEST_HOST, PYCONTAINER_HERE, stand_in_host_links
 from container import runtime
 from container.served import served
-from helpers import process_gone, talk_through_a_terminal, wait_for
+from helpers import (INTERRUPTIBLE, interrupted_once, process_gone,
+                     talk_through_a_terminal, wait_for)
 from unionfs import forkserver, wire
 
 CHATTY = ("sh", "-c", "echo out; echo err >&2; exit 7")
@@ -105,18 +106,9 @@ def test_run_d_exec_and_rm_through_the_server(pyc, code):
 
 
 def test_ctrl_c_at_a_served_run_reaches_the_command_once(pyc, code):
-    proc = code.popen("run", "--rm", "--name", pyc.name(), "busybox", "sh", "-c",
-                      "trap 'echo got INT; exit 3' INT; echo ready; "
-                      "while true; do sleep 0.1; done",
+    proc = code.popen("run", "--rm", "--name", pyc.name(), "busybox", *INTERRUPTIBLE,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert (proc.returncode, out, err) == (3, "got INT\n", "")
+    assert interrupted_once(proc) == (3, "got INT\n", "")
 
 
 def test_a_terminal_through_the_server(pyc, code):
