@@ -19,6 +19,9 @@ from unionfs import passthrough
 
 needs_passthrough = pytest.mark.skipif(passthrough.unavailable() is not None,
                                        reason=f"no passthrough here: {passthrough.unavailable()}")
+#: what the tests of passthrough itself mount with, whatever a run's
+#: default (PYUNION_PASSTHROUGH=off runs the rest without it)
+PASSTHROUGH_ON = "passthrough=on"
 
 
 class Logged:
@@ -48,7 +51,7 @@ def _read_and_write(path: Path) -> None:
 @needs_passthrough
 def test_a_file_of_the_writable_branch_is_read_and_written_by_the_kernel(tmp_path, unions):
     up, low = build(tmp_path / "up", {"f": "old data"}), build(tmp_path / "low", {})
-    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro")
+    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro", PASSTHROUGH_ON)
     _read_and_write(union.mnt / "f")
     assert (up / "f").read_bytes() == b"new data"
     assert union.requests("read") == union.requests("write") == 0
@@ -65,7 +68,7 @@ def test_with_passthrough_off_the_daemon_reads_and_writes(tmp_path, unions):
 def test_a_lower_file_of_a_writable_union_goes_through_the_daemon(tmp_path, unions):
     """It may be copied up while open, and its readers must see the copy."""
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "lower"})
-    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro")
+    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro", PASSTHROUGH_ON)
     assert (union.mnt / "f").read_bytes() == b"lower"
     assert union.requests("read") >= 1
 
@@ -73,7 +76,7 @@ def test_a_lower_file_of_a_writable_union_goes_through_the_daemon(tmp_path, unio
 @needs_passthrough
 def test_a_union_without_a_writable_branch_passes_its_files_through(tmp_path, unions):
     low = build(tmp_path / "low", {"f": "lower"})
-    union = Logged(unions, tmp_path, f"{low}=ro")
+    union = Logged(unions, tmp_path, f"{low}=ro", PASSTHROUGH_ON)
     assert (union.mnt / "f").read_bytes() == b"lower"
     assert union.requests("read") == 0
 
@@ -85,7 +88,7 @@ def test_a_copy_is_passed_through_once_the_cached_handles_of_it_are_closed(tmp_p
     and see one file all along.  (A partial copy is not passed through: its
     bytes live in two files.)"""
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "lower data"})
-    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro", "copyup=full")
+    union = Logged(unions, tmp_path, f"{up}=rw:{low}=ro", PASSTHROUGH_ON, "copyup=full")
     f = union.mnt / "f"
     with open(f, "rb", buffering=0) as reader:
         assert reader.read() == b"lower data"
@@ -106,7 +109,7 @@ def test_a_copy_is_passed_through_once_the_cached_handles_of_it_are_closed(tmp_p
 @needs_passthrough
 def test_a_branch_written_by_the_kernel_cannot_be_forced_read_only(tmp_path, unions):
     up, low = build(tmp_path / "up", {"f": "x"}), build(tmp_path / "low", {})
-    mnt = unions.mount([up, low], rw=True)
+    mnt = unions.mount([up, low], PASSTHROUGH_ON, rw=True)
     with open(mnt / "f", "r+b", buffering=0) as writer:
         done = pyunion("branch", "mod", "--force", str(mnt), f"{up}=ro", check=False)
         assert done.returncode != 0
@@ -201,7 +204,7 @@ def test_a_file_passed_through_stays_readable_when_its_branch_is_made_read_only(
     """The kernel takes only passed-through handles beside one: a new open
     after ``mod ro`` shares the backing file instead of failing with EIO."""
     up, low = build(tmp_path / "up", {"f": "upper"}), build(tmp_path / "low", {})
-    mnt = unions.mount([up, low], rw=True)
+    mnt = unions.mount([up, low], PASSTHROUGH_ON, rw=True)
     with open(mnt / "f", "rb") as reader:
         pyunion("branch", "mod", str(mnt), f"{up}=ro")
         assert (mnt / "f").read_bytes() == b"upper"
@@ -215,7 +218,7 @@ def test_an_open_after_the_writable_branch_went_reads_the_lower_file(tmp_path, u
     backing file is the copy; a new open reads the lower file through the
     daemon, the old handle keeps the copy."""
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": "lower"})
-    mnt = unions.mount([up, low], "copyup=full", rw=True)
+    mnt = unions.mount([up, low], PASSTHROUGH_ON, "copyup=full", rw=True)
     (mnt / "f").write_text("upper")
     with open(mnt / "f", "rb") as reader:
         pyunion("branch", "del", "--force", str(mnt), str(up))
@@ -226,7 +229,7 @@ def test_an_open_after_the_writable_branch_went_reads_the_lower_file(tmp_path, u
 @needs_passthrough
 def test_the_writable_branch_cannot_be_forced_out_under_a_file_the_kernel_writes(tmp_path, unions):
     up, low = build(tmp_path / "up", {"f": "x"}), build(tmp_path / "low", {})
-    mnt = unions.mount([up, low], rw=True)
+    mnt = unions.mount([up, low], PASSTHROUGH_ON, rw=True)
     with open(mnt / "f", "r+b", buffering=0):
         done = pyunion("branch", "del", "--force", str(mnt), str(up), check=False)
         assert done.returncode != 0 and "passthrough" in done.stderr
@@ -238,7 +241,7 @@ def test_a_shared_map_of_a_direct_lower_file_does_not_block_the_copy(tmp_path, u
     """A shared map of a direct-I/O handle makes the kernel's inode cached:
     the copy made meanwhile is not passed through beside it."""
     up, low = build(tmp_path / "up", {}), build(tmp_path / "low", {"f": b"L" * 8192})
-    mnt = unions.mount([up, low], "copyup=full", "pagecache=direct", rw=True)
+    mnt = unions.mount([up, low], PASSTHROUGH_ON, "copyup=full", "pagecache=direct", rw=True)
     with open(mnt / "f", "rb") as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED,
                                                mmap.PROT_READ) as mapped:
         assert mapped[:4] == b"LLLL"
