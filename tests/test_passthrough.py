@@ -11,11 +11,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from helpers import PYUNION, build, pyunion, wait_for
-from unionfs import passthrough
+from unionfs import daemon, passthrough
 
 needs_passthrough = pytest.mark.skipif(passthrough.unavailable() is not None,
                                        reason=f"no passthrough here: {passthrough.unavailable()}")
@@ -264,3 +265,4 @@ def test_passthrough_on_fails_in_one_line_when_the_kernel_does_not_offer_it(tmp_
         f"Error: cannot mount on {mnt}: passthrough=on, but the kernel does not offer "
         f"FUSE passthrough"])
     assert not os.path.ismount(mnt)
+    assert not [name for name in os.listdir(daemon.PID_DIR) if str(tmp_path) in unquote(name)]

@@ -104,6 +104,7 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                 except RuntimeError as exc:
                     reason = complaint() or str(exc)
                     raise MountError(f"cannot mount on {config.mountpoint}: {reason}") from None
+            refused: list[str] = []
             with _records(config.mountpoint) as recorded:
                 try:
                     if upper is not None:
@@ -111,19 +112,18 @@ def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> N
                         operations.recover()
                         upper.count()
                     controls = functools.partial(_answer_control, operations, config)
-                    refused: list[str] = []
                     trio.run(_main_loop,
                              functools.partial(_ready, config, operations, on_ready, refused),
                              operations, control_path(config.mountpoint) if recorded else None,
                              controls)
-                    if refused:
-                        raise MountError(refused[0])
                 finally:
                     pyfuse3.close(unmount=True)
-                if config.flatten_at_umount:
+                if config.flatten_at_umount and not refused:
                     _flatten(operations, config.mountpoint)
                 if config.volatile and upper is not None:
                     upper.settle()
+            if refused:  # never ready: its caller hears it, no failure is recorded
+                raise MountError(refused[0])
         finally:
             if upper is not None:
                 upper.close()
