@@ -1,7 +1,7 @@
 """A tiny pyfuse3 file system for tests/test_pyfuse3_passthrough.py.
 
-``python passthrough_fs.py MOUNTPOINT BACKING_FILE EVENTS`` mounts, in
-the foreground, a root directory holding:
+``python passthrough_fs.py MOUNTPOINT BACKING_FILE EVENTS [--no-opendir]``
+mounts, in the foreground, a root directory holding:
 
 * ``file``: opened with FUSE passthrough onto BACKING_FILE when the kernel
   grants it (one backing id per inode, closed by a task of its own once the
@@ -14,7 +14,8 @@ the foreground, a root directory holding:
 * ``many``: a directory of 300 entries with long names, listed in several
   requests, opened with a plain handle (pyfuse3's old ``opendir`` form).
 
-The root directory is opened with ``cache_readdir``.  Every handler call and
+The root directory is opened with ``cache_readdir``; with ``--no-opendir``,
+opendir answers ENOSYS, so the kernel opens directories itself.  Every handler call and
 every backing id change is appended to EVENTS as a JSON line, which is how
 the tests see what the kernel asked.  Lookup counts are not kept: the test
 mounts are short.  Unmounting ends the process.
@@ -40,8 +41,9 @@ class PassthroughFS(pyfuse3.Operations):
     enable_readdirplus_auto = True
     enable_direct_io_allow_mmap = True
 
-    def __init__(self, backing: str, events: str):
+    def __init__(self, backing: str, events: str, no_opendir: bool = False):
         super().__init__()
+        self.no_opendir = no_opendir
         self.backing = backing
         self.events = open(events, "a", buffering=1)
         self.backing_id = 0
@@ -91,6 +93,8 @@ class PassthroughFS(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx):
         self.log("opendir", inode=inode)
+        if self.no_opendir:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if inode == pyfuse3.ROOT_INODE:
             return pyfuse3.FileInfo(fh=inode, cache_readdir=True)
         return inode
@@ -105,7 +109,10 @@ class PassthroughFS(pyfuse3.Operations):
         self.log("readdir-replied", inode=fh, plus=token.plus, entries=listed)
 
     async def releasedir(self, fh):
-        pass
+        self.log("releasedir", fh=fh)
+
+    async def fsyncdir(self, fh, datasync):
+        self.log("fsyncdir", fh=fh)
 
     async def open(self, inode, flags, ctx):
         fh = self.next_fh
@@ -190,8 +197,8 @@ async def serve(fs: PassthroughFS) -> None:
 
 
 def main() -> None:
-    mountpoint, backing, events = sys.argv[1:]
-    fs = PassthroughFS(backing, events)
+    mountpoint, backing, events, *mode = sys.argv[1:]
+    fs = PassthroughFS(backing, events, no_opendir=mode == ["--no-opendir"])
     options = set(pyfuse3.default_options) | {"fsname=passthrough_fs"}
     pyfuse3.init(fs, mountpoint, options)
     try:

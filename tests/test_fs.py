@@ -15,6 +15,7 @@ import tempfile
 import pytest
 
 from helpers import DIR, build
+from unionfs import listings
 
 ACL_UNDEFINED_ID = 0xFFFFFFFF  # the id of an ACL entry that names no one
 
@@ -202,6 +203,64 @@ def test_readdir_offsets_are_stable(tmp_path, unions):
     assert again == rest
     everything = head + rest
     assert len(everything) == len(set(everything)) == 6002  # with . and ..
+
+
+class _OpenDir:
+    """A directory read with the C library, a given number of names at a time."""
+
+    def __init__(self, path: pathlib.Path):
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.opendir.restype = ctypes.c_void_p
+        self._libc.readdir.restype = ctypes.POINTER(_Dirent)
+        self._libc.readdir.argtypes = self._libc.closedir.argtypes = [ctypes.c_void_p]
+        self._handle = self._libc.opendir(str(path).encode())
+        assert self._handle, os.strerror(ctypes.get_errno())
+
+    def read(self, count: int | None = None) -> list[str]:
+        names = []
+        while count is None or len(names) < count:
+            entry = self._libc.readdir(self._handle)
+            if not entry:
+                break
+            names.append(entry.contents.d_name.decode())
+        return names
+
+    def close(self) -> None:
+        self._libc.closedir(self._handle)
+
+
+@pytest.mark.parametrize("options", [[], ["udba=reval"]], ids=["kept", "reval"])
+def test_listings_read_at_once_by_many_each_list_every_name_once(tmp_path, unions, options):
+    """Offsets name their listing's snapshot (``listings.py``): readers
+    interleaved, with names added and one removed meanwhile, each get
+    every name that stayed, once; and so do more readers than snapshots
+    are kept (a reader whose snapshot went reads on in a new one)."""
+    up = build(tmp_path / "up", {})
+    low = build(tmp_path / "low", {f"n{i:04}": "" for i in range(1500)})
+    mnt = unions.mount([up, low], *options, rw=True)
+    names = {".", "..", *(f"n{i:04}" for i in range(1500))}
+
+    def read_interleaved(count: int, change=lambda: None) -> list[list[str]]:
+        readers = [_OpenDir(mnt) for _ in range(count)]
+        try:
+            heads = [reader.read(700) for reader in readers]
+            change()
+            return [head + reader.read() for reader, head in zip(readers, heads)]
+        finally:
+            for reader in readers:
+                reader.close()
+
+    def add_and_remove():  # the names after them move on by one
+        (mnt / "added-1").write_text("")
+        (mnt / "added-2").write_text("")
+        os.unlink(mnt / "n0042")
+
+    for listed in read_interleaved(listings.KEPT // 2, add_and_remove):
+        assert len(listed) == len(set(listed))
+        assert names - {"n0042"} <= set(listed) <= names | {"added-1", "added-2"}
+    names = names - {"n0042"} | {"added-1", "added-2"}
+    for listed in read_interleaved(listings.KEPT + 16):
+        assert sorted(listed) == sorted(names)
 
 
 def test_a_root_mount_is_open_to_every_user_as_the_permissions_say(world_readable_dir, unions):

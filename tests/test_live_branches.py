@@ -199,7 +199,7 @@ def test_a_branch_in_use_is_busy(stack):
         mapped.close()
     fd = os.open(mnt / "only-new", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        refused("branch", "del", str(mnt), str(new), why="1 open directory")
+        refused("branch", "del", str(mnt), str(new), why=f"process {os.getpid()} (fd {fd})")
     finally:
         os.close(fd)
     sleeper = subprocess.Popen(["sleep", "60"], cwd=mnt / "only-new")

@@ -47,12 +47,13 @@ class Served:
     then made by the system's setuid fusermount3, and seen and unmounted
     through ``inside``."""
 
-    def __init__(self, root: Path, user: int | None = None):
+    def __init__(self, root: Path, user: int | None = None, no_opendir: bool = False):
         self.mnt, self.backing, self.events_file = root / "mnt", root / "backing", root / "events"
         self.mnt.mkdir()
         self.backing.write_bytes(b"lower bytes\n".ljust(4096, b"."))
         self.events_file.touch()
-        command = [sys.executable, str(FS), str(self.mnt), str(self.backing), str(self.events_file)]
+        command = [sys.executable, str(FS), str(self.mnt), str(self.backing), str(self.events_file),
+                   *(["--no-opendir"] if no_opendir else [])]
         self.namespaced = user is not None
         if self.namespaced:
             for path in (self.mnt, self.backing, self.events_file):
@@ -198,6 +199,31 @@ def test_readdirplus_auto_sends_plain_readdir_requests_marked_not_plus(served):
     assert replies[0]["plus"] is True
     assert any(not r["plus"] and r["entries"] > 0 for r in replies)
     assert sum(r["entries"] for r in replies) == len(MANY_NAMES)
+
+
+def test_after_opendir_answers_enosys_the_kernel_opens_directories_itself(tmp_path):
+    """Asked once, then never again: the kernel keeps the listings and
+    releases nothing, and readdir and fsyncdir get the directory's inode
+    as their handle (the kernel's own is 0)."""
+    served = Served(tmp_path, no_opendir=True)
+    try:
+        listings = []
+        for _ in range(2):
+            assert sorted(os.listdir(served.mnt)) == ["ctl", "direct", "file", "many"]
+            assert sorted(os.listdir(served.mnt / "many")) == sorted(MANY_NAMES)
+            listings.append(len(served.of("readdir")))
+        assert listings[0] == listings[1] > 0  # the second listings were kept
+        fd = os.open(served.mnt / "many", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert len(served.of("opendir")) == 1
+        assert {e["inode"] for e in served.of("readdir")} == {1, 4}
+        assert served.of("fsyncdir") == [{"event": "fsyncdir", "fh": 4}]
+        assert not served.of("releasedir")
+    finally:
+        served.stop()
 
 
 def test_a_rootless_daemon_mounts_and_falls_back_when_backing_open_is_refused(world_readable_dir):

@@ -20,7 +20,10 @@ Not handled, in one place:
 * Directory listings are kept by the kernel (``opendir``) for as long as
   the kernel keeps names (``udba.py``); a change through the mount drops
   the listing of its directory in the kernel itself, a change made by the
-  daemon (live branches, ``udba=notify``) drops it by invalidation.
+  daemon (live branches, ``udba=notify``) drops it by invalidation.  Where
+  the kernel keeps every listing (``udba=none``) it opens directories
+  itself: an open directory costs the daemon nothing, and does not count
+  towards ``max_open``.
 * ``access`` is never called: the mount always uses ``default_permissions``,
   so the kernel checks permissions itself from the attributes given here.
 * ``fallocate``, ``lseek`` (SEEK_DATA/SEEK_HOLE), ``copy_file_range``,
@@ -31,7 +34,6 @@ Not handled, in one place:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import itertools
@@ -51,13 +53,14 @@ from .index import Index
 from .branches import Branch
 from .layer import ROOT, Layer, split
 from .owners import AS_STORED, Owners
+from .listings import Listings
 from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
 from .passthrough import Backings
 from .quota import UNLIMITED
 from .restack import Change
 from .target import Target
-from .tree import Entry, Location, Tree, read_marks
+from .tree import Entry, Tree, read_marks
 from .udba import Mode, Policy, check_identity, seen
 from .upper import Upper
 from .watch import Notifier, Watcher
@@ -69,19 +72,6 @@ _STAT_FIELDS = (
     "st_mode", "st_nlink", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
-@dataclasses.dataclass
-class _Listing:
-    """An open directory: the names it had when last read from the start
-    (after opendir or rewinddir), in a fixed order, and its entry then.
-
-    Each name maps to its top location, or, for "." and "..", an inode.
-    """
-
-    ino: int
-    entry: Entry | None = None
-    names: list[tuple[str, Location | int]] = dataclasses.field(default_factory=list)
-
-
 def _close(held: Held | None) -> None:
     if held is not None:
         os.close(held.fd)
@@ -171,14 +161,12 @@ class UnionOperations(pyfuse3.Operations):
             self._changes.on_dirs_copied = self._dirs_copied
         self._partials = PartialFiles(layers, upper, self.numbers) if upper else None
         self._open_files = OpenFiles(upper, self._partials, pagecache, self.backings)
-        self._dir_listings: dict[int, _Listing] = {}
+        self._listings = Listings()
         self._handles = itertools.count(1)
         self._change_lock = trio.Lock()
         self._max_open = max_open
         self._live = LiveStack(layers, self.tree, self.numbers, self.inodes, self._open_files,
-                               upper, self._partials, self._entry,
-                               lambda: [listing.ino for listing in self._dir_listings.values()],
-                               self.layers_changed)
+                               upper, self._partials, self._entry, self.layers_changed)
         #: set once the kernel has been answered its INIT (its waiters run
         #: after the answer is sent)
         self.initialized = trio.Event()
@@ -411,37 +399,42 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode, ctx):
-        node = self.inodes[inode]
-        entry = self._entry(node)  # it must still exist
-        self._check_open_room()
-        fh = next(self._handles)
-        self._dir_listings[fh] = _Listing(node.ino)
-        info = pyfuse3.FileInfo(fh=fh)
+        """Where the kernel may keep every listing (``udba=none``), it is
+        told to open directories itself (ENOSYS, once for the mount): no
+        round trips per directory opened.  Elsewhere the handle is the
+        inode, as the kernel's own opens give it to ``readdir``."""
+        if self._udba.keeps_every_listing():
+            raise FUSEError(errno.ENOSYS)
+        entry = self._entry(self.inodes[inode])  # it must still exist
+        info = pyfuse3.FileInfo(fh=inode)
         info.cache_readdir = True
         info.keep_cache = self._udba.keeps_listing(entry.path)
         return info
 
     @_fuse_errors
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, ino, offset, token):
         """Names come from a snapshot taken when reading starts at offset 0
-        (after opendir or rewinddir), so an offset always means the same
-        place: a continued listing neither repeats nor skips.  Each name is
-        looked up in the directory the listing was opened on, wherever it
+        (after an open or rewinddir), which each offset names
+        (``listings.py``): a continued listing neither repeats nor skips.
+        Each name is looked up in the directory as it is now, wherever it
         has moved since; a directory removed since lists nothing more.
         Plain READDIR (not ``token.plus``) gives the kernel no entries, so
         it looks nothing up."""
-        listing = self._dir_listings[fh]
-        node = self.inodes[listing.ino]
+        node = self.inodes[ino]
         try:
             directory = self._entry(node)
         except OSError:
             return  # removed
-        if start_id == 0:
-            listing.entry = directory
-            listing.names = [(".", node.ino), ("..", self._parent_of(node).ino),
-                             *self.tree.listdir(directory).items()]
+        listing, index = self._listings.resume(ino, offset) if offset else (None, 0)
+        if index < 0:
+            return  # read to its end
+        if listing is None:
+            listing = self._listings.start(ino, directory, [
+                (".", ino), ("..", self._parent_of(node).ino),
+                *self.tree.listdir(directory).items()])
         moved = directory != listing.entry
-        for index in range(start_id, len(listing.names)):
+        last = None  # the offset of the last name given
+        for index in range(index, len(listing.names)):
             name, where = listing.names[index]
             if isinstance(where, int):  # "." or ".."
                 attrs, entry = self._attributes(self.inodes[where]), None
@@ -449,24 +442,27 @@ class UnionOperations(pyfuse3.Operations):
                 found = (self.tree.lookup(directory, name) if moved
                          else self.tree.entry_at(directory, name, where))
                 if found is None:
-                    continue  # removed since opendir
+                    continue  # removed since the snapshot
                 entry, st = found
                 attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
+            last = listing.offset_after(index)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, last):
                 return
             if entry is not None and token.plus:
-                node = self.inodes.remember(attrs.st_ino, listing.ino, name)
-                self.inodes.cache_entry(node, entry)
-                self._told(node, entry, st)
+                child = self.inodes.remember(attrs.st_ino, ino, name)
+                self.inodes.cache_entry(child, entry)
+                self._told(child, entry, st)
+        if last is None or listing.at_end(last):
+            self._listings.ended(listing)  # nothing more will be asked of it
 
     @_fuse_errors
-    async def releasedir(self, fh):
-        del self._dir_listings[fh]
+    async def releasedir(self, ino):
+        """Nothing is held per open directory."""
 
     @_fuse_errors
-    async def fsyncdir(self, fh, datasync):
+    async def fsyncdir(self, ino, datasync):
         try:
-            top = self._entry(self.inodes[self._dir_listings[fh].ino]).top
+            top = self._entry(self.inodes[ino]).top
         except OSError:
             return  # removed: nothing of it is left to flush
         if top.layer.writable:
@@ -597,9 +593,8 @@ class UnionOperations(pyfuse3.Operations):
         return self._entry(parent), name
 
     def _check_open_room(self) -> None:
-        """Refuse a new handle past ``max_open`` (files and directories)."""
-        if (self._max_open is not None
-                and len(self._open_files) + len(self._dir_listings) >= self._max_open):
+        """Refuse a new file handle past ``max_open``."""
+        if self._max_open is not None and len(self._open_files) >= self._max_open:
             raise FUSEError(errno.EMFILE)
 
     def _parent_of(self, node: Node) -> Node:

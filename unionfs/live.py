@@ -74,7 +74,6 @@ class LiveStack:
     def __init__(self, layers: list[Layer], tree: Tree, numbers: InodeNumbers,
                  inodes: InodeTable, open_files: OpenFiles, upper: Upper | None,
                  partials: PartialFiles | None, resolve: Callable[[Node], Entry],
-                 open_directories: Callable[[], list[int]],
                  on_changed: Callable[[list[Layer], list[Layer]], None]):
         self._layers = layers
         self._tree = tree
@@ -85,7 +84,6 @@ class LiveStack:
         self._index = tree.index
         self._partials = partials
         self._resolve = resolve
-        self._open_directories = open_directories
         #: told the branches that came (or became read-only) and went (or
         #: became writable), after each change
         self._on_changed = on_changed
@@ -183,15 +181,14 @@ class LiveStack:
         """What keeps ``removed`` from going, or ``made_ro`` from becoming
         read-only, in one line (empty if nothing does); and how many
         partial copies read from the branches that go.  ``processes``:
-        the directories processes are in (:func:`_directories_of_processes`)."""
+        the directories processes are in or have open
+        (:func:`_directories_of_processes`)."""
         said, partial_copies = [], 0
         for layer in removed + made_ro:
             going = layer in removed
             uses = _counted(self._open_files.users_of(layer, writing=not going),
                             "open file" if going else "file open for writing")
             if going:
-                tops = [self._top_layer(ino) for ino in self._open_directories()]
-                uses += _counted(tops.count(layer), "open directory")
                 uses += [what for ino, whats in processes.items()
                          if self._top_layer(ino) is layer for what in whats]
                 if not layer.writable:
@@ -375,22 +372,27 @@ def _device(mountpoint: str) -> int | None:
 
 
 def _directories_of_processes(device: int | None) -> dict[int, list[str]]:
-    """The union inodes that processes have as working or root directory:
-    inode -> ["process PID (cwd)", ...].  (A stat of such a directory is
-    answered by this daemon: call it off the loop.)"""
+    """The union inodes that processes have as working or root directory,
+    or open (the kernel opens directories without the daemon, ``fs.opendir``):
+    inode -> ["process PID (cwd)", "process PID (fd 3)", ...].  (A stat of
+    such a directory is answered by this daemon: call it off the loop.)"""
     found: dict[int, list[str]] = {}
     if device is None:
         return found
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        for what in ("cwd", "root"):
+        try:
+            fds = [f"fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            fds = []
+        for what in ("cwd", "root", *fds):
             try:
                 st = os.stat(f"/proc/{pid}/{what}")
             except OSError:
                 continue
-            if st.st_dev == device:
-                found.setdefault(st.st_ino, []).append(f"process {pid} ({what})")
+            if st.st_dev == device and stat.S_ISDIR(st.st_mode):
+                found.setdefault(st.st_ino, []).append(f"process {pid} ({what.replace('/', ' ')})")
     return found
 
 

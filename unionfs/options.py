@@ -12,8 +12,7 @@ Three kinds of option are accepted:
   ``passthrough.py``; the environment variable ``PYUNION_PASSTHROUGH``
   changes its default, so that a whole test run can force it off);
   ``max_open=N`` (how many
-  files and directories the daemon keeps open for the mount's users at
-  once: past it, an open fails with EMFILE, so they cannot make the daemon
+  files the daemon keeps open for the mount's users at once: past it, an open fails with EMFILE, so they cannot make the daemon
   grow without end); ``quota=SIZE`` (what the
   writable branch may hold: see ``quota.py``); ``udba=none|reval|notify``
   (how a read-only branch changed under the mount shows: see ``udba.py``);

@@ -118,6 +118,11 @@ class Policy:
             return SHORT
         return LONG
 
+    def keeps_every_listing(self) -> bool:
+        """Whether the kernel may keep every directory's listing for the
+        mount's whole life (so it may open directories itself)."""
+        return self.mode is Mode.NONE
+
     def keeps_listing(self, dir_path: str) -> bool:
         """Whether the kernel may keep the listing of the union directory
         ``dir_path`` across opens: as long as it keeps names found in it."""
