@@ -205,6 +205,39 @@ def test_readdir_offsets_are_stable(tmp_path, unions):
     assert len(everything) == len(set(everything)) == 6002  # with . and ..
 
 
+def test_every_listed_name_has_the_number_and_type_lstat_gives(tmp_path, shm_dir, unions):
+    """Past its first request the kernel lists a big directory with plain
+    READDIR, which takes lower files' numbers and types from the listing:
+    they must be what lstat says, on two file systems, for every kind of
+    file, hard links whose other name was copied up among them."""
+    def fill(branch: pathlib.Path, tag: str) -> pathlib.Path:
+        branch.mkdir(exist_ok=True)
+        for i in range(300):
+            (branch / f"{tag}-file{i}").write_text("x")
+            (branch / f"{tag}-link{i}").symlink_to("target")
+            os.mkfifo(branch / f"{tag}-fifo{i}")
+            os.mkdir(branch / f"{tag}-dir{i}")
+            if i % 10 == 0:
+                os.link(branch / f"{tag}-file{i}", branch / f"{tag}-hard{i}")
+        return branch
+
+    up = build(tmp_path / "up", {})
+    mnt = unions.mount([up, fill(shm_dir / "low", "shm"), fill(tmp_path / "low", "ext4")], rw=True)
+    for i in range(0, 300, 10):  # the other names now show the index's copy
+        with open(mnt / f"ext4-file{i}", "a") as f:
+            f.write("y")
+    (mnt / "ext4-file1").write_text("copied up")
+    entries = list(os.scandir(mnt))
+    assert len(entries) == 2 * (4 * 300 + 30)
+    for e in entries:
+        st = os.lstat(e.path)
+        assert e.inode() == st.st_ino, f"{e.name}: d_ino {e.inode()}, st_ino {st.st_ino}"
+        assert stat.S_ISDIR(st.st_mode) == e.is_dir(follow_symlinks=False), e.name
+        assert stat.S_ISREG(st.st_mode) == e.is_file(follow_symlinks=False), e.name
+        assert stat.S_ISLNK(st.st_mode) == e.is_symlink(), e.name
+    assert os.lstat(mnt / "ext4-hard0").st_ino == os.lstat(mnt / "ext4-file0").st_ino
+
+
 class _OpenDir:
     """A directory read with the C library, a given number of names at a time."""
 

@@ -116,8 +116,8 @@ class Flattening:
                 renamed = _Renamed(path, st.st_ino)
                 stack.append(renamed)
             stack += [(child(path, name), st.st_ino, renamed)
-                      for name, top in self._tree.listdir(entry).items()
-                      if renamed or top.layer.writable and _is_dir(top)]
+                      for name, listed in self._tree.listdir(entry).items()
+                      if renamed or listed.location.layer.writable and _is_dir(listed.location)]
             await trio.lowlevel.checkpoint()
 
     async def _link_indexed_names(self, path: str) -> None:

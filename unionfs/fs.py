@@ -60,7 +60,7 @@ from .passthrough import Backings
 from .quota import UNLIMITED
 from .restack import Change
 from .target import Target
-from .tree import Entry, Tree, read_marks
+from .tree import Entry, Listed, Tree, read_marks
 from .udba import Mode, Policy, check_identity, seen
 from .upper import Upper
 from .watch import Notifier, Watcher
@@ -72,6 +72,20 @@ _STAT_FIELDS = (
     "st_mode", "st_nlink", "st_rdev", "st_size",
     "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
 )
+def _listed_attributes(listed: Listed, numbers: InodeNumbers) -> EntryAttributes | None:
+    """A name's number and type, all a plain READDIR gives, from its
+    listing alone where nothing but its own file decides them: a file (not
+    a directory: it may be merged, or moved) in a branch that keeps no
+    marks.  None elsewhere."""
+    layer = listed.location.layer
+    if layer.keeps_marks or listed.kind == stat.S_IFDIR:
+        return None
+    attrs = EntryAttributes()
+    attrs.st_ino = numbers.number(layer.dev, listed.ino)
+    attrs.st_mode = listed.kind
+    return attrs
+
+
 def _close(held: Held | None) -> None:
     if held is not None:
         os.close(held.fd)
@@ -419,7 +433,8 @@ class UnionOperations(pyfuse3.Operations):
         Each name is looked up in the directory as it is now, wherever it
         has moved since; a directory removed since lists nothing more.
         Plain READDIR (not ``token.plus``) gives the kernel no entries, so
-        it looks nothing up."""
+        it looks nothing up, and takes a lower file's number and type from
+        the listing (``_listed_attributes``)."""
         node = self.inodes[ino]
         try:
             directory = self._entry(node)
@@ -438,9 +453,11 @@ class UnionOperations(pyfuse3.Operations):
             name, where = listing.names[index]
             if isinstance(where, int):  # "." or ".."
                 attrs, entry = self._attributes(self.inodes[where]), None
+            elif not (token.plus or moved) and (attrs := _listed_attributes(where, self.numbers)):
+                entry = None
             else:
                 found = (self.tree.lookup(directory, name) if moved
-                         else self.tree.entry_at(directory, name, where))
+                         else self.tree.entry_at(directory, name, where.location))
                 if found is None:
                     continue  # removed since the snapshot
                 entry, st = found

@@ -47,7 +47,7 @@ class InodeNumbers:
         self._root = (root.st_dev, root.st_ino)
         # The root is always ROOT_INODE, so its own number is free: a file
         # whose number would clash with ROOT_INODE gets it instead.
-        self._root_stand_in = self._compose(root)
+        self._root_stand_in = self._compose(root.st_dev, root.st_ino)
         #: a directory that came to stand on another branch's directory in
         #: a live change of the stack keeps its number (cwds and mounts on it
         #: stay valid): the real (st_dev, st_ino) of its new top -> number
@@ -60,11 +60,15 @@ class InodeNumbers:
         return self(st)
 
     def __call__(self, st: os.stat_result) -> int:
-        if (st.st_dev, st.st_ino) == self._root:
+        return self.number(st.st_dev, st.st_ino)
+
+    def number(self, dev: int, ino: int) -> int:
+        """The number of the file ``ino`` of device ``dev`` (no marks)."""
+        if (dev, ino) == self._root:
             return ROOT_INODE
-        if (kept := self._kept.get((st.st_dev, st.st_ino))) is not None:
+        if (kept := self._kept.get((dev, ino))) is not None:
             return kept
-        number = self._compose(st)
+        number = self._compose(dev, ino)
         return self._root_stand_in if number == ROOT_INODE else number
 
     def keep(self, st: os.stat_result, number: int) -> None:
@@ -75,11 +79,11 @@ class InodeNumbers:
         """The entry whose real stat is ``st`` has its own number again."""
         self._kept.pop((st.st_dev, st.st_ino), None)
 
-    def _compose(self, st: os.stat_result) -> int:
-        if st.st_ino >> _FS_SHIFT:
+    def _compose(self, dev: int, ino: int) -> int:
+        if ino >> _FS_SHIFT:
             raise OSError(errno.EOVERFLOW, "inode number too large for the union")
-        index = self._fs_index.setdefault(st.st_dev, len(self._fs_index))
-        return index << _FS_SHIFT | st.st_ino
+        index = self._fs_index.setdefault(dev, len(self._fs_index))
+        return index << _FS_SHIFT | ino
 
 
 class Held(NamedTuple):

@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 from collections import OrderedDict
 from typing import Callable, Iterator, NamedTuple
 
@@ -68,6 +69,17 @@ def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int =
         raise OSError(err, os.strerror(err), src, None, dst)
 
 
+class Scanned(NamedTuple):
+    """One name of a directory as read (``Layer.scandir``)."""
+
+    name: str
+    #: its ``d_ino``, and its file type (``stat.S_IFMT``) from ``d_type``
+    ino: int
+    kind: int
+    #: a special file's (device, fifo, socket) ``lstat``; None for the others
+    special: os.stat_result | None
+
+
 class _Listing(NamedTuple):
     """A read-only directory's names, and what showed it unchanged then."""
 
@@ -77,6 +89,18 @@ class _Listing(NamedTuple):
     #: ``stat`` the directory before each use (reval, or notify unwatched)
     check: bool
     marks: DirMarks = NO_DIR_MARKS
+
+
+def _scanned(entry: os.DirEntry) -> Scanned:
+    """(Where the file system gives no ``d_type``, ``is_dir`` and the
+    others ``lstat``.)"""
+    for kind, test in ((stat.S_IFDIR, entry.is_dir), (stat.S_IFREG, entry.is_file)):
+        if test(follow_symlinks=False):
+            return Scanned(entry.name, entry.inode(), kind, None)
+    if entry.is_symlink():
+        return Scanned(entry.name, entry.inode(), stat.S_IFLNK, None)
+    special = entry.stat(follow_symlinks=False)
+    return Scanned(entry.name, entry.inode(), stat.S_IFMT(special.st_mode), special)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
@@ -115,6 +139,8 @@ class Layer:
         #: its entries may carry pyunion's marks (``tree.read_marks``): it is
         #: writable, or was a writable branch once
         self.keeps_marks = branch.writable or self.lstat_or_none(META_DIR) is not None
+        #: the device of its files (a file system mounted inside it aside)
+        self.dev = os.fstat(self.fd).st_dev
 
     def __repr__(self) -> str:
         return f"<Layer {self.index} {self.branch.path} {self.branch.mode.value}>"
@@ -248,18 +274,17 @@ class Layer:
         finally:
             os.close(fd)
 
-    def scandir(self, path: str) -> list[tuple[str, os.stat_result | None]]:
-        """The names in a directory, each special file (device, fifo,
-        socket) with its ``lstat``, the others with None: what tells an
-        overlayfs whiteout, at the cost of a stat of special files only."""
+    def scandir(self, path: str) -> list[Scanned]:
+        """The names in a directory with their ``d_ino`` and type, each
+        special file (device, fifo, socket) with its ``lstat`` too: what
+        tells an overlayfs whiteout, at the cost of a stat of special files
+        only."""
         if self.watch is not None:
             self.watch(self, path)  # its names go to the kernel: watch them
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             with os.scandir(fd) as entries:
-                return [(e.name, None if e.is_dir(follow_symlinks=False)
-                         or e.is_file(follow_symlinks=False) or e.is_symlink()
-                         else e.stat(follow_symlinks=False)) for e in entries]
+                return [_scanned(e) for e in entries]
         finally:
             os.close(fd)
 

@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 from collections import OrderedDict
 
-from .tree import Entry, Location
+from .tree import Entry, Listed
 
 #: at most this many snapshots, and names in all of them, are kept
 KEPT = 64
@@ -34,11 +34,11 @@ _END = (1 << _INDEX_BITS) - 1
 @dataclasses.dataclass
 class Listing:
     """A directory's names when read from its start, and its entry then.
-    Each name maps to its top location, or, for "." and "..", an inode."""
+    Each name maps to where it was listed, or, for "." and "..", an inode."""
 
     ino: int
     entry: Entry
-    names: list[tuple[str, Location | int]]
+    names: list[tuple[str, Listed | int]]
     snapshot: int
 
     def offset_after(self, index: int) -> int:
@@ -73,7 +73,7 @@ class Listings:
         self._kept.move_to_end(snapshot)
         return listing, index
 
-    def start(self, ino: int, entry: Entry, names: list[tuple[str, Location | int]]) -> Listing:
+    def start(self, ino: int, entry: Entry, names: list[tuple[str, Listed | int]]) -> Listing:
         """A new snapshot of directory ``ino``, kept until read to its end
         or pushed out by newer ones."""
         listing = Listing(ino, entry, names, next(self._numbers))

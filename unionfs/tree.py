@@ -39,6 +39,15 @@ class Location(NamedTuple):
     path: str
 
 
+class Listed(NamedTuple):
+    """A visible name of a directory (``Tree.listdir``): its topmost
+    location, and its ``d_ino`` and type there."""
+
+    location: Location
+    ino: int
+    kind: int
+
+
 @dataclass(frozen=True)
 class Entry:
     """The real entries behind one union name, topmost first.
@@ -114,23 +123,23 @@ class Tree:
             return None
         return self._complete(child(parent.path, name), first, matches)
 
-    def listdir(self, directory: Entry) -> dict[str, Location]:
+    def listdir(self, directory: Entry) -> dict[str, Listed]:
         """The visible names of a directory, each with its topmost location.
 
         Names come in branch order (top branch first), each once.
         """
-        visible: dict[str, Location] = {}
+        visible: dict[str, Listed] = {}
         hidden: set[str] = set()
         for layer, dir_path in directory.locations:
             whiteouts = set()
-            for name, special in layer.scandir(dir_path):
+            for name, ino, kind, special in layer.scandir(dir_path):
                 if is_reserved(name):
                     if name != OPAQUE:
                         whiteouts.add(hidden_by(name))
                 elif special and is_whiteout_device(special.st_mode, special.st_rdev):
                     whiteouts.add(name)
                 elif name not in visible and name not in hidden:
-                    visible[name] = Location(layer, child(dir_path, name))
+                    visible[name] = Listed(Location(layer, child(dir_path, name)), ino, kind)
             hidden |= whiteouts
         return visible
 
