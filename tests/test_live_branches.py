@@ -466,3 +466,26 @@ def test_a_branch_added_again_shows_what_it_holds_now(stack):
     assert not (mnt / "later").exists()
     pyunion("branch", "add", str(mnt), str(new))
     assert (mnt / "later").read_text() == "later"
+
+
+def test_a_deep_union_sees_what_a_branch_added_again_holds_now(tmp_path, unions):
+    """A directory merged from many read-only branches keeps an index of
+    where its names lie (``holders.py``); a branch taken out, changed and
+    added again gives the same stack as before, and the index is not
+    trusted for it."""
+    up = build(tmp_path / "up", {})
+    empties = [build(tmp_path / f"empty{i}", {}) for i in range(9)]
+    base = build(tmp_path / "base", {"x": "base x", "y": "base y"})
+    new = build(tmp_path / "new", {".wh.x": "", "z": "new z"})
+    mnt = unions.mount([up, *empties, base], rw=True)
+    assert (mnt / "x").read_text() == "base x" and not (mnt / "z").exists()
+    pyunion("branch", "add", str(mnt), str(new))
+    assert not (mnt / "x").exists() and (mnt / "z").read_text() == "new z"
+    assert not (mnt / "later").exists()
+    pyunion("branch", "del", str(mnt), str(new))
+    assert (mnt / "x").read_text() == "base x"
+    (new / "later").write_text("later")
+    (new / ".wh.x").unlink()
+    pyunion("branch", "add", str(mnt), str(new))
+    assert (mnt / "later").read_text() == "later"
+    assert (mnt / "x").read_text() == "base x" and (mnt / "y").read_text() == "base y"

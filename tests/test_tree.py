@@ -2,10 +2,16 @@
 
 import errno
 import os
+import random
+import stat
 
 import pytest
 
 from helpers import DIR, Symlink, build
+from unionfs import holders
+from unionfs.branches import Branch, Mode
+from unionfs.layer import Layer
+from unionfs.tree import Entry, Tree
 
 
 def listing(path):
@@ -144,3 +150,62 @@ def test_single_branch(tmp_path, unions):
     b1 = build(tmp_path / "b1", {"a/b/c": "deep"})
     mnt = unions.mount([b1])
     assert (mnt / "a/b/c").read_text() == "deep"
+
+
+def _random_deep_stack(root, seed: int, branches: int = 12) -> list:
+    """``branches`` read-only branches of random names, aufs and overlay
+    whiteouts, opaque directories and merged subdirectories."""
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(30)]
+    paths = []
+    for b in range(branches):
+        branch = root / f"b{b:02}"
+        for where in (branch, branch / "d"):
+            where.mkdir(parents=True)
+            for name in rng.sample(names, 8):
+                kind = rng.choice(["file", "file", "dir", "aufs-whiteout", "overlay-whiteout"])
+                if kind == "file":
+                    (where / name).write_text(f"{b}")
+                elif kind == "dir":
+                    (where / name).mkdir()
+                    (where / name / f"in{b}").write_text("")
+                elif kind == "aufs-whiteout":
+                    (where / f".wh.{name}").write_text("")
+                elif not (where / name).exists():
+                    os.mknod(where / name, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            if rng.random() < 0.2:
+                (where / ".wh..wh.opq").write_text("")
+        paths.append(branch)
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_deep_directory_resolves_every_name_as_branch_by_branch(tmp_path, monkeypatch, seed):
+    """A directory merged from many read-only branches finds a name's first
+    holder in one index (``holders.py``): each name, present, hidden by
+    either whiteout, under an opaque directory or merged, resolves as the
+    branch-by-branch look finds it, with and without the writable part."""
+    up = build(tmp_path / "up", {"n1": "up", "d/n2": "up"})
+    stack = [Layer(Branch(str(up), Mode.RW), 0)] + [
+        Layer(Branch(str(path), Mode.RO), i + 1)
+        for i, path in enumerate(_random_deep_stack(tmp_path, seed))]
+
+    def resolved(tree: Tree) -> dict:
+        seen = {}
+        for start in (tree.root(), tree.lookup(tree.root(), "d")):
+            if start is None:
+                continue
+            start = start[0] if isinstance(start, tuple) else start
+            for entry in (start, Entry(start.path, start.lower)):
+                for name in [f"n{i}" for i in range(32)]:
+                    found = tree.lookup(entry, name)
+                    seen[(entry.path, len(entry.locations), name)] = None if found is None else (
+                        [(loc.layer.index, loc.path) for loc in found[0].locations],
+                        found[1].st_ino)
+        return seen
+
+    indexed = resolved(Tree(stack))
+    monkeypatch.setattr(holders, "DEEP", 10**6)
+    assert indexed == resolved(Tree(stack))
+    for layer in stack:
+        layer.close()

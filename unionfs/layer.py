@@ -125,6 +125,10 @@ def _dir_marks(target: int | str) -> DirMarks:
 class Layer:
     """One branch of the stack, opened; ``index`` 0 is the top."""
 
+    #: counts the changes of any layer's kept names (what was built from
+    #: them, ``holders.py``, is stale once it moves)
+    names_generation = 0
+
     def __init__(self, branch: Branch, index: int):
         self.branch = branch
         self.index = index
@@ -209,6 +213,12 @@ class Layer:
         does (read-only branch) or may (writable one: ask ``lstat``)."""
         return self.writable or name in self._listing(dir_path).names
 
+    def kept_names(self, dir_path: str) -> frozenset[str] | None:
+        """The names of the directory ``dir_path`` in a read-only branch;
+        None in the writable one (ask ``lstat``).  :meth:`may_hold` for
+        several names at the cost of one."""
+        return None if self.writable else self._listing(dir_path).names
+
     def dir_marks(self, dir_path: str) -> DirMarks:
         """overlay's marks of the directory ``dir_path``: kept with its
         names in a read-only branch, read at each call in the writable one."""
@@ -223,6 +233,7 @@ class Layer:
     def forget_names(self, dir_path: str, below: bool = False) -> None:
         """Drop the kept names of ``dir_path`` (and of every directory
         under it with ``below``): it changed."""
+        Layer.names_generation += 1
         self._listings.pop(dir_path, None)
         if below:
             prefix = child(dir_path, "")
@@ -230,6 +241,7 @@ class Layer:
                 del self._listings[path]
 
     def forget_all_names(self) -> None:
+        Layer.names_generation += 1
         self._listings.clear()
 
     def _listing(self, dir_path: str) -> _Listing:

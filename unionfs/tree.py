@@ -27,6 +27,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
+from .holders import Holders
 from .layer import ROOT, Layer, child, split
 from .whiteout import (OPAQUE, XATTR, Marks, hidden_by, is_reserved, is_whiteout_device,
                        named_whiteout)
@@ -88,6 +89,7 @@ class Tree:
         #: the hard-link index (``index.py``), where copied-up lower files
         #: with several names are found
         self.index = index
+        self._holders = Holders()
 
     def root(self) -> Entry:
         return Entry(ROOT, _stack_roots(self.layers))
@@ -102,7 +104,11 @@ class Tree:
         Returns ``(entry, stat of its top)``, or None when the name does not
         exist in the union.
         """
-        matches = _matches(parent.locations, name)
+        locations = parent.locations
+        start, end = self._holders.skipped(parent.path, locations, name)
+        if end > start:  # parts that hold nothing of the name
+            locations = locations[:start] + locations[end:]
+        matches = _matches(locations, name)
         first = next(matches, None)
         if first is None:
             return None
@@ -206,14 +212,16 @@ def _matches(directories, name: str) -> Iterator[tuple[Location, object]]:
     (which may sit beside the name in the branch that ends the descent)."""
     whiteout = named_whiteout(name)
     for layer, dir_path in directories:
-        path = child(dir_path, name)
-        st = layer.lstat_or_none(path) if layer.may_hold(dir_path, name) else None
-        if st is not None:
-            if is_whiteout_device(st.st_mode, st.st_rdev):
-                return
-            yield Location(layer, path), st
+        names = layer.kept_names(dir_path)
+        if names is None or name in names:
+            path = child(dir_path, name)
+            st = layer.lstat_or_none(path)
+            if st is not None:
+                if is_whiteout_device(st.st_mode, st.st_rdev):
+                    return
+                yield Location(layer, path), st
         # A whiteout beside the name hides what lies below it, not the name.
-        if whiteout and layer.may_hold(dir_path, whiteout) and layer.lstat_or_none(
+        if whiteout and (names is None or whiteout in names) and layer.lstat_or_none(
                 child(dir_path, whiteout)):
             return
 
