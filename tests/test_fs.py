@@ -205,11 +205,25 @@ def test_readdir_offsets_are_stable(tmp_path, unions):
     assert len(everything) == len(set(everything)) == 6002  # with . and ..
 
 
-def test_every_listed_name_has_the_number_and_type_lstat_gives(tmp_path, shm_dir, unions):
+@pytest.fixture
+def nested_tmpfs(tmp_path):
+    """A tmpfs mounted inside a branch-to-be, ``tmp_path / "low" / "nested"``."""
+    nested = tmp_path / "low" / "nested"
+    nested.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "none", str(nested)], check=True)
+    try:
+        yield nested
+    finally:
+        subprocess.run(["umount", "-l", str(nested)], check=True)
+
+
+def test_every_listed_name_has_the_number_and_type_lstat_gives(tmp_path, shm_dir, nested_tmpfs,
+                                                                unions):
     """Past its first request the kernel lists a big directory with plain
     READDIR, which takes lower files' numbers and types from the listing:
     they must be what lstat says, on two file systems, for every kind of
-    file, hard links whose other name was copied up among them."""
+    file, hard links whose other name was copied up among them, and in a
+    file system mounted inside a branch (whose numbers are of its own)."""
     def fill(branch: pathlib.Path, tag: str) -> pathlib.Path:
         branch.mkdir(exist_ok=True)
         for i in range(300):
@@ -222,14 +236,17 @@ def test_every_listed_name_has_the_number_and_type_lstat_gives(tmp_path, shm_dir
         return branch
 
     up = build(tmp_path / "up", {})
+    fill(nested_tmpfs, "nested")
     mnt = unions.mount([up, fill(shm_dir / "low", "shm"), fill(tmp_path / "low", "ext4")], rw=True)
     for i in range(0, 300, 10):  # the other names now show the index's copy
         with open(mnt / f"ext4-file{i}", "a") as f:
             f.write("y")
     (mnt / "ext4-file1").write_text("copied up")
     entries = list(os.scandir(mnt))
-    assert len(entries) == 2 * (4 * 300 + 30)
-    for e in entries:
+    assert len(entries) == 2 * (4 * 300 + 30) + 1
+    nested = list(os.scandir(mnt / "nested"))
+    assert len(nested) == 4 * 300 + 30
+    for e in entries + nested:
         st = os.lstat(e.path)
         assert e.inode() == st.st_ino, f"{e.name}: d_ino {e.inode()}, st_ino {st.st_ino}"
         assert stat.S_ISDIR(st.st_mode) == e.is_dir(follow_symlinks=False), e.name
@@ -249,17 +266,46 @@ class _OpenDir:
         self._handle = self._libc.opendir(str(path).encode())
         assert self._handle, os.strerror(ctypes.get_errno())
 
-    def read(self, count: int | None = None) -> list[str]:
+    def read(self, count: int | None = None, offsets: bool = False) -> list:
+        """The next ``count`` names (all if None), with their ``d_off``
+        if ``offsets``."""
         names = []
         while count is None or len(names) < count:
             entry = self._libc.readdir(self._handle)
             if not entry:
                 break
-            names.append(entry.contents.d_name.decode())
+            name = entry.contents.d_name.decode()
+            names.append((name, entry.contents.d_off) if offsets else name)
         return names
 
     def close(self) -> None:
         self._libc.closedir(self._handle)
+
+
+@pytest.mark.parametrize("options", [[], ["udba=reval"]], ids=["kept", "reval"])
+def test_a_directory_emptied_while_read_loses_no_name_to_other_listings(tmp_path, unions,
+                                                                        options):
+    """As ``rm -rf`` reads a big directory: a chunk read, its names
+    removed, and on, while more directories are listed meanwhile than the
+    daemon keeps listings of; every name is read, so the directory ends
+    empty.  Offsets fit in 31 bits (32-bit programs read them too)."""
+    up = build(tmp_path / "up", {})
+    low = build(tmp_path / "low", {**{f"big/n{i:05}": "" for i in range(3000)},
+                                   **{f"other{k}/x": "" for k in range(listings.KEPT + 8)}})
+    mnt = unions.mount([up, low], *options, rw=True)
+    reader = _OpenDir(mnt / "big")
+    try:
+        while chunk := reader.read(500, offsets=True):
+            for name, offset in chunk:
+                assert 0 < offset < 2**31, (name, offset)
+                if name not in (".", ".."):
+                    os.unlink(mnt / "big" / name)
+            for k in range(listings.KEPT + 8):
+                os.listdir(mnt / f"other{k}")
+    finally:
+        reader.close()
+    assert os.listdir(mnt / "big") == []
+    os.rmdir(mnt / "big")
 
 
 @pytest.mark.parametrize("options", [[], ["udba=reval"]], ids=["kept", "reval"])

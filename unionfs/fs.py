@@ -53,7 +53,7 @@ from .index import Index
 from .branches import Branch
 from .layer import ROOT, Layer, split
 from .owners import AS_STORED, Owners
-from .listings import Listings
+from .listings import Listings, listing
 from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
 from .passthrough import Backings
@@ -76,9 +76,10 @@ def _listed_attributes(listed: Listed, numbers: InodeNumbers) -> EntryAttributes
     """A name's number and type, all a plain READDIR gives, from its
     listing alone where nothing but its own file decides them: a file (not
     a directory: it may be merged, or moved) in a branch that keeps no
-    marks.  None elsewhere."""
+    marks, whose number the listing holds (``Layer.scandir``).  None
+    elsewhere."""
     layer = listed.location.layer
-    if layer.keeps_marks or listed.kind == stat.S_IFDIR:
+    if layer.keeps_marks or listed.kind == stat.S_IFDIR or not listed.ino:
         return None
     attrs = EntryAttributes()
     attrs.st_ino = numbers.number(layer.dev, listed.ino)
@@ -419,7 +420,10 @@ class UnionOperations(pyfuse3.Operations):
         inode, as the kernel's own opens give it to ``readdir``."""
         if self._udba.keeps_every_listing():
             raise FUSEError(errno.ENOSYS)
-        entry = self._entry(self.inodes[inode])  # it must still exist
+        try:
+            entry = self._entry(self.inodes[inode])  # it must still exist
+        except OSError as exc:  # a branch's ENOSYS must not hand opening over for good
+            raise FUSEError(errno.EIO if exc.errno in (None, errno.ENOSYS) else exc.errno) from None
         info = pyfuse3.FileInfo(fh=inode)
         info.cache_readdir = True
         info.keep_cache = self._udba.keeps_listing(entry.path)
@@ -427,8 +431,8 @@ class UnionOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, ino, offset, token):
-        """Names come from a snapshot taken when reading starts at offset 0
-        (after an open or rewinddir), which each offset names
+        """Names come from a listing taken when reading starts at offset 0
+        (after an open or rewinddir), in an order their offsets keep
         (``listings.py``): a continued listing neither repeats nor skips.
         Each name is looked up in the directory as it is now, wherever it
         has moved since; a directory removed since lists nothing more.
@@ -440,17 +444,14 @@ class UnionOperations(pyfuse3.Operations):
             directory = self._entry(node)
         except OSError:
             return  # removed
-        listing, index = self._listings.resume(ino, offset) if offset else (None, 0)
-        if index < 0:
-            return  # read to its end
-        if listing is None:
-            listing = self._listings.start(ino, directory, [
-                (".", ino), ("..", self._parent_of(node).ino),
-                *self.tree.listdir(directory).items()])
-        moved = directory != listing.entry
-        last = None  # the offset of the last name given
-        for index in range(index, len(listing.names)):
-            name, where = listing.names[index]
+        taken = self._listings.get(ino) if offset else None
+        if taken is None:
+            taken = listing(directory, (ino, self._parent_of(node).ino),
+                            self.tree.listdir(directory))
+            self._listings.keep(ino, taken)
+        moved = directory != taken.entry
+        for index in range(taken.after(offset), len(taken.names)):
+            name, where = taken.names[index]
             if isinstance(where, int):  # "." or ".."
                 attrs, entry = self._attributes(self.inodes[where]), None
             elif not (token.plus or moved) and (attrs := _listed_attributes(where, self.numbers)):
@@ -459,18 +460,15 @@ class UnionOperations(pyfuse3.Operations):
                 found = (self.tree.lookup(directory, name) if moved
                          else self.tree.entry_at(directory, name, where.location))
                 if found is None:
-                    continue  # removed since the snapshot
+                    continue  # removed since the listing
                 entry, st = found
                 attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
-            last = listing.offset_after(index)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, last):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, taken.cookies[index]):
                 return
             if entry is not None and token.plus:
                 child = self.inodes.remember(attrs.st_ino, ino, name)
                 self.inodes.cache_entry(child, entry)
                 self._told(child, entry, st)
-        if last is None or listing.at_end(last):
-            self._listings.ended(listing)  # nothing more will be asked of it
 
     @_fuse_errors
     async def releasedir(self, ino):

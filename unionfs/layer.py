@@ -32,11 +32,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import stat
 from collections import OrderedDict
 from typing import Callable, Iterator, NamedTuple
 
+from . import mounts
 from .branches import Branch, Mode
 from .whiteout import DIR_XATTRS, META_DIR, NO_DIR_MARKS, DirMarks
 
@@ -69,11 +71,19 @@ def renameat2(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, flags: int =
         raise OSError(err, os.strerror(err), src, None, dst)
 
 
+#: file systems whose ``d_ino`` is the ``st_ino`` of the same file (on
+#: one device: not overlayfs, whose files may show their layers' numbers,
+#: nor FUSE, which may list no numbers at all)
+_LISTS_NUMBERS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"})
+
+
 class Scanned(NamedTuple):
     """One name of a directory as read (``Layer.scandir``)."""
 
     name: str
-    #: its ``d_ino``, and its file type (``stat.S_IFMT``) from ``d_type``
+    #: its ``d_ino`` where that is its ``st_ino`` on the branch's device
+    #: (0 where it may not be), and its file type (``stat.S_IFMT``) from
+    #: ``d_type``
     ino: int
     kind: int
     #: a special file's (device, fifo, socket) ``lstat``; None for the others
@@ -91,16 +101,17 @@ class _Listing(NamedTuple):
     marks: DirMarks = NO_DIR_MARKS
 
 
-def _scanned(entry: os.DirEntry) -> Scanned:
+def _scanned(entry: os.DirEntry, numbered: bool) -> Scanned:
     """(Where the file system gives no ``d_type``, ``is_dir`` and the
     others ``lstat``.)"""
+    ino = entry.inode() if numbered else 0
     for kind, test in ((stat.S_IFDIR, entry.is_dir), (stat.S_IFREG, entry.is_file)):
         if test(follow_symlinks=False):
-            return Scanned(entry.name, entry.inode(), kind, None)
+            return Scanned(entry.name, ino, kind, None)
     if entry.is_symlink():
-        return Scanned(entry.name, entry.inode(), stat.S_IFLNK, None)
+        return Scanned(entry.name, ino, stat.S_IFLNK, None)
     special = entry.stat(follow_symlinks=False)
-    return Scanned(entry.name, entry.inode(), stat.S_IFMT(special.st_mode), special)
+    return Scanned(entry.name, ino, stat.S_IFMT(special.st_mode), special)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
@@ -290,15 +301,25 @@ class Layer:
         """The names in a directory with their ``d_ino`` and type, each
         special file (device, fifo, socket) with its ``lstat`` too: what
         tells an overlayfs whiteout, at the cost of a stat of special files
-        only."""
+        only.  ``d_ino`` is kept only where the branch's file system lists
+        its files' numbers and the directory is on the branch's device (not
+        inside a file system mounted in the branch; a file that is itself a
+        mount point cannot be told without a stat)."""
         if self.watch is not None:
             self.watch(self, path)  # its names go to the kernel: watch them
         fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            numbered = self._lists_numbers and os.fstat(fd).st_dev == self.dev
             with os.scandir(fd) as entries:
-                return [_scanned(e) for e in entries]
+                return [_scanned(e, numbered) for e in entries]
         finally:
             os.close(fd)
+
+    @functools.cached_property
+    def _lists_numbers(self) -> bool:
+        """(Asked at the first listing: the mount table is not read per
+        branch at mount.)"""
+        return mounts.fstype_of(self.dev) in _LISTS_NUMBERS
 
     def walk(self, top: str) -> Iterator[tuple[str, list[str], list[str]]]:
         """Like ``os.walk`` of the directory ``top``: ``(dir_path,

@@ -1,92 +1,87 @@
-"""Directory listings being read: the names a directory had when a reader
-started at its beginning, in a fixed order, found again by the offset the
-kernel hands back.
+"""Directory listings being read: each directory's names in a fixed order,
+found again by the offsets the kernel hands back.
 
 The daemon keeps no state per open directory (the kernel opens them
-itself where it may keep their listings, ``fs.opendir``), so a listing
-cannot hang on a handle.  Instead every offset given out names its
-snapshot and a place in it: ``snapshot << 32 | index``.  A listing read on
-from the middle reads on in its own snapshot, so it neither repeats nor
-skips a name, however many readers list the same directory at once.
+itself where it may keep their listings, ``fs.opendir``), so an offset
+must say where to read on by itself.  Names are ordered by a cookie made
+from the name (as ext4 orders them by hash), and the offset given with a
+name is its cookie: reading on from it means the first name with a larger
+cookie, in whatever listing of the directory is at hand.  So a reader
+neither repeats nor skips a name that stayed, whether it reads on in the
+listing it started in, in one taken since by another reader (a listing
+is taken afresh at each read from the start), or in a fresh one after its
+own was dropped; names added or removed meanwhile may show or not, as
+POSIX allows.  (Names whose cookies collide take the next free ones, in
+name order; one of them may move when another of them comes or goes.)  Cookies fit in 31 bits, so 32-bit programs can use the
+offsets too.
 
-Snapshots are bounded (:data:`KEPT`, :data:`KEPT_NAMES`): the oldest goes
-first, and a snapshot read to its end goes at once (its last name's offset,
-:data:`_END`, needs nothing, nor does a reader answered with no names).  A
-reader coming back to a snapshot that went gets a fresh one, read from the
-same index.
+Listings are bounded (:data:`KEPT`, :data:`KEPT_NAMES`), the least
+recently used going first.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import itertools
 from collections import OrderedDict
 
 from .tree import Entry, Listed
 
-#: at most this many snapshots, and names in all of them, are kept
+#: at most this many listings, and names in all of them, are kept
 KEPT = 64
 KEPT_NAMES = 100_000
-_INDEX_BITS = 32
-_END = (1 << _INDEX_BITS) - 1
+#: the offsets of "." and "..", then the cookies' range: room is left above
+#: it for the names whose cookies collide (each takes the next free one)
+_DOT, _DOTDOT, _FIRST = 1, 2, 3
+_SPAN = (1 << 31) - (1 << 20) - _FIRST
 
 
 @dataclasses.dataclass
 class Listing:
-    """A directory's names when read from its start, and its entry then.
+    """A directory's names as listed at one time, and its entry then.
     Each name maps to where it was listed, or, for "." and "..", an inode."""
 
-    ino: int
     entry: Entry
     names: list[tuple[str, Listed | int]]
-    snapshot: int
+    #: each name's offset, ascending
+    cookies: list[int]
 
-    def offset_after(self, index: int) -> int:
-        """The offset at which reading resumes after name ``index``."""
-        after = index + 1 if index + 1 < len(self.names) else _END
-        return self.snapshot << _INDEX_BITS | after
+    def after(self, offset: int) -> int:
+        """The index of the first name to give after ``offset``."""
+        return bisect.bisect_right(self.cookies, offset)
 
-    @staticmethod
-    def at_end(offset: int) -> bool:
-        """Whether ``offset`` is a listing's last (reading on gives nothing)."""
-        return offset & _END == _END
+
+def listing(entry: Entry, dots: tuple[int, int], names: dict[str, Listed]) -> Listing:
+    """``names`` of the directory ``entry`` in cookie order, after "." and
+    ".." (the inodes ``dots``)."""
+    # A name's cookie: stable for the daemon's life (str hashes are, in one process).
+    ordered = sorted((_FIRST + hash(name) % _SPAN, name, where) for name, where in names.items())
+    cookies, last = [_DOT, _DOTDOT], _DOTDOT
+    for cookie, _, _ in ordered:
+        last = cookie if cookie > last else last + 1
+        cookies.append(last)
+    return Listing(entry, [(".", dots[0]), ("..", dots[1]),
+                           *((name, where) for _, name, where in ordered)], cookies)
 
 
 class Listings:
-    """The snapshots of the listings being read (see the module's docstring)."""
+    """The kept listings, by directory inode (see the module's docstring)."""
 
     def __init__(self):
         self._kept: OrderedDict[int, Listing] = OrderedDict()
         self._names = 0
-        self._numbers = itertools.count(1)
 
-    def resume(self, ino: int, offset: int) -> tuple[Listing | None, int]:
-        """The snapshot of directory ``ino`` that ``offset`` reads on in,
-        if it is kept, and the index to read on from (None, -1 at the end
-        of a listing)."""
-        snapshot, index = offset >> _INDEX_BITS, offset & _END
-        if index == _END:
-            return None, -1
-        listing = self._kept.get(snapshot)
-        if listing is None or listing.ino != ino:
-            return None, index
-        self._kept.move_to_end(snapshot)
-        return listing, index
+    def get(self, ino: int) -> Listing | None:
+        found = self._kept.get(ino)
+        if found is not None:
+            self._kept.move_to_end(ino)
+        return found
 
-    def start(self, ino: int, entry: Entry, names: list[tuple[str, Listed | int]]) -> Listing:
-        """A new snapshot of directory ``ino``, kept until read to its end
-        or pushed out by newer ones."""
-        listing = Listing(ino, entry, names, next(self._numbers))
-        self._kept[listing.snapshot] = listing
-        self._names += len(names)
+    def keep(self, ino: int, taken: Listing) -> None:
+        """``taken`` is directory ``ino``'s listing from now on."""
+        if ino in self._kept:
+            self._names -= len(self._kept.pop(ino).names)
+        self._kept[ino] = taken
+        self._names += len(taken.names)
         while len(self._kept) > 1 and (len(self._kept) > KEPT or self._names > KEPT_NAMES):
-            self._drop(next(iter(self._kept)))
-        return listing
-
-    def ended(self, listing: Listing) -> None:
-        """``listing`` was read to its end: its last offset needs nothing."""
-        if listing.snapshot in self._kept:
-            self._drop(listing.snapshot)
-
-    def _drop(self, snapshot: int) -> None:
-        self._names -= len(self._kept.pop(snapshot).names)
+            self._names -= len(self._kept.popitem(last=False)[1].names)

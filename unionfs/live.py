@@ -111,9 +111,11 @@ class LiveStack:
             made_ro = [layer for layer, branch in zip(layers, wanted)
                        if layer.writable and not branch.writable]
             processes = await trio.to_thread.run_sync(
-                _directories_of_processes, _device(mountpoint)) if removed else {}
-            # From here to the swap nothing waits, unless forced: what was
-            # found unused is still unused when the stack changes.
+                _held_by_processes, _device(mountpoint)) if removed else {}
+            # From here to the swap nothing waits, unless forced: what the
+            # daemon found unused (its open files, partial copies) is still
+            # unused when the stack changes; what processes hold is as the
+            # scan above saw it.
             complaint, partial_copies = self._in_use(removed, made_ro, processes)
             if complaint and not force:
                 raise BranchBusy(f"{complaint} (--force goes on: see pyunion branch --help)")
@@ -181,8 +183,7 @@ class LiveStack:
         """What keeps ``removed`` from going, or ``made_ro`` from becoming
         read-only, in one line (empty if nothing does); and how many
         partial copies read from the branches that go.  ``processes``:
-        the directories processes are in or have open
-        (:func:`_directories_of_processes`)."""
+        what processes hold (:func:`_held_by_processes`)."""
         said, partial_copies = [], 0
         for layer in removed + made_ro:
             going = layer in removed
@@ -371,28 +372,60 @@ def _device(mountpoint: str) -> int | None:
     return os.makedev(*map(int, found.device.split(":"))) if found else None
 
 
-def _directories_of_processes(device: int | None) -> dict[int, list[str]]:
-    """The union inodes that processes have as working or root directory,
-    or open (the kernel opens directories without the daemon, ``fs.opendir``):
-    inode -> ["process PID (cwd)", "process PID (fd 3)", ...].  (A stat of
-    such a directory is answered by this daemon: call it off the loop.)"""
+def _held_by_processes(device: int | None) -> dict[int, list[str]]:
+    """The union inodes that processes hold as working or root directory,
+    or open (a directory, which the kernel opens without the daemon,
+    ``fs.opendir``, or a file): inode -> ["process PID (cwd)", "process PID
+    (fd 3)", ...].  Open descriptors are read from ``fdinfo`` (their mount and
+    inode), which asks no file system anything.  (A stat of a cwd is
+    answered by this daemon: call it off the loop.)"""
     found: dict[int, list[str]] = {}
     if device is None:
         return found
+    mount_ids: dict[str, set[bytes]] = {}  # by mount namespace
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            fds = [f"fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            fds = []
-        for what in ("cwd", "root", *fds):
+        for what in ("cwd", "root"):
             try:
                 st = os.stat(f"/proc/{pid}/{what}")
             except OSError:
                 continue
-            if st.st_dev == device and stat.S_ISDIR(st.st_mode):
-                found.setdefault(st.st_ino, []).append(f"process {pid} ({what.replace('/', ' ')})")
+            if st.st_dev == device:
+                found.setdefault(st.st_ino, []).append(f"process {pid} ({what})")
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+            if namespace not in mount_ids:
+                mount_ids[namespace] = _mount_ids(pid, device)
+            for fd, ino in _open_on(pid, mount_ids[namespace]):
+                found.setdefault(ino, []).append(f"process {pid} (fd {fd})")
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def _mount_ids(pid: str, device: int) -> set[bytes]:
+    """The ids of the mounts of ``device`` in the mount namespace of ``pid``."""
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        return {fields[0] for fields in (line.split(b" ", 3) for line in f)
+                if fields[2] == wanted}
+
+
+def _open_on(pid: str, mount_ids: set[bytes]) -> list[tuple[str, int]]:
+    """``pid``'s descriptors open on one of the mounts ``mount_ids``, and
+    their inodes."""
+    if not mount_ids:
+        return []
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f if b":" in line)
+        except OSError:
+            continue  # closed meanwhile
+        if fields.get(b"mnt_id", b"").strip() in mount_ids and b"ino" in fields:
+            found.append((fd, int(fields[b"ino"])))
     return found
 
 

@@ -32,6 +32,17 @@ def find(mountpoint: str) -> Mount | None:
     return found
 
 
+def fstype_of(device: int) -> str | None:
+    """The type of the file system of ``device`` (an ``st_dev``), if mounted here."""
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.rstrip(b"\n").split(b" ")
+            if fields[2] == wanted:
+                return os.fsdecode(fields[fields.index(b"-") + 1])
+    return None
+
+
 def _unescape(field: bytes) -> bytes:
     """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, \\)."""
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
