@@ -53,7 +53,7 @@ from .index import Index
 from .branches import Branch
 from .layer import ROOT, Layer, split
 from .owners import AS_STORED, Owners
-from .listings import Listings, listing
+from .listings import END, Listings, listing
 from .live import LiveStack, outside_the_mount
 from .partial import PartialFiles
 from .passthrough import Backings
@@ -444,12 +444,15 @@ class UnionOperations(pyfuse3.Operations):
             directory = self._entry(node)
         except OSError:
             return  # removed
+        if offset == END:
+            return  # its last name was given
         taken = self._listings.get(ino) if offset else None
         if taken is None:
             taken = listing(directory, (ino, self._parent_of(node).ino),
                             self.tree.listdir(directory))
             self._listings.keep(ino, taken)
         moved = directory != taken.entry
+        given = None  # the index of the last name given
         for index in range(taken.after(offset), len(taken.names)):
             name, where = taken.names[index]
             if isinstance(where, int):  # "." or ".."
@@ -463,12 +466,15 @@ class UnionOperations(pyfuse3.Operations):
                     continue  # removed since the listing
                 entry, st = found
                 attrs = self._attributes_from(st, self.numbers.of(entry, st), entry)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, taken.cookies[index]):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, taken.offset(index)):
                 return
+            given = index
             if entry is not None and token.plus:
                 child = self.inodes.remember(attrs.st_ino, ino, name)
                 self.inodes.cache_entry(child, entry)
                 self._told(child, entry, st)
+        if given is None or given == len(taken.names) - 1:
+            self._listings.ended(ino, taken)  # else the last names went: read on to see it
 
     @_fuse_errors
     async def releasedir(self, ino):

@@ -15,8 +15,12 @@ POSIX allows.  (Names whose cookies collide take the next free ones, in
 name order; one of them may move when another of them comes or goes.)  Cookies fit in 31 bits, so 32-bit programs can use the
 offsets too.
 
-Listings are bounded (:data:`KEPT`, :data:`KEPT_NAMES`), the least
-recently used going first.
+A listing is kept while it is read, and goes once its last name is
+given: that name's offset is :data:`END`, so the read the kernel makes
+after it (which ends the listing) needs nothing kept.  (Nothing else is
+kept per directory: small objects left behind by each listing would pin
+the daemon's memory pages long after.)  Listings are bounded
+(:data:`KEPT`, :data:`KEPT_NAMES`), the least recently used going first.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ KEPT_NAMES = 100_000
 #: it for the names whose cookies collide (each takes the next free one)
 _DOT, _DOTDOT, _FIRST = 1, 2, 3
 _SPAN = (1 << 31) - (1 << 20) - _FIRST
+#: the offset of a listing's last name: nothing comes after it
+END = (1 << 31) - 1
 
 
 @dataclasses.dataclass
@@ -49,6 +55,10 @@ class Listing:
     def after(self, offset: int) -> int:
         """The index of the first name to give after ``offset``."""
         return bisect.bisect_right(self.cookies, offset)
+
+    def offset(self, index: int) -> int:
+        """The offset given with name ``index``."""
+        return END if index == len(self.names) - 1 else self.cookies[index]
 
 
 def listing(entry: Entry, dots: tuple[int, int], names: dict[str, Listed]) -> Listing:
@@ -79,9 +89,17 @@ class Listings:
 
     def keep(self, ino: int, taken: Listing) -> None:
         """``taken`` is directory ``ino``'s listing from now on."""
-        if ino in self._kept:
-            self._names -= len(self._kept.pop(ino).names)
+        self._drop(ino)
         self._kept[ino] = taken
         self._names += len(taken.names)
         while len(self._kept) > 1 and (len(self._kept) > KEPT or self._names > KEPT_NAMES):
-            self._names -= len(self._kept.popitem(last=False)[1].names)
+            self._drop(next(iter(self._kept)))
+
+    def ended(self, ino: int, taken: Listing) -> None:
+        """``taken`` was read to its end."""
+        if self._kept.get(ino) is taken:
+            self._drop(ino)
+
+    def _drop(self, ino: int) -> None:
+        if ino in self._kept:
+            self._names -= len(self._kept.pop(ino).names)
