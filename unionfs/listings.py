@@ -12,8 +12,8 @@ listing it started in, in one taken since by another reader (a listing
 is taken afresh at each read from the start), or in a fresh one after its
 own was dropped; names added or removed meanwhile may show or not, as
 POSIX allows.  (Names whose cookies collide take the next free ones, in
-name order; one of them may move when another of them comes or goes.)  Cookies fit in 31 bits, so 32-bit programs can use the
-offsets too.
+name order; one of them may move when another of them comes or goes.)
+Cookies fit in 31 bits, so 32-bit programs can use the offsets too.
 
 A listing is kept while it is read, and goes once its last name is
 given: that name's offset is :data:`END`, so the read the kernel makes
