@@ -396,20 +396,12 @@ def _held_by_processes(device: int | None) -> dict[int, list[str]]:
         try:
             namespace = os.readlink(f"/proc/{pid}/ns/mnt")
             if namespace not in mount_ids:
-                mount_ids[namespace] = _mount_ids(pid, device)
+                mount_ids[namespace] = mounts.ids_of(device, pid)
             for fd, ino in _open_on(pid, mount_ids[namespace]):
                 found.setdefault(ino, []).append(f"process {pid} (fd {fd})")
         except OSError:
             continue  # gone meanwhile
     return found
-
-
-def _mount_ids(pid: str, device: int) -> set[bytes]:
-    """The ids of the mounts of ``device`` in the mount namespace of ``pid``."""
-    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
-    with open(f"/proc/{pid}/mountinfo", "rb") as f:
-        return {fields[0] for fields in (line.split(b" ", 3) for line in f)
-                if fields[2] == wanted}
 
 
 def _open_on(pid: str, mount_ids: set[bytes]) -> list[tuple[str, int]]:

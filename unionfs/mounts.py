@@ -22,25 +22,38 @@ def find(mountpoint: str) -> Mount | None:
     """The mount on ``mountpoint`` (the topmost, if several are stacked)."""
     target = os.fsencode(mountpoint)
     found = None
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            # Fields are separated by single spaces; the kernel escapes the
-            # spaces, tabs, newlines and backslashes inside a field.
-            fields = line.rstrip(b"\n").split(b" ")
-            if _unescape(fields[4]) == target:
-                found = Mount(os.fsdecode(fields[2]), os.fsdecode(fields[fields.index(b"-") + 1]))
+    for fields in _table("self"):
+        if _unescape(fields[4]) == target:
+            found = Mount(os.fsdecode(fields[2]), _fstype(fields))
     return found
 
 
 def fstype_of(device: int) -> str | None:
     """The type of the file system of ``device`` (an ``st_dev``), if mounted here."""
-    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.rstrip(b"\n").split(b" ")
-            if fields[2] == wanted:
-                return os.fsdecode(fields[fields.index(b"-") + 1])
-    return None
+    wanted = _device(device)
+    return next((_fstype(fields) for fields in _table("self") if fields[2] == wanted), None)
+
+
+def ids_of(device: int, pid: str) -> set[bytes]:
+    """The ids of the mounts of ``device`` in the mount namespace of ``pid``."""
+    wanted = _device(device)
+    return {fields[0] for fields in _table(pid) if fields[2] == wanted}
+
+
+def _table(pid: str) -> list[list[bytes]]:
+    """The fields of each line of ``/proc/PID/mountinfo``.  Fields are
+    separated by single spaces; the kernel escapes the spaces, tabs,
+    newlines and backslashes inside a field."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        return [line.rstrip(b"\n").split(b" ") for line in f]
+
+
+def _device(device: int) -> bytes:
+    return f"{os.major(device)}:{os.minor(device)}".encode()
+
+
+def _fstype(fields: list[bytes]) -> str:
+    return os.fsdecode(fields[fields.index(b"-") + 1])
 
 
 def _unescape(field: bytes) -> bytes:
